@@ -1,0 +1,79 @@
+"""Plumbing shared by RDA and GRDA: checks before any change, fp32 state that survives load_state_dict, and
+the step loop that hands each param group to its backend."""
+
+from __future__ import annotations
+
+from itertools import chain
+
+import torch
+
+from . import dispatch
+from .validation import check_grad, check_params
+
+
+class SparseOptimizer(torch.optim.Optimizer):
+    """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)`` and
+    ``_group_step(group, backend, params)``; every floating state tensor they create is float32."""
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+        except Exception:
+            self.param_groups.pop()  # leave the optimizer as it was
+            raise
+        self._warn_hyper(group)
+
+    def _check_group(self, group: dict) -> str:
+        """Checks a group and returns the backend that will run it."""
+        self._check_hyper(group)
+        check_params(group["params"])
+        device = group["params"][0].device if group["params"] else torch.device("cpu")
+        return dispatch.resolve(group["backend"], device)
+
+    def _check_hyper(self, group: dict) -> None:
+        raise NotImplementedError
+
+    def _warn_hyper(self, group: dict) -> None:
+        pass
+
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _is_penalized(group: dict, p: torch.Tensor) -> bool:
+        """Whether a tensor's weights are thresholded; param groups can opt out with ``penalize=False``."""
+        return group.get("penalize", True) and (p.dim() >= 2 or group.get("sparsify_1d", True))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step over every param group. All checks run first: a bad value changes nothing."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        work = []
+        for group in self.param_groups:
+            backend = self._check_group(group)
+            params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
+            for p in params:
+                check_grad(p)
+            work.append((group, backend, params))
+        for group, backend, params in work:
+            if params:
+                self._group_step(group, backend, params)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, except floating state stays float32: torch casts it to the parameter dtype, which would
+        round a bf16 model's optimizer state."""
+        saved_groups = state_dict["param_groups"]
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in saved_groups)
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params):
+            for key, value in saved_state.get(saved_id, {}).items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32, copy=True)

@@ -1,0 +1,124 @@
+"""RDA: adaptively reweighted l1 with generalized regularized dual averaging (Siegel et al. 2020)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import dispatch, reference
+from .optimizer import SparseOptimizer
+from .validation import check_choice, check_number, check_optional_time
+
+
+class RDA(SparseOptimizer):
+    r"""Sparse training by reweighted-l1 generalized RDA: the optimizer's own update produces exact zeros.
+
+    Per tensor it keeps float32 state ``T`` (pre-prox iterate), ``B`` (accumulated threshold weights),
+    ``A`` (running average of |w|) and ``v`` (momentum), and each step does (docs/ALGORITHMS.md section 1)::
+
+        g  = grad + weight_decay * w
+        A  = beta_b * A + (1 - beta_b) * |w|            beta_b = exp(-lr / reweight_time)
+        om = M / (1 + (M - 1) * A / max(A))              M = max_factor
+        B  = averaging * B + lr * om
+        T  = averaging * T + (1 - averaging) * w
+        v  = beta * v + (1 - beta) * g                   beta = exp(-lr / momentum_time)
+        T  = T - lr * v
+        w  = sign(T) * max(|T| - lam * B, 0)
+
+    Args:
+        params: parameters or param groups (every option below may be set per group).
+        lr: step size ``s``. ``lr=1`` with ``momentum_time=9.5`` behaves like SGD(lr=0.1, momentum=0.9).
+        lam: penalty strength; the threshold is ``lam * B``.
+        momentum_time: momentum time scale ``tau``; ``None`` or 0 means no momentum (``v = g``).
+        reweight_time: time scale of the |w| average ``A``; ``None`` means ``momentum_time``, 0 means ``A = |w|``.
+        max_factor: ``M``, the largest penalty weight relative to the largest weight's (>= 1).
+        reweight: ``False`` gives plain l1 (``om = 1``).
+        averaging: ``alpha`` in [0, 1]: 0 is proximal SGD with momentum, 1 is weighted l1-RDA.
+        weight_decay: added to the gradient (``p.grad`` is not modified).
+        granularity: "element", or for 4-D conv weights "kernel" (mean |w| per kh x kw kernel, ``om`` times
+            sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)); tensors of other
+            shapes use "element".
+        sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
+        maximize: maximize the objective instead.
+        backend: "auto", "torch" (the reference), or a kernel backend (see ``sparse_rda.backends()``).
+
+    A param group may also set ``penalize=False`` (as :func:`sparse_rda.param_groups` does for biases and
+    norms): its tensors are trained without a penalty.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1.0,
+        lam: float = 1e-6,
+        momentum_time: float | None = 9.5,
+        reweight_time: float | None = None,
+        max_factor: float = 500.0,
+        reweight: bool = True,
+        averaging: float = 0.0,
+        weight_decay: float = 0.0,
+        granularity: str = "element",
+        sparsify_1d: bool = False,
+        maximize: bool = False,
+        backend: str = "auto",
+    ):
+        defaults = dict(
+            lr=lr,
+            lam=lam,
+            momentum_time=momentum_time,
+            reweight_time=reweight_time,
+            max_factor=max_factor,
+            reweight=reweight,
+            averaging=averaging,
+            weight_decay=weight_decay,
+            granularity=granularity,
+            sparsify_1d=sparsify_1d,
+            maximize=maximize,
+            backend=backend,
+        )
+        super().__init__(params, defaults)
+
+    def _check_hyper(self, group: dict) -> None:
+        check_number("lr", group["lr"])
+        check_number("lam", group["lam"])
+        check_optional_time("momentum_time", group["momentum_time"])
+        check_optional_time("reweight_time", group["reweight_time"])
+        check_number("max_factor", group["max_factor"], low=1.0)
+        check_number("averaging", group["averaging"], high=1.0)
+        check_number("weight_decay", group["weight_decay"])
+        check_choice("granularity", group["granularity"], reference.GRANULARITIES)
+        for flag in ("reweight", "sparsify_1d", "maximize", "penalize"):
+            if not isinstance(group.get(flag, True), bool):
+                raise TypeError(f"{flag} must be a bool, got {group[flag]!r}")
+
+    def _init_state(self, p: torch.Tensor) -> dict:
+        """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype)."""
+        state = self.state[p]
+        state["step"] = 0
+        state["T"] = p.detach().to(torch.float32, copy=True)
+        for key in ("B", "A", "v"):
+            state[key] = torch.zeros_like(p, dtype=torch.float32)
+        return state
+
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor]) -> None:
+        states = [self.state[p] if self.state[p] else self._init_state(p) for p in params]
+        for state in states:
+            state["step"] += 1
+        lr = float(group["lr"])
+        tau = group["momentum_time"]
+        tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
+        dispatch.implementation(backend).rda_step(
+            params,
+            [p.grad for p in params],
+            *([s[key] for s in states] for key in ("T", "B", "A", "v")),
+            penalized=[self._is_penalized(group, p) for p in params],
+            lr=lr,
+            lam=float(group["lam"]),
+            beta=reference.decay(lr, tau),
+            beta_b=reference.decay(lr, tau_b),
+            averaging=float(group["averaging"]),
+            weight_decay=float(group["weight_decay"]),
+            max_factor=float(group["max_factor"]),
+            reweight=group["reweight"],
+            granularity=group["granularity"],
+            maximize=group["maximize"],
+        )

@@ -1,0 +1,79 @@
+"""Sparsity of a model: zeros per tensor, over the penalized tensors and over all of them, as a table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .groups import penalized_names
+
+
+@dataclass(frozen=True)
+class TensorSparsity:
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+    penalized: bool
+
+    @property
+    def fraction(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    tensors: list[TensorSparsity]
+
+    def _fraction(self, rows) -> float:
+        numel = sum(r.numel for r in rows)
+        return sum(r.zeros for r in rows) / numel if numel else 0.0
+
+    @property
+    def total(self) -> float:
+        """Fraction of zeros over all parameters."""
+        return self._fraction(self.tensors)
+
+    @property
+    def penalized(self) -> float:
+        """Fraction of zeros over the penalized tensors (weights of 2+ dims outside norm layers)."""
+        return self._fraction([r for r in self.tensors if r.penalized])
+
+    def __str__(self) -> str:
+        width = max([len("tensor")] + [len(r.name) for r in self.tensors])
+        lines = [f"{'tensor':<{width}}  {'shape':>18}  {'zeros':>12}  {'numel':>12}  {'sparsity':>8}  penalized"]
+        for r in self.tensors:
+            shape = "x".join(map(str, r.shape)) or "scalar"
+            lines.append(
+                f"{r.name:<{width}}  {shape:>18}  {r.zeros:>12}  {r.numel:>12}  {r.fraction:>8.2%}  "
+                f"{'yes' if r.penalized else 'no'}"
+            )
+        for label, rows in (("penalized", [r for r in self.tensors if r.penalized]), ("all", self.tensors)):
+            zeros, numel = sum(r.zeros for r in rows), sum(r.numel for r in rows)
+            lines.append(f"{'total ' + label:<{width}}  {'':>18}  {zeros:>12}  {numel:>12}  {self._fraction(rows):>8.2%}")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def sparsity(model: nn.Module) -> SparsityReport:
+    """Count the exact zeros of every parameter (one host sync per device). ``print()`` the result for a table."""
+    named = list(model.named_parameters())
+    wanted = penalized_names(model)
+    counts = [int(c) for c in _count_zeros([p for _, p in named])]
+    return SparsityReport(
+        [TensorSparsity(n, tuple(p.shape), p.numel(), c, n in wanted) for (n, p), c in zip(named, counts)]
+    )
+
+
+def _count_zeros(tensors: list[torch.Tensor]) -> list[int]:
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_device.setdefault(t.device, []).append(i)
+    counts = [0] * len(tensors)
+    for idx in by_device.values():
+        per_tensor = torch.stack([(tensors[i] == 0).sum() for i in idx]).tolist()
+        for i, c in zip(idx, per_tensor):
+            counts[i] = c
+    return counts

@@ -1,0 +1,59 @@
+"""Checks on hyper-parameters and tensors. Each raises a clear error naming the parameter, and runs before
+any tensor is touched, so a bad step never half-applies."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable
+
+import torch
+
+
+def check_number(name: str, value, *, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> None:
+    """value must be a finite real number in [low, high] (or (low, high] with low_open)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    too_low = value <= low if low_open else value < low
+    if too_low or value > high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def check_optional_time(name: str, value) -> None:
+    """A time scale: None or 0 (meaning none) or a positive finite number."""
+    if value is None:
+        return
+    check_number(name, value)
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_params(params: list[torch.Tensor]) -> None:
+    """Parameters of a group: real floating tensors, all on one device."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"params: a param group must live on one device, got {sorted(map(str, devices))}")
+    for p in params:
+        if p.is_complex():
+            raise TypeError(f"params: complex parameters are not supported (got {p.dtype}, shape {tuple(p.shape)})")
+        if not p.is_floating_point():
+            raise TypeError(f"params: parameters must be floating point (got {p.dtype}, shape {tuple(p.shape)})")
+
+
+def check_grad(p: torch.Tensor) -> None:
+    """A gradient we can apply: dense, real, on the parameter's device."""
+    g = p.grad
+    if g.is_sparse or g.layout != torch.strided:
+        raise RuntimeError(f"grad: sparse gradients are not supported (layout {g.layout}, shape {tuple(p.shape)})")
+    if g.is_complex():
+        raise TypeError(f"grad: complex gradients are not supported (shape {tuple(p.shape)})")
+    if g.device != p.device:
+        raise ValueError(f"grad: gradient on {g.device} for a parameter on {p.device}")
