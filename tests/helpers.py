@@ -1,0 +1,40 @@
+"""Comparisons with the tolerances of docs/ALGORITHMS.md section 5."""
+
+from __future__ import annotations
+
+import torch
+
+RTOL_FP32 = 1e-6
+
+
+def assert_state_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = RTOL_FP32, what: str = "",
+                       scale: torch.Tensor | None = None):
+    """Max relative error <= rtol. Relative to each element plus a floor: `scale` (the size of the terms summed
+    into it, where a sum may cancel) or else rtol * max |expected|."""
+    actual, expected = actual.double(), expected.double()
+    if scale is None:
+        floor = rtol * max(expected.abs().max().item(), 1e-30) if expected.numel() else 0.0
+    else:
+        floor = rtol * scale.double()
+    err = (actual - expected).abs()
+    bound = rtol * expected.abs() + floor
+    bad = err > bound
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {expected.numel()} elements off; worst error {err.max().item():.3g}, "
+        f"at expected {expected.flatten()[err.flatten().argmax()].item():.6g}"
+    )
+
+
+def assert_weights_match(w: torch.Tensor, w_ref: torch.Tensor, T: torch.Tensor, threshold: torch.Tensor,
+                         rtol: float = RTOL_FP32, what: str = "weights", T_scale: torch.Tensor | None = None):
+    """w = S_thr(T): identical zero pattern except elements whose |T| is within 1e-6 relative of the threshold,
+    and errors within rtol of the operands' size max(|T|, thr) plus T's own error scale (T_scale, the size of
+    the terms summed into T; else max |T|): |T| - thr cancels, so w itself may be tiny."""
+    T, threshold = T.double(), torch.as_tensor(threshold).double().expand_as(T)
+    near = (T.abs() - threshold).abs() <= 1e-6 * threshold.abs()
+    flipped = ((w == 0) != (w_ref == 0)) & ~near
+    assert not flipped.any(), f"{what}: zero pattern differs at {int(flipped.sum())} elements away from the threshold"
+    err = (w.double() - w_ref.double()).abs()
+    T_scale = T.abs().max() if T_scale is None else T_scale.double()
+    bad = err > rtol * (torch.maximum(T.abs(), threshold) + T_scale) + 1e-30
+    assert not bad.any(), f"{what}: {int(bad.sum())} of {w.numel()} elements off; worst error {err.max().item():.3g}"
