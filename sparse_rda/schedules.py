@@ -39,6 +39,17 @@ class _RDASchedule(LRScheduler):
 
     def step(self, epoch=None) -> None:
         super().step(epoch)
+        self._apply_averaging()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the position and set lr and averaging to it, whether the optimizer was loaded before or after."""
+        super().load_state_dict(state_dict)
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._apply_averaging()
+
+    def _apply_averaging(self) -> None:
         f = self.factor(self.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.base_averagings):
             group["averaging"] = 1.0 - (1.0 - base) * f

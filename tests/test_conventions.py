@@ -118,7 +118,7 @@ def test_closure_is_called_and_its_loss_returned():
         return loss
 
     loss = opt.step(closure)
-    assert calls == [1] and isinstance(loss, torch.Tensor) and loss.requires_grad is False or loss.grad_fn
+    assert calls == [1] and isinstance(loss, torch.Tensor) and loss.item() > 0
 
 
 def test_params_without_grad_are_skipped():

@@ -1,0 +1,139 @@
+"""Bad input: a clear error naming the parameter, raised before any tensor changes."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+import sparse_rda
+
+
+def fresh(shape=(4, 4)):
+    p = torch.nn.Parameter(torch.randn(shape))
+    p.grad = torch.randn(shape)
+    return p
+
+
+@pytest.mark.parametrize("name, value", [
+    ("lr", -0.1), ("lr", math.nan), ("lr", math.inf), ("lam", -1e-6), ("lam", math.nan),
+    ("momentum_time", -1.0), ("reweight_time", -2.0), ("max_factor", 0.5), ("averaging", 1.5),
+    ("averaging", -0.1), ("weight_decay", -1.0), ("granularity", "block"), ("backend", "tpu"),
+])
+def test_rda_rejects_bad_hyper_parameters(name, value):
+    with pytest.raises(ValueError, match=name):
+        sparse_rda.RDA([fresh()], **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("lr", "fast"), ("lam", None), ("reweight", 1), ("maximize", "yes")])
+def test_rda_rejects_wrong_types(name, value):
+    with pytest.raises(TypeError, match=name):
+        sparse_rda.RDA([fresh()], **{name: value})
+
+
+@pytest.mark.parametrize("name, value", [("lr", -1.0), ("c", -0.001), ("c", math.inf), ("mu", 0.0), ("mu", -0.5)])
+def test_grda_rejects_bad_hyper_parameters(name, value):
+    with pytest.raises(ValueError, match=name):
+        sparse_rda.GRDA([fresh()], **{name: value})
+
+
+@pytest.mark.parametrize("mu", [0.3, 0.5, 1.5])
+def test_grda_warns_outside_the_papers_range(mu):
+    with pytest.warns(UserWarning, match="mu"):
+        sparse_rda.GRDA([fresh()], mu=mu)
+
+
+def test_grda_in_range_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sparse_rda.GRDA([fresh()], mu=0.51, c=0.001)
+
+
+def test_unavailable_backend_is_named():
+    missing = [b for b in ("triton", "cuda", "cpu") if b not in sparse_rda.backends()]
+    for name in missing:
+        with pytest.raises(ValueError, match=f"backend='{name}' is not available"):
+            sparse_rda.RDA([fresh()], backend=name)
+
+
+@pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])
+def test_complex_and_integer_params_are_rejected(opt_cls):
+    with pytest.raises(TypeError, match="complex"):
+        opt_cls([torch.nn.Parameter(torch.randn(3, 3, dtype=torch.complex64))])
+    with pytest.raises(TypeError, match="floating"):
+        opt_cls([torch.zeros(3, 3, dtype=torch.int64)])
+
+
+@pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])
+def test_mixed_devices_in_a_group_are_rejected(opt_cls):
+    with pytest.raises(ValueError, match="params: a param group must live on one device"):
+        opt_cls([fresh(), torch.nn.Parameter(torch.empty(3, device="meta"))])
+
+
+def snapshot(opt, params):
+    return [p.detach().clone() for p in params], {id(p): dict(opt.state[p]) for p in params}
+
+
+def assert_untouched(opt, params, snap):
+    weights, states = snap
+    for p, w in zip(params, weights):
+        assert torch.equal(p.data, w)
+        assert {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()}.keys() == states[id(p)].keys()
+
+
+@pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])
+def test_sparse_gradient_fails_before_any_change(opt_cls):
+    a, b = fresh(), fresh()
+    opt = opt_cls([{"params": [a]}, {"params": [b]}], lr=0.1)
+    opt.step()  # state exists
+    a.grad = torch.randn(4, 4)
+    b.grad = torch.randn(4, 4).to_sparse()
+    weights = [a.detach().clone(), b.detach().clone()]
+    states = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()} for p in (a, b)]
+    with pytest.raises(RuntimeError, match="grad: sparse gradients are not supported"):
+        opt.step()
+    for p, w, st in zip((a, b), weights, states):
+        assert torch.equal(p.data, w)
+        for k, v in st.items():
+            assert torch.equal(opt.state[p][k], v) if isinstance(v, torch.Tensor) else opt.state[p][k] == v
+
+
+@pytest.mark.parametrize("opt_cls, key, value", [
+    (sparse_rda.RDA, "lr", -1.0), (sparse_rda.RDA, "lam", math.nan), (sparse_rda.RDA, "granularity", "rows"),
+    (sparse_rda.GRDA, "c", -1.0), (sparse_rda.GRDA, "mu", 0.0),
+])
+def test_bad_value_set_on_a_group_later_fails_the_step_before_any_change(opt_cls, key, value):
+    a, b = fresh(), fresh()
+    opt = opt_cls([{"params": [a]}, {"params": [b]}])
+    opt.param_groups[1][key] = value
+    weights = [a.detach().clone(), b.detach().clone()]
+    with pytest.raises((ValueError, TypeError), match=key):
+        opt.step()
+    assert torch.equal(a.data, weights[0]) and torch.equal(b.data, weights[1])
+    assert not opt.state[a] and not opt.state[b], "no state may be created by a failed step"
+
+
+def test_a_rejected_param_group_is_not_added():
+    opt = sparse_rda.RDA([fresh()])
+    with pytest.raises(ValueError, match="lam"):
+        opt.add_param_group({"params": [fresh()], "lam": -1.0})
+    assert len(opt.param_groups) == 1
+
+
+def test_nonfinite_gradients_propagate_and_grad_scaler_skips_them():
+    # documented behaviour: a NaN/inf gradient makes that step's weights non-finite (like SGD); with
+    # torch.amp.GradScaler the step is skipped when infs are found and nothing changes.
+    p = fresh()
+    opt = sparse_rda.RDA([p], lam=0.0, momentum_time=None)
+    p.grad[0, 0] = math.nan
+    opt.step()
+    assert math.isnan(p.data[0, 0].item())
+
+    q = torch.nn.Parameter(torch.randn(4, 4))
+    opt = sparse_rda.RDA([q])
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    before = q.detach().clone()
+    scaler.scale((q * torch.tensor(math.inf)).sum()).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert torch.equal(q.data, before) and not opt.state[q]
