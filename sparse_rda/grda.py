@@ -45,7 +45,7 @@ class GRDA(SparseOptimizer):
         if not 0.5 < group["mu"] <= 1.0:
             warnings.warn(f"mu={group['mu']} is outside the paper's range (0.5, 1]", stacklevel=4)
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor]) -> None:
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
         lr, c, mu = float(group["lr"]), float(group["c"]), float(group["mu"])
         thresholds = []
         for p in params:
@@ -56,6 +56,7 @@ class GRDA(SparseOptimizer):
             if self._is_penalized(group, p):
                 state["l1"] += reference.grda_threshold_increment(c, lr, mu, state["step"])
             thresholds.append(state["l1"])
-        dispatch.implementation(backend).grda_step(
-            params, [p.grad for p in params], [self.state[p]["acc"] for p in params], lr=lr, thresholds=thresholds
+        return dispatch.implementation(backend).grda_step(
+            params, [p.grad for p in params], [self.state[p]["acc"] for p in params], lr=lr, thresholds=thresholds,
+            grad_scale=grad_scale,
         )

@@ -13,7 +13,16 @@ from .validation import check_grad, check_params
 
 class SparseOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)`` and
-    ``_group_step(group, backend, params)``; every floating state tensor they create is float32."""
+    ``_group_step(group, backend, params, grad_scale)``, which returns the params' nonzero counts when the backend
+    counted them (else None); every floating state tensor they create is float32."""
+
+    # torch.amp.GradScaler hands us `grad_scale` and `found_inf` instead of unscaling the grads itself:
+    # the kernels divide by the scale in the same pass.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, defaults)
+        self._nnz: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (params, counts) of the last step
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -38,7 +47,7 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _warn_hyper(self, group: dict) -> None:
         pass
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor]) -> None:
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
         raise NotImplementedError
 
     @staticmethod
@@ -48,7 +57,10 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """One step over every param group. All checks run first: a bad value changes nothing."""
+        """One step over every param group. All checks run first: a bad value changes nothing.
+
+        Under ``torch.amp.GradScaler`` the step is skipped when the scaler found infs (one host sync, as the
+        scaler's own path has), and gradients are unscaled inside the update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -60,10 +72,27 @@ class SparseOptimizer(torch.optim.Optimizer):
             for p in params:
                 check_grad(p)
             work.append((group, backend, params))
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and found_inf.item():
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        self._nnz = []
         for group, backend, params in work:
             if params:
-                self._group_step(group, backend, params)
+                counts = self._group_step(group, backend, params, grad_scale)
+                if counts is not None:
+                    self._nnz.append((params, counts))
         return loss
+
+    @torch.no_grad()
+    def nnz(self) -> dict[torch.Tensor, int]:
+        """Nonzero count of every parameter. The fused kernels count them during the step, so this costs one
+        host sync and no pass over the weights; parameters the last step did not count are counted here."""
+        counted: dict[torch.Tensor, int] = {}
+        for params, counts in self._nnz:
+            counted.update(zip(params, counts.tolist()))
+        return {p: counted[p] if p in counted else int(torch.count_nonzero(p))
+                for group in self.param_groups for p in group["params"]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, except floating state stays float32: torch casts it to the parameter dtype, which would

@@ -99,14 +99,14 @@ class RDA(SparseOptimizer):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
         return state
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor]) -> None:
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
         states = [self.state[p] if self.state[p] else self._init_state(p) for p in params]
         for state in states:
             state["step"] += 1
         lr = float(group["lr"])
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
-        dispatch.implementation(backend).rda_step(
+        return dispatch.implementation(backend).rda_step(
             params,
             [p.grad for p in params],
             *([s[key] for s in states] for key in ("T", "B", "A", "v")),
@@ -121,4 +121,5 @@ class RDA(SparseOptimizer):
             reweight=group["reweight"],
             granularity=group["granularity"],
             maximize=group["maximize"],
+            grad_scale=grad_scale,
         )

@@ -85,6 +85,14 @@ def as_float32(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach().float() for t in tensors]
 
 
+def unscaled_grads(grads: Sequence[torch.Tensor], grad_scale: torch.Tensor | None) -> list[torch.Tensor]:
+    """float32 gradients, divided by a GradScaler's scale as GradScaler.unscale_ does (times the fp32 inverse)."""
+    g = as_float32(grads)
+    if grad_scale is None:
+        return g
+    return torch._foreach_mul(g, grad_scale.double().reciprocal().float())
+
+
 def rda_step(
     params: Sequence[torch.Tensor],
     grads: Sequence[torch.Tensor],
@@ -104,13 +112,14 @@ def rda_step(
     reweight: bool,
     granularity: str,
     maximize: bool,
+    grad_scale: torch.Tensor | None = None,
 ) -> None:
     """One RDA step (ALGORITHMS.md section 1) over tensors that all have state; updates params and state in place.
 
     ``penalized[i]`` False means om = 0 for that tensor: its B stays 0 and its weight is the plain iterate T.
     """
     w = as_float32(params)
-    g = as_float32(grads)
+    g = unscaled_grads(grads, grad_scale)
     if maximize:
         g = torch._foreach_neg(g)
     if weight_decay:
@@ -149,8 +158,9 @@ def grda_step(
     *,
     lr: float,
     thresholds: Sequence[float],
+    grad_scale: torch.Tensor | None = None,
 ) -> None:
     """One gRDA step (ALGORITHMS.md section 2): acc -= lr * grad; w = S_{l1}(acc), l1 per tensor."""
-    torch._foreach_add_(acc, as_float32(grads), alpha=-lr)
+    torch._foreach_add_(acc, unscaled_grads(grads, grad_scale), alpha=-lr)
     new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds)]
     torch._foreach_copy_(list(params), new_w)

@@ -1,0 +1,30 @@
+"""Per-element math shared by the Triton kernels, in the reference's order (sparse_rda/reference.py)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def soft_threshold(x, threshold):
+    """sign(x) * max(|x| - t, 0); NaN stays NaN, like the reference."""
+    shrunk = tl.maximum(tl.abs(x) - threshold, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    return tl.where(x < 0, -shrunk, shrunk)
+
+
+@triton.jit
+def load_f32(table, row, n_tensors, t, offs, mask, DTYPE: tl.constexpr):
+    """Element offs of tensor t, whose address sits at table[row, t], as float32."""
+    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store(table, row, n_tensors, t, offs, mask, value, DTYPE: tl.constexpr):
+    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
+    tl.store(ptr + offs, value.to(DTYPE), mask=mask)
+
+
+@triton.jit
+def count_nonzero(value, mask, DTYPE: tl.constexpr):
+    """Nonzeros of the value as stored (a weight that rounds to 0 in fp16 counts as 0)."""
+    return tl.sum(((value.to(DTYPE) != 0) & mask).to(tl.int32), axis=0)

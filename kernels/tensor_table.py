@@ -1,0 +1,75 @@
+"""Multi-tensor apply for Triton: one launch walks many tensors through a table of (tensor, offset) chunks.
+
+Each tensor contributes ceil(numel / CHUNK) chunks; program c handles chunk c of tensor chunk_tensor[c],
+starting at chunk_start[c]. Tensor addresses go in an int64 table the kernel casts back to pointers, so any
+set of separately allocated tensors (params, grads, state) is one launch. The chunk table depends only on
+the tensors' sizes and is cached; the address table is rebuilt each step (grads are reallocated) and sent
+to the device in one copy.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+# Elements per program: large enough to amortize the table lookups, small enough to fill a GPU.
+# Read at each launch, so tests can shrink it to cover many chunks with small tensors.
+CHUNK = 1 << 16
+
+
+@lru_cache(maxsize=64)
+def _chunk_table(numels: tuple[int, ...], device: torch.device, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tensor_ids, starts = [], []
+    for i, n in enumerate(numels):
+        for start in range(0, n, chunk):
+            tensor_ids.append(i)
+            starts.append(start)
+    return (torch.tensor(tensor_ids, dtype=torch.int32, device=device),
+            torch.tensor(starts, dtype=torch.int64, device=device))
+
+
+def chunk_table(numels: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(chunk_tensor int32, chunk_start int64, chunk size) on the device, for tensors of these sizes."""
+    return (*_chunk_table(tuple(numels), device, CHUNK), CHUNK)
+
+
+def address_table(columns: list[list[torch.Tensor | None]], int_rows: list[list[int]], device: torch.device) -> torch.Tensor:
+    """int64 [len(columns) + len(int_rows), n_tensors]: the addresses of each column's tensors (0 for None),
+    then the integer rows (numels, group sizes, ...). One host-to-device copy."""
+    rows = [[t.data_ptr() if t is not None else 0 for t in column] for column in columns]
+    rows.extend(list(r) for r in int_rows)
+    table = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda":
+        return table.pin_memory().to(device, non_blocking=True)
+    return table
+
+
+class Contiguous:
+    """Contiguous stand-ins for tensors the kernels read or write flat; copies back those that were not."""
+
+    def __init__(self, tensors: list[torch.Tensor], write_back: bool):
+        self.originals = tensors
+        self.tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+        self.write_back = write_back
+
+    def finish(self) -> None:
+        if self.write_back:
+            for orig, flat in zip(self.originals, self.tensors):
+                if flat is not orig:
+                    orig.copy_(flat)
+
+
+def per_dtype_pair(params: list[torch.Tensor], grads: list[torch.Tensor], launch) -> torch.Tensor:
+    """Kernels are specialised on (param dtype, grad dtype): run launch(indices, w_dtype, g_dtype) -> int64
+    counts once per pair present, and return the counts in the params' order."""
+    by_dtype: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    for i, (p, g) in enumerate(zip(params, grads)):
+        by_dtype.setdefault((p.dtype, g.dtype), []).append(i)
+    if len(by_dtype) == 1:
+        ((w_dtype, g_dtype), idx), = by_dtype.items()
+        return launch(idx, w_dtype, g_dtype)
+    counts = torch.zeros(len(params), dtype=torch.int64, device=params[0].device)
+    for (w_dtype, g_dtype), idx in by_dtype.items():
+        counts[idx] = launch(idx, w_dtype, g_dtype)
+    return counts

@@ -1,0 +1,189 @@
+"""The Triton kernels against the reference, on CPU through the interpreter (fp32), and on GPU when present."""
+
+import functools
+
+import pytest
+import torch
+
+import sparse_rda
+from sparse_rda import dispatch
+from helpers import assert_state_close, assert_weights_match
+
+pytestmark = pytest.mark.skipif(
+    "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
+    reason="needs triton with a GPU or TRITON_INTERPRET=1",
+)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+RTOL = 1e-5  # docs/ALGORITHMS.md section 5: fused kernel vs the fp32 reference
+
+# odd sizes, a 1-element tensor, conv weights, and one tensor spanning several chunks (see small_chunks)
+SHAPES = [(7, 5), (13,), (4, 3, 3, 3), (1,), (1, 1), (33, 17), (130, 41), (6, 5, 1, 1)]
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """2048-element chunks (a power-of-two multiple of the block), so the (130, 41) tensor spans 3 programs
+    whose per-tensor max and nonzero counts must combine: the interpreter is too slow for 65536-element chunks."""
+    from sparse_rda.kernels import tensor_table
+
+    monkeypatch.setattr(tensor_table, "CHUNK", 2048)
+
+
+def make_params(shapes, dtype=torch.float32, zero_fraction=0.2):
+    params = []
+    for shape in shapes:
+        w = torch.randn(shape) * 0.5
+        w[torch.rand(shape) < zero_fraction] = 0.0
+        params.append(torch.nn.Parameter(w.to(device=DEVICE, dtype=dtype)))
+    return params
+
+
+def state_copy(state):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def step_both(fused, ref, grads, **kwargs):
+    """One step of both optimizers from the same weights and state (the fused one's)."""
+    for p, q, g in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"], grads):
+        q.data.copy_(p.data)
+        ref.state[q] = state_copy(fused.state[p])
+        if not ref.state[q]:
+            del ref.state[q]
+        p.grad, q.grad = g.clone(), g.clone()
+    inputs = [{"w": p.detach().float().clone(), **state_copy(ref.state[q])}
+              for p, q in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"])]
+    fused.step(**kwargs)
+    ref.step(**kwargs)
+    return inputs
+
+
+def compare_rda(fused, ref, inputs, rtol=RTOL):
+    group = fused.param_groups[0]
+    alpha, lr = group["averaging"], group["lr"]
+    for i, (p, q, before) in enumerate(zip(group["params"], ref.param_groups[0]["params"], inputs)):
+        mine, theirs = fused.state[p], ref.state[q]
+        T0 = before.get("T", before["w"])
+        v0 = before.get("v", torch.zeros_like(theirs["v"]))
+        v_scale = v0.abs() + (theirs["v"] - v0).abs()
+        T_scale = alpha * T0.abs() + (1 - alpha) * before["w"].abs() + lr * v_scale
+        for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
+            assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
+        assert mine["step"] == theirs["step"]
+        assert_weights_match(p.data, q.data, theirs["T"], group["lam"] * theirs["B"], rtol, f"tensor {i} w", T_scale)
+
+
+def run_rda(shapes, steps, **options):
+    params = make_params(shapes)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.RDA(params, backend="triton", **options)
+    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    for k in range(steps):
+        grads = [torch.randn_like(p) for p in params]
+        compare_rda(fused, ref, step_both(fused, ref, grads))
+    return fused
+
+
+@pytest.mark.parametrize("granularity", ["element", "kernel", "channel"])
+def test_rda_matches_the_reference_over_many_steps(granularity):
+    fused = run_rda(SHAPES, 50, lr=0.8, lam=5e-4, averaging=0.4, weight_decay=1e-3, granularity=granularity)
+    nnz = fused.nnz()
+    for p in fused.param_groups[0]["params"]:
+        assert nnz[p] == int(torch.count_nonzero(p)), "nnz counted in the step must be exact"
+    assert any(nnz[p] < p.numel() for p in nnz), "the run must prune something"
+
+
+@pytest.mark.parametrize("options", [
+    dict(reweight=False), dict(momentum_time=None, maximize=True), dict(averaging=1.0, reweight_time=0),
+    dict(sparsify_1d=True, max_factor=50.0),
+])
+def test_rda_options_match_the_reference(options):
+    run_rda(SHAPES[:6], 10, **{**dict(lr=0.5, lam=1e-3, averaging=0.3), **options})
+
+
+def test_many_small_tensors_and_non_contiguous_params():
+    shapes = [(3, 2)] * 40 + [(5,)] * 20
+    params = make_params(shapes)
+    params.append(torch.nn.Parameter(torch.randn(9, 7, device=DEVICE).t()))  # a transposed view
+    assert not params[-1].is_contiguous()
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.RDA(params, backend="triton", lam=1e-3, sparsify_1d=True)
+    ref = sparse_rda.RDA(copies, backend="torch", lam=1e-3, sparsify_1d=True)
+    for _ in range(5):
+        compare_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]))
+    assert not params[-1].is_contiguous(), "the parameter keeps its layout"
+
+
+def test_grda_matches_the_reference_over_many_steps():
+    params = make_params(SHAPES)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.GRDA(params, backend="triton", lr=0.1, c=0.05, mu=0.55)
+    ref = sparse_rda.GRDA(copies, backend="torch", lr=0.1, c=0.05, mu=0.55)
+    for k in range(60):
+        fused.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.1 if k < 30 else 0.03
+        inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
+        for i, (p, q, before) in enumerate(zip(params, copies, inputs)):
+            acc0 = before.get("acc", before["w"])
+            scale = acc0.abs() + (ref.state[q]["acc"] - acc0).abs()
+            assert fused.state[p]["l1"] == ref.state[q]["l1"]
+            assert_state_close(fused.state[p]["acc"], ref.state[q]["acc"], RTOL, f"tensor {i} acc", scale)
+            assert_weights_match(p.data, q.data, ref.state[q]["acc"], torch.tensor(ref.state[q]["l1"]), RTOL,
+                                 f"tensor {i} w", scale)
+    nnz = fused.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+    assert any(nnz[p] < p.numel() for p in params)
+
+
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
+def test_grad_scaler_protocol_skips_on_inf_and_unscales_in_the_kernel(opt_cls, options):
+    params = make_params(SHAPES[:4])
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = opt_cls(params, backend="triton", **options)
+    ref = opt_cls(copies, backend="torch", **options)
+    step_both(fused, ref, [torch.randn_like(p) for p in params])  # state exists
+    before = [state_copy(fused.state[p]) for p in params], [p.detach().clone() for p in params]
+
+    fused.found_inf, fused.grad_scale = torch.ones((), device=DEVICE), torch.full((), 1024.0, device=DEVICE)
+    for p in params:
+        p.grad = torch.randn_like(p) * 1024
+    fused.step()
+    for p, st, w in zip(params, *before):
+        assert torch.equal(p.data, w)
+        assert all(torch.equal(fused.state[p][k], v) if isinstance(v, torch.Tensor) else fused.state[p][k] == v
+                   for k, v in st.items())
+
+    fused.found_inf = torch.zeros((), device=DEVICE)
+    grads = [torch.randn_like(p) for p in params]
+    for p, q, g in zip(params, copies, grads):
+        q.data.copy_(p.data)
+        ref.state[q] = state_copy(fused.state[p])
+        p.grad, q.grad = g * 1024, g.clone()
+    fused.step()
+    ref.step()
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p.data, q.data, rtol=1e-6, atol=1e-7)
+
+
+def test_auto_picks_triton_on_cuda_and_the_reference_on_cpu():
+    assert dispatch.resolve("auto", torch.device("cpu")) == "torch"
+    if torch.cuda.is_available():
+        assert dispatch.resolve("auto", torch.device("cuda")) == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_params_on_gpu(dtype):
+    params = make_params(SHAPES, dtype=dtype)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.RDA(params, backend="triton", lam=1e-3)
+    ref = sparse_rda.RDA(copies, backend="torch", lam=1e-3)
+    for _ in range(20):
+        grads = [torch.randn_like(p) for p in params]
+        step_both(fused, ref, grads)
+        for p, q in zip(params, copies):
+            for key in ("T", "B", "A", "v"):
+                assert fused.state[p][key].dtype == torch.float32
+            # weights within one rounding step of the reference's
+            ulp = torch.finfo(dtype).eps * q.data.float().abs()
+            assert ((p.data.float() - q.data.float()).abs() <= ulp + 1e-30).all()
