@@ -1,5 +1,8 @@
 """Fused gRDA step (docs/ALGORITHMS.md section 2) over all tensors of a param group, one launch per dtype pair:
-acc -= lr * grad; w = S_l1(acc), with each tensor's threshold l1 computed on the host; nonzeros counted."""
+acc -= lr * grad; w = S_l1(acc), with each tensor's threshold l1 given per tensor; nonzeros counted.
+
+Capturable mode: lr, the thresholds and found_inf are device tensors (the optimizer updates the thresholds
+with device ops), so nothing waits on the host; a found_inf makes the kernel write nothing."""
 
 from __future__ import annotations
 
@@ -15,33 +18,47 @@ ROW_W, ROW_G, ROW_ACC, ROW_NUMEL = (tl.constexpr(i) for i in range(4))
 
 
 @triton.jit
-def _step_kernel(table, thresholds, n_tensors, chunk_tensor, chunk_start, nnz, inv_scale, lr,
-                 HAS_SCALE: tl.constexpr, W_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-                 BLOCK: tl.constexpr, CHUNK: tl.constexpr):
+def _step_kernel(table, thresholds, n_tensors, chunk_tensor, chunk_start, nnz, inv_scale, lr_ptr, found_inf, lr,
+                 HAS_SCALE: tl.constexpr, DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr,
+                 G_DTYPE: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     c = tl.program_id(0)
     t = tl.load(chunk_tensor + c)
     start = tl.load(chunk_start + c)
     numel = tl.load(table + ROW_NUMEL * n_tensors + t)
     l1 = tl.load(thresholds + t)
+    if DEVICE_SCALARS:
+        lr = tl.load(lr_ptr)
+        skip = tl.load(found_inf) != 0
+    else:
+        skip = False
     count = 0
     for i in range(0, tl.minimum(CHUNK, numel - start), BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < numel
+        write = mask & (not skip)  # a skipped step still counts the nonzeros of the unchanged weights
         g = load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
         if HAS_SCALE:
             g = g * tl.load(inv_scale)
         acc = load_f32(table, ROW_ACC, n_tensors, t, offs, mask, tl.float32) - lr * g
         w_new = soft_threshold(acc, l1)
-        store(table, ROW_ACC, n_tensors, t, offs, mask, acc, tl.float32)
-        store(table, ROW_W, n_tensors, t, offs, mask, w_new, W_DTYPE)
+        store(table, ROW_ACC, n_tensors, t, offs, write, acc, tl.float32)
+        store(table, ROW_W, n_tensors, t, offs, write, w_new, W_DTYPE)
+        if skip:  # count what stays
+            w_new = load_f32(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
         count += count_nonzero(w_new, mask, W_DTYPE)
     tl.atomic_add(nnz + t, count.to(tl.int64))
 
 
-def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None) -> torch.Tensor:
-    """The reference's grda_step as one fused kernel per dtype pair; returns each param's nonzero count."""
+def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:
+    """The reference's grda_step as one fused kernel per dtype pair; returns each param's nonzero count.
+
+    device_scalars: capturable mode, (lr, found_inf) device tensors (found_inf may be None); `thresholds` is then
+    a float32 device tensor of the params' thresholds and `lr` is unused."""
     device = params[0].device
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    lr_t, found_inf = device_scalars if device_scalars is not None else (None, None)
+    if device_scalars is not None and found_inf is None:
+        found_inf = torch.zeros((), device=device)
 
     def launch(idx, w_dtype, g_dtype):
         weights = Contiguous([params[i] for i in idx], write_back=True)
@@ -49,13 +66,18 @@ def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None) -> torch.T
         accs = Contiguous([acc[i] for i in idx], write_back=True)
         numels = [w.numel() for w in weights.tensors]
         table = address_table([weights.tensors, flat_grads.tensors, accs.tensors], [numels], device)
-        l1 = torch.tensor([thresholds[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
+        if device_scalars is not None:
+            l1 = thresholds[idx] if len(idx) < len(params) else thresholds
+        else:
+            l1 = torch.tensor([thresholds[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
         chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
         counts = torch.zeros(len(idx), dtype=torch.int64, device=device)
         _step_kernel[(chunk_tensor.numel(),)](
             table, l1, len(idx), chunk_tensor, chunk_start, counts,
-            inv_scale if inv_scale is not None else l1, lr,
-            HAS_SCALE=inv_scale is not None, W_DTYPE=TORCH_TO_TL[w_dtype], G_DTYPE=TORCH_TO_TL[g_dtype],
+            inv_scale if inv_scale is not None else l1, lr_t if lr_t is not None else l1,
+            found_inf if found_inf is not None else l1, lr,
+            HAS_SCALE=inv_scale is not None, DEVICE_SCALARS=device_scalars is not None,
+            W_DTYPE=TORCH_TO_TL[w_dtype], G_DTYPE=TORCH_TO_TL[g_dtype],
             BLOCK=BLOCK, CHUNK=chunk,
         )
         weights.finish()

@@ -3,12 +3,13 @@
 Each tensor contributes ceil(numel / CHUNK) chunks; program c handles chunk c of tensor chunk_tensor[c],
 starting at chunk_start[c]. Tensor addresses go in an int64 table the kernel casts back to pointers, so any
 set of separately allocated tensors (params, grads, state) is one launch. The chunk table depends only on
-the tensors' sizes and is cached; the address table is rebuilt each step (grads are reallocated) and sent
-to the device in one copy.
+the tensors' sizes and is cached. The address table is cached by its contents: when the same tensors come
+back (static grads, as CUDA graphs need) a step copies nothing to the device; otherwise one copy.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 
 import torch
@@ -34,15 +35,38 @@ def chunk_table(numels: list[int], device: torch.device) -> tuple[torch.Tensor, 
     return (*_chunk_table(tuple(numels), device, CHUNK), CHUNK)
 
 
+_TABLES: OrderedDict = OrderedDict()  # (dtype, device, contents) -> device tensor, least recently used first
+_TABLES_KEPT = 32
+
+
+def _to_device(values: tuple, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
+    key = (dtype, device, shape, values)
+    table = _TABLES.get(key)
+    if table is None:
+        table = torch.tensor(values, dtype=dtype).reshape(shape)
+        if device.type == "cuda":
+            table = table.pin_memory().to(device, non_blocking=True)
+        _TABLES[key] = table
+        if len(_TABLES) > _TABLES_KEPT:
+            _TABLES.popitem(last=False)
+    else:
+        _TABLES.move_to_end(key)
+    return table
+
+
 def address_table(columns: list[list[torch.Tensor | None]], int_rows: list[list[int]], device: torch.device) -> torch.Tensor:
     """int64 [len(columns) + len(int_rows), n_tensors]: the addresses of each column's tensors (0 for None),
-    then the integer rows (numels, group sizes, ...). One host-to-device copy."""
-    rows = [[t.data_ptr() if t is not None else 0 for t in column] for column in columns]
-    rows.extend(list(r) for r in int_rows)
-    table = torch.tensor(rows, dtype=torch.int64)
-    if device.type == "cuda":
-        return table.pin_memory().to(device, non_blocking=True)
-    return table
+    then the integer rows (numels, group sizes, ...)."""
+    values = [t.data_ptr() if t is not None else 0 for column in columns for t in column]
+    for row in int_rows:
+        values.extend(row)
+    n_rows = len(columns) + len(int_rows)
+    return _to_device(tuple(values), torch.int64, device, (n_rows, len(values) // n_rows))
+
+
+def float_table(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A float32 vector of per-tensor values on the device."""
+    return _to_device(tuple(values), torch.float32, device, (len(values),))
 
 
 class Contiguous:

@@ -8,7 +8,7 @@ import torch
 
 from . import dispatch, reference
 from .optimizer import SparseOptimizer
-from .validation import check_number
+from .validation import check_hyper_value, check_number
 
 
 class GRDA(SparseOptimizer):
@@ -28,35 +28,62 @@ class GRDA(SparseOptimizer):
         lr: step size (as for plain SGD).
         c: threshold scale; the paper recommends 0 < c < 0.005.
         mu: threshold growth exponent in (0.5, 1]; the paper recommends 0.501, 0.51 or 0.55.
-        backend: "auto", "torch" (the reference), or a kernel backend (see ``sparse_rda.backends()``).
+        backend: "auto" (Triton on CUDA, else the reference), "torch" (the reference), or a kernel backend
+            (see ``sparse_rda.backends()``).
+        capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` may be a
+            one-element device tensor, and step counts and thresholds are float64 device scalars updated on the
+            device (so they match the host path to float64 rounding, not bit for bit).
     """
 
-    def __init__(self, params, lr: float = 0.01, c: float = 0.0, mu: float = 0.7, backend: str = "auto"):
-        super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend))
+    def __init__(self, params, lr: float = 0.01, c: float = 0.0, mu: float = 0.7, backend: str = "auto",
+                 capturable: bool = False):
+        super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable))
 
     def _check_hyper(self, group: dict) -> None:
-        check_number("lr", group["lr"])
+        check_hyper_value("lr", group["lr"], group.get("capturable", False))
         check_number("c", group["c"])
         check_number("mu", group["mu"], low_open=True)
-        if not isinstance(group.get("penalize", True), bool):
-            raise TypeError(f"penalize must be a bool, got {group['penalize']!r}")
 
     def _warn_hyper(self, group: dict) -> None:
         if not 0.5 < group["mu"] <= 1.0:
             warnings.warn(f"mu={group['mu']} is outside the paper's range (0.5, 1]", stacklevel=4)
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
-        lr, c, mu = float(group["lr"]), float(group["c"]), float(group["mu"])
-        thresholds = []
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
+        c, mu = float(group["c"]), float(group["mu"])
+        capturable = group.get("capturable", False)
         for p in params:
-            state = self.state[p]
-            if not state:
-                state.update(step=0, l1=0.0, acc=p.detach().to(torch.float32, copy=True))
-            state["step"] += 1
-            if self._is_penalized(group, p):
-                state["l1"] += reference.grda_threshold_increment(c, lr, mu, state["step"])
-            thresholds.append(state["l1"])
+            if not self.state[p]:
+                zero = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else None
+                self.state[p].update(step=zero if capturable else 0, l1=zero.clone() if capturable else 0.0,
+                                     acc=p.detach().to(torch.float32, copy=True))
+        states = [self.state[p] for p in params]
+        penalized = [self._is_penalized(group, p) for p in params]
+        if capturable:
+            lr = self._device_scalar(group["lr"], params[0].device)
+            thresholds = self._device_thresholds(states, penalized, lr, c, mu, found_inf)
+            options = {"lr": 0.0, "device_scalars": (lr, found_inf)}
+        else:
+            for state, pen in zip(states, penalized):
+                state["step"] += 1
+                if pen:
+                    state["l1"] += reference.grda_threshold_increment(c, float(group["lr"]), mu, state["step"])
+            thresholds = [state["l1"] for state in states]
+            options = {"lr": float(group["lr"])}
         return dispatch.implementation(backend).grda_step(
-            params, [p.grad for p in params], [self.state[p]["acc"] for p in params], lr=lr, thresholds=thresholds,
-            grad_scale=grad_scale,
+            params, [p.grad for p in params], [s["acc"] for s in states], thresholds=thresholds,
+            grad_scale=grad_scale, **options,
         )
+
+    def _device_thresholds(self, states, penalized, lr, c, mu, found_inf) -> torch.Tensor:
+        """The host path's threshold update, as float64 device ops: l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu)."""
+        steps = [s["step"] for s in states]
+        self._count_steps(steps, found_inf)
+        growth = torch._foreach_sub(torch._foreach_pow(steps, mu), torch._foreach_pow(torch._foreach_sub(steps, 1.0), mu))
+        scale = c * lr.double() ** (mu + 0.5)
+        if found_inf is not None:
+            scale = scale * (1 - found_inf).double()
+        torch._foreach_mul_(growth, scale)
+        l1 = [s["l1"] for s, pen in zip(states, penalized) if pen]
+        if l1:
+            torch._foreach_add_(l1, [g for g, pen in zip(growth, penalized) if pen])
+        return torch.stack([s["l1"] for s in states]).float()

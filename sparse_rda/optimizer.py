@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from . import dispatch
-from .validation import check_grad, check_params
+from .validation import check_bool, check_grad, check_params
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -36,10 +36,15 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def _check_group(self, group: dict) -> str:
         """Checks a group and returns the backend that will run it."""
+        check_bool("capturable", group.get("capturable", False))
+        check_bool("penalize", group.get("penalize", True))
         self._check_hyper(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        return dispatch.resolve(group["backend"], device)
+        backend = dispatch.resolve(group["backend"], device)
+        if group.get("capturable", False) and backend != "triton":
+            raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
+        return backend
 
     def _check_hyper(self, group: dict) -> None:
         raise NotImplementedError
@@ -47,8 +52,22 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _warn_hyper(self, group: dict) -> None:
         pass
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
+        """One group's update; returns the params' nonzero counts (device int64) when the backend counts them.
+        found_inf is given only to capturable groups, whose kernels skip the update themselves."""
         raise NotImplementedError
+
+    @staticmethod
+    def _device_scalar(value, device: torch.device) -> torch.Tensor:
+        """A hyper-parameter as a float32 device scalar, made by a kernel (capturable), not a host copy."""
+        if isinstance(value, torch.Tensor):
+            return value.to(device=device, dtype=torch.float32).reshape(())
+        return torch.full((), value, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def _count_steps(steps: list[torch.Tensor], found_inf) -> None:
+        """Capturable step counters (float64 device scalars) advance unless the scaler found infs."""
+        torch._foreach_add_(steps, 1.0 if found_inf is None else (1 - found_inf).double())
 
     @staticmethod
     def _is_penalized(group: dict, p: torch.Tensor) -> bool:
@@ -60,7 +79,8 @@ class SparseOptimizer(torch.optim.Optimizer):
         """One step over every param group. All checks run first: a bad value changes nothing.
 
         Under ``torch.amp.GradScaler`` the step is skipped when the scaler found infs (one host sync, as the
-        scaler's own path has), and gradients are unscaled inside the update."""
+        scaler's own path has; capturable groups skip inside their kernels instead, with no sync), and
+        gradients are unscaled inside the update."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -73,13 +93,15 @@ class SparseOptimizer(torch.optim.Optimizer):
                 check_grad(p)
             work.append((group, backend, params))
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and found_inf.item():
+        host_checked = any(params and not group.get("capturable", False) for group, _, params in work)
+        if found_inf is not None and host_checked and found_inf.item():
             return loss
         grad_scale = getattr(self, "grad_scale", None)
         self._nnz = []
         for group, backend, params in work:
             if params:
-                counts = self._group_step(group, backend, params, grad_scale)
+                inf = found_inf if group.get("capturable", False) else None
+                counts = self._group_step(group, backend, params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))
         return loss
@@ -95,8 +117,8 @@ class SparseOptimizer(torch.optim.Optimizer):
                 for group in self.param_groups for p in group["params"]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch's, except floating state stays float32: torch casts it to the parameter dtype, which would
-        round a bf16 model's optimizer state."""
+        """As torch's, except floating state keeps its saved dtype (float32 or float64): torch casts it to the
+        parameter dtype, which would round a bf16 model's optimizer state."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
@@ -105,4 +127,4 @@ class SparseOptimizer(torch.optim.Optimizer):
         for saved_id, p in zip(saved_ids, params):
             for key, value in saved_state.get(saved_id, {}).items():
                 if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32, copy=True)
+                    self.state[p][key] = value.to(device=p.device, copy=True)

@@ -6,7 +6,7 @@ import torch
 
 from . import dispatch, reference
 from .optimizer import SparseOptimizer
-from .validation import check_choice, check_number, check_optional_time
+from .validation import check_bool, check_choice, check_hyper_value, check_number, check_optional_time
 
 
 class RDA(SparseOptimizer):
@@ -39,7 +39,11 @@ class RDA(SparseOptimizer):
             shapes use "element".
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
-        backend: "auto", "torch" (the reference), or a kernel backend (see ``sparse_rda.backends()``).
+        backend: "auto" (Triton on CUDA, else the reference), "torch" (the reference), or a kernel backend
+            (see ``sparse_rda.backends()``).
+        capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` and
+            ``averaging`` may be one-element device tensors (update them in place; the schedules do), step
+            counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
 
     A param group may also set ``penalize=False`` (as :func:`sparse_rda.param_groups` does for biases and
     norms): its tensors are trained without a penalty.
@@ -60,6 +64,7 @@ class RDA(SparseOptimizer):
         sparsify_1d: bool = False,
         maximize: bool = False,
         backend: str = "auto",
+        capturable: bool = False,
     ):
         defaults = dict(
             lr=lr,
@@ -74,38 +79,49 @@ class RDA(SparseOptimizer):
             sparsify_1d=sparsify_1d,
             maximize=maximize,
             backend=backend,
+            capturable=capturable,
         )
         super().__init__(params, defaults)
 
     def _check_hyper(self, group: dict) -> None:
-        check_number("lr", group["lr"])
+        capturable = group.get("capturable", False)
+        check_hyper_value("lr", group["lr"], capturable)
+        check_hyper_value("averaging", group["averaging"], capturable, high=1.0)
         check_number("lam", group["lam"])
         check_optional_time("momentum_time", group["momentum_time"])
         check_optional_time("reweight_time", group["reweight_time"])
         check_number("max_factor", group["max_factor"], low=1.0)
-        check_number("averaging", group["averaging"], high=1.0)
         check_number("weight_decay", group["weight_decay"])
         check_choice("granularity", group["granularity"], reference.GRANULARITIES)
-        for flag in ("reweight", "sparsify_1d", "maximize", "penalize"):
-            if not isinstance(group.get(flag, True), bool):
-                raise TypeError(f"{flag} must be a bool, got {group[flag]!r}")
+        for flag in ("reweight", "sparsify_1d", "maximize"):
+            check_bool(flag, group[flag])
 
-    def _init_state(self, p: torch.Tensor) -> dict:
+    def _init_state(self, p: torch.Tensor, capturable: bool) -> dict:
         """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype)."""
         state = self.state[p]
-        state["step"] = 0
+        state["step"] = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else 0
         state["T"] = p.detach().to(torch.float32, copy=True)
         for key in ("B", "A", "v"):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
         return state
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale) -> torch.Tensor | None:
-        states = [self.state[p] if self.state[p] else self._init_state(p) for p in params]
-        for state in states:
-            state["step"] += 1
-        lr = float(group["lr"])
+    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
+        capturable = group.get("capturable", False)
+        states = [self.state[p] if self.state[p] else self._init_state(p, capturable) for p in params]
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
+        if capturable:
+            self._count_steps([s["step"] for s in states], found_inf)
+            device = params[0].device
+            scalars = torch.stack([self._device_scalar(group[k], device) for k in ("lr", "averaging")])
+            lr = averaging = beta = beta_b = 0.0  # read on the device
+            device_scalars = {"device_scalars": (scalars, found_inf, tau, tau_b)}
+        else:
+            for state in states:
+                state["step"] += 1
+            lr, averaging = float(group["lr"]), float(group["averaging"])
+            beta, beta_b = reference.decay(lr, tau), reference.decay(lr, tau_b)
+            device_scalars = {}
         return dispatch.implementation(backend).rda_step(
             params,
             [p.grad for p in params],
@@ -113,13 +129,14 @@ class RDA(SparseOptimizer):
             penalized=[self._is_penalized(group, p) for p in params],
             lr=lr,
             lam=float(group["lam"]),
-            beta=reference.decay(lr, tau),
-            beta_b=reference.decay(lr, tau_b),
-            averaging=float(group["averaging"]),
+            beta=beta,
+            beta_b=beta_b,
+            averaging=averaging,
             weight_decay=float(group["weight_decay"]),
             max_factor=float(group["max_factor"]),
             reweight=group["reweight"],
             granularity=group["granularity"],
             maximize=group["maximize"],
             grad_scale=grad_scale,
+            **device_scalars,
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 
+import torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from .validation import check_number
@@ -26,7 +27,7 @@ class _RDASchedule(LRScheduler):
         for group in optimizer.param_groups:
             if "averaging" not in group:
                 raise ValueError("optimizer: RDA schedules need param groups with an 'averaging' option (use RDA)")
-            group.setdefault("initial_averaging", group["averaging"])
+            group.setdefault("initial_averaging", float(group["averaging"]))
         self.base_averagings = [group["initial_averaging"] for group in optimizer.param_groups]
         super().__init__(optimizer, last_epoch)
 
@@ -45,14 +46,22 @@ class _RDASchedule(LRScheduler):
         """Restore the position and set lr and averaging to it, whether the optimizer was loaded before or after."""
         super().load_state_dict(state_dict)
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+            _assign(group, "lr", lr)
+        self._last_lr = [float(group["lr"]) for group in self.optimizer.param_groups]
         self._apply_averaging()
 
     def _apply_averaging(self) -> None:
         f = self.factor(self.last_epoch)
         for group, base in zip(self.optimizer.param_groups, self.base_averagings):
-            group["averaging"] = 1.0 - (1.0 - base) * f
+            _assign(group, "averaging", 1.0 - (1.0 - float(base)) * f)
+
+
+def _assign(group: dict, key: str, value: float) -> None:
+    """Set a hyper-parameter; a device tensor (capturable mode) is updated in place, as CUDA graphs need."""
+    if isinstance(group[key], torch.Tensor):
+        group[key].fill_(value)
+    else:
+        group[key] = value
 
 
 class CosineRDA(_RDASchedule):

@@ -23,6 +23,18 @@ def check_number(name: str, value, *, low: float = 0.0, high: float = math.inf, 
         raise ValueError(f"{name} must be in {interval}, got {value}")
 
 
+def check_hyper_value(name: str, value, capturable: bool, **bounds) -> None:
+    """A number in range; in capturable mode also a one-element floating tensor, which is not read back on the
+    host (that would wait on the device), so its range is the caller's responsibility."""
+    if isinstance(value, torch.Tensor):
+        if not capturable:
+            raise TypeError(f"{name} may be a tensor only with capturable=True; got a tensor")
+        if value.numel() != 1 or not value.is_floating_point():
+            raise TypeError(f"{name} must be a one-element floating tensor, got {value.dtype} of shape {tuple(value.shape)}")
+        return
+    check_number(name, value, **bounds)
+
+
 def check_optional_time(name: str, value) -> None:
     """A time scale: None or 0 (meaning none) or a positive finite number."""
     if value is None:
@@ -34,6 +46,11 @@ def check_choice(name: str, value, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
 def check_params(params: list[torch.Tensor]) -> None:

@@ -58,9 +58,9 @@ def step_both(fused, ref, grads, **kwargs):
 
 
 def compare_rda(fused, ref, inputs, rtol=RTOL):
-    group = fused.param_groups[0]
-    alpha, lr = group["averaging"], group["lr"]
-    for i, (p, q, before) in enumerate(zip(group["params"], ref.param_groups[0]["params"], inputs)):
+    group = ref.param_groups[0]
+    alpha, lr = float(group["averaging"]), float(group["lr"])
+    for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
         mine, theirs = fused.state[p], ref.state[q]
         T0 = before.get("T", before["w"])
         v0 = before.get("v", torch.zeros_like(theirs["v"]))
@@ -68,7 +68,7 @@ def compare_rda(fused, ref, inputs, rtol=RTOL):
         T_scale = alpha * T0.abs() + (1 - alpha) * before["w"].abs() + lr * v_scale
         for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
             assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
-        assert mine["step"] == theirs["step"]
+        assert float(mine["step"]) == float(theirs["step"])
         assert_weights_match(p.data, q.data, theirs["T"], group["lam"] * theirs["B"], rtol, f"tensor {i} w", T_scale)
 
 
@@ -163,6 +163,115 @@ def test_grad_scaler_protocol_skips_on_inf_and_unscales_in_the_kernel(opt_cls, o
     ref.step()
     for p, q in zip(params, copies):
         torch.testing.assert_close(p.data, q.data, rtol=1e-6, atol=1e-7)
+
+
+def test_capturable_rda_reads_lr_and_averaging_from_device_tensors():
+    """Capturable mode (device scalars, device step counters) against the host-scalar path, under a schedule
+    that updates the tensors in place."""
+    params = make_params(SHAPES[:7])
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lam=5e-4, weight_decay=1e-3, granularity="kernel")
+    fused = sparse_rda.RDA(params, backend="triton", capturable=True, lr=torch.tensor(0.8, device=DEVICE),
+                           averaging=torch.tensor(0.0, device=DEVICE), **options)
+    ref = sparse_rda.RDA(copies, backend="triton", lr=0.8, **options)
+    lr_tensor = fused.param_groups[0]["lr"]
+    schedules = [sparse_rda.schedules.CosineRDA(opt, total_steps=30) for opt in (fused, ref)]
+    for _ in range(12):
+        compare_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]))
+        for sched in schedules:
+            sched.step()
+    assert fused.param_groups[0]["lr"] is lr_tensor, "schedules update device hyper-parameters in place"
+    assert float(lr_tensor) == pytest.approx(ref.param_groups[0]["lr"], rel=1e-6)
+    assert float(fused.param_groups[0]["averaging"]) == pytest.approx(ref.param_groups[0]["averaging"], rel=1e-6)
+    assert fused.state[params[0]]["step"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
+def test_capturable_skips_on_found_inf_without_a_host_sync(opt_cls, options, monkeypatch):
+    params = make_params(SHAPES[:6])
+    opt = opt_cls(params, backend="triton", capturable=True, **options)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [state_copy(opt.state[p]) for p in params], [p.detach().clone() for p in params]
+    opt.found_inf, opt.grad_scale = torch.ones((), device=DEVICE), torch.full((), 8.0, device=DEVICE)
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("capturable step synced with the host"))
+    opt.step()
+    monkeypatch.undo()
+    for p, st, w in zip(params, *before):
+        assert torch.equal(p.data, w)
+        for k, v in st.items():
+            assert torch.equal(opt.state[p][k], v), f"state {k} changed on a skipped step"
+    nnz = opt.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params), "a skipped step still reports nonzeros"
+
+
+def test_capturable_grda_thresholds_match_the_host_path():
+    params = make_params(SHAPES[:6])
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.GRDA(params, backend="triton", capturable=True, lr=torch.tensor(0.1, device=DEVICE),
+                            c=0.05, mu=0.55)
+    ref = sparse_rda.GRDA(copies, backend="triton", lr=0.1, c=0.05, mu=0.55)
+    for k in range(15):
+        if k == 8:
+            fused.param_groups[0]["lr"].fill_(0.03)
+            ref.param_groups[0]["lr"] = 0.03
+        for p, q in zip(params, copies):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+    for p, q in zip(params, copies):
+        # the device lr is a float32 tensor (0.03 -> 0.0299999993), the host's a double: 1e-8 apart
+        assert float(fused.state[p]["l1"]) == pytest.approx(ref.state[q]["l1"], rel=1e-6)
+        assert float(fused.state[p]["step"]) == ref.state[q]["step"]
+        torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)
+
+
+def test_capturable_needs_the_triton_backend():
+    with pytest.raises(ValueError, match="capturable=True needs backend='triton'"):
+        sparse_rda.RDA(make_params([(3, 3)]), backend="torch", capturable=True)
+    with pytest.raises(TypeError, match="lr may be a tensor only with capturable=True"):
+        sparse_rda.RDA(make_params([(3, 3)]), lr=torch.tensor(1.0))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3, granularity="channel")), (sparse_rda.GRDA, dict(c=0.05, mu=0.55)),
+])
+def test_cuda_graph_replay_matches_eager_steps(opt_cls, options):
+    shapes = [(64, 32), (17,), (8, 4, 3, 3)]
+    params = make_params(shapes)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    graphed = opt_cls(params, backend="triton", capturable=True, lr=torch.tensor(0.1, device="cuda"), **options)
+    eager = opt_cls(copies, backend="triton", capturable=True, lr=torch.tensor(0.1, device="cuda"), **options)
+    grads = [torch.randn_like(p) for p in params]
+    for p, q, g in zip(params, copies, grads):
+        p.grad, q.grad = g, g.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up: compiles, builds and caches the tables
+            graphed.step()
+            eager.step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed.step()
+    for k in range(5):
+        new = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, copies, new):
+            p.grad.copy_(g)
+            q.grad.copy_(g)
+        graphed.param_groups[0]["lr"].fill_(0.1 / (k + 1))
+        eager.param_groups[0]["lr"].fill_(0.1 / (k + 1))
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
 def test_auto_picks_triton_on_cuda_and_the_reference_on_cpu():
