@@ -57,11 +57,17 @@ class SparsityReport:
 
 
 @torch.no_grad()
-def sparsity(model: nn.Module) -> SparsityReport:
-    """Count the exact zeros of every parameter (one host sync per device). ``print()`` the result for a table."""
+def sparsity(model: nn.Module, optimizer=None) -> SparsityReport:
+    """The exact zeros of every parameter. ``print()`` the result for a table.
+
+    With a sparse_rda ``optimizer``, the counts its fused step already made are used (``optimizer.nnz()``:
+    no pass over the weights); other parameters are counted here (one host sync per device)."""
     named = list(model.named_parameters())
     wanted = penalized_names(model)
-    counts = [int(c) for c in _count_zeros([p for _, p in named])]
+    nnz = optimizer.nnz() if optimizer is not None else {}
+    others = [p for _, p in named if p not in nnz]
+    counted = dict(zip(others, _count_zeros(others)))
+    counts = [p.numel() - nnz[p] if p in nnz else counted[p] for _, p in named]
     return SparsityReport(
         [TensorSparsity(n, tuple(p.shape), p.numel(), c, n in wanted) for (n, p), c in zip(named, counts)]
     )
@@ -73,6 +79,8 @@ def _count_zeros(tensors: list[torch.Tensor]) -> list[int]:
         by_device.setdefault(t.device, []).append(i)
     counts = [0] * len(tensors)
     for idx in by_device.values():
+        if not idx:
+            continue
         per_tensor = torch.stack([(tensors[i] == 0).sum() for i in idx]).tolist()
         for i, c in zip(idx, per_tensor):
             counts[i] = c

@@ -47,3 +47,16 @@ def test_sparsity_counts_exact_zeros_and_prints_a_table():
     assert report.total == 56 / total_numel
     text = str(report)
     assert "conv.weight" in text and "total penalized" in text and "total all" in text and "50.00%" in text
+
+
+def test_sparsity_uses_the_optimizers_counts():
+    net = Net()
+    opt = sparse_rda.RDA(sparse_rda.param_groups(net), lam=1.0)
+    with torch.no_grad():
+        net.conv.weight[0] = 0.0
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    report = sparse_rda.sparsity(net, opt)
+    assert report.tensors == sparse_rda.sparsity(net).tensors
+    assert report.penalized > 0.5
