@@ -1,12 +1,49 @@
 """Build and install sparse_rda.
 
-The Triton kernels live in the top-level folder kernels/ and install as the subpackage sparse_rda.kernels.
-Native extensions (csrc/: a CPU build always, CUDA when torch has CUDA) are added here as they land.
+- The Triton kernels live in the top-level folder kernels/ and install as the subpackage sparse_rda.kernels.
+- The native extension sparse_rda._C (csrc/) is always built for CPU; its CUDA kernels are added when torch
+  has CUDA and nvcc is found, for the architectures in TORCH_CUDA_ARCH_LIST (e.g. "9.0a" for H100/H200).
+  SPARSE_RDA_NO_EXTENSION=1 skips the extension: the package then runs on the reference and Triton backends.
 """
+
+import os
+import shutil
 
 from setuptools import setup
 
-setup(
-    packages=["sparse_rda", "sparse_rda.kernels"],
-    package_dir={"sparse_rda": "sparse_rda", "sparse_rda.kernels": "kernels"},
-)
+packages = ["sparse_rda", "sparse_rda.kernels"]
+package_dir = {"sparse_rda": "sparse_rda", "sparse_rda.kernels": "kernels"}
+
+
+def native_extension():
+    from torch.utils import cpp_extension
+
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall", "-Wextra"]
+    sources = ["csrc/bindings.cpp", "csrc/cpu/step_cpu.cpp"]
+    has_nvcc = cpp_extension.CUDA_HOME is not None and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    import torch
+
+    if torch.version.cuda and has_nvcc and os.environ.get("SPARSE_RDA_NO_CUDA", "0") == "0":
+        print("sparse_rda: building the CPU and CUDA kernels (TORCH_CUDA_ARCH_LIST="
+              f"{os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')})")
+        return cpp_extension.CUDAExtension(
+            "sparse_rda._C",
+            sources + ["csrc/cuda/step_kernels.cu"],
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+            extra_link_args=["-fopenmp"],
+        )
+    reason = "torch has no CUDA" if not torch.version.cuda else "nvcc was not found (set CUDA_HOME)"
+    print(f"sparse_rda: building the CPU kernels only ({reason}); CUDA tensors use the Triton backend")
+    return cpp_extension.CppExtension("sparse_rda._C", sources, extra_compile_args=cxx_flags,
+                                      extra_link_args=["-fopenmp"])
+
+
+if os.environ.get("SPARSE_RDA_NO_EXTENSION", "0") != "0":
+    ext_modules, cmdclass = [], {}
+else:
+    from torch.utils.cpp_extension import BuildExtension
+
+    ext_modules, cmdclass = [native_extension()], {"build_ext": BuildExtension.with_options(no_python_abi_suffix=False)}
+
+setup(packages=packages, package_dir=package_dir, ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,7 +1,9 @@
 """Which implementation runs a step. The reference (pure torch) defines the math; kernels are faster copies of it.
 
-Backends: "torch" (reference, any device), and, as they land, "triton" (CUDA), "cuda" and "cpu" (the native
-extension). "auto" picks the fastest one available for the parameters' device.
+Backends: "torch" (the reference, any device), "triton" (kernels/, CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1), "cpu" and "cuda" (the native extension, csrc/). "auto" picks, for CUDA tensors, the native
+CUDA kernels, else Triton (always Triton for capturable groups); for CPU tensors the native CPU kernels; else
+the reference.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from types import ModuleType
 
 import torch
 
-from . import reference
+from . import native, reference
 
 BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpu")
 
@@ -24,6 +26,9 @@ except ImportError:  # no triton: the reference (and native backends) still work
     _triton_kernels = None
 else:
     _IMPLEMENTATIONS["triton"] = _triton_kernels
+for _device_type in ("cpu", "cuda"):
+    if native.has_kernels(_device_type):
+        _IMPLEMENTATIONS[_device_type] = native
 
 
 def triton_interpreted() -> bool:
@@ -38,15 +43,22 @@ def backends() -> list[str]:
 def _runs_on(name: str, device: torch.device) -> bool:
     if name == "triton":  # compiled for CUDA devices; the interpreter runs it on CPU tensors
         return device.type == "cuda" or (device.type == "cpu" and triton_interpreted())
+    if name in ("cpu", "cuda"):
+        return device.type == name
     return True
 
 
-def resolve(name: str, device: torch.device) -> str:
+def _auto(device: torch.device, capturable: bool) -> str:
+    preference = {"cuda": ["triton"] if capturable else ["cuda", "triton"], "cpu": ["cpu"]}.get(device.type, [])
+    return next((name for name in preference if name in _IMPLEMENTATIONS), "torch")
+
+
+def resolve(name: str, device: torch.device, capturable: bool = False) -> str:
     """The concrete backend for a requested name on a device; raises naming `backend` if it cannot run."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}; got {name!r}")
     if name == "auto":
-        return "triton" if device.type == "cuda" and "triton" in _IMPLEMENTATIONS else "torch"
+        return _auto(device, capturable)
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"backend={name!r} is not available in this installation (available: {', '.join(backends())})")
     if not _runs_on(name, device):

@@ -41,7 +41,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._check_hyper(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device)
+        backend = dispatch.resolve(group["backend"], device, group.get("capturable", False))
         if group.get("capturable", False) and backend != "triton":
             raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
         return backend

@@ -19,3 +19,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def cpu_backends():
+    """The backends that run CPU tensors at full speed: the reference, and the native kernels when built.
+    (Triton runs here only in the interpreter; tests/test_triton_step.py covers it.)"""
+    import sparse_rda
+
+    return [b for b in ("torch", "cpu") if b in sparse_rda.backends()]
+
+
+@pytest.fixture(params=cpu_backends())
+def backend(request):
+    return request.param

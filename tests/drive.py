@@ -36,7 +36,8 @@ def sync_spec(opt, params, spec_params, spec_states):
     return inputs
 
 
-def run_side_by_side(opt_cls, params, steps, *, group_kwargs=None, before_step=None, check=None, skip=()):
+def run_side_by_side(opt_cls, params, steps, *, group_kwargs=None, before_step=None, check=None, skip=(),
+                     backend="torch"):
     """Steps the optimizer over `params` and the spec over copies of them with identical gradients.
 
     Each step starts both from the same weights and state (the optimizer's), and check(opt, spec_params,
@@ -45,7 +46,7 @@ def run_side_by_side(opt_cls, params, steps, *, group_kwargs=None, before_step=N
     before_step(k, opt) may change hyper-parameters (schedules, lr changes); the spec reads them from the
     optimizer's group. Tensors whose index is in `skip` get no gradient on odd steps.
     Returns (opt, spec_params, spec_states)."""
-    opt = opt_cls(params, **(group_kwargs or {}))
+    opt = opt_cls(params, backend=backend, **(group_kwargs or {}))
     spec_params = clones(params)
     spec_states = [{} for _ in params]
     for k in range(steps):

@@ -14,10 +14,10 @@ def step_with(opt, p, grad):
     opt.step()
 
 
-def test_rda_two_steps_by_hand():
+def test_rda_two_steps_by_hand(backend):
     # lr 0.5, no momentum (v = g), reweight_time 0 (A = |w|), M = 5, alpha = 0.5, lam = 0.4
     p = torch.nn.Parameter(torch.tensor([[2.0, -1.0], [0.5, 0.0]]))
-    opt = sparse_rda.RDA([p], lr=0.5, lam=0.4, momentum_time=None, reweight_time=0, max_factor=5.0, averaging=0.5)
+    opt = sparse_rda.RDA([p], lr=0.5, lam=0.4, momentum_time=None, reweight_time=0, max_factor=5.0, averaging=0.5, backend=backend)
 
     step_with(opt, p, [[1.0, 1.0], [-1.0, 0.5]])
     # A = |w0| = [2, 1, .5, 0], max 2, om = 5 / (1 + 4 A / 2) = [1, 5/3, 2.5, 5]
@@ -45,11 +45,11 @@ def test_rda_two_steps_by_hand():
     assert w2[3] == 0.0 and st["step"] == 2
 
 
-def test_rda_momentum_and_weight_decay_by_hand():
+def test_rda_momentum_and_weight_decay_by_hand(backend):
     # beta = exp(-lr/tau); with tau = lr / ln 2, beta = 1/2 exactly. alpha = 0, lam = 0: momentum SGD on T.
     lr, wd = 0.25, 0.1
     p = torch.nn.Parameter(torch.tensor([[1.0, -2.0]]))
-    opt = sparse_rda.RDA([p], lr=lr, lam=0.0, momentum_time=lr / math.log(2), weight_decay=wd)
+    opt = sparse_rda.RDA([p], lr=lr, lam=0.0, momentum_time=lr / math.log(2), weight_decay=wd, backend=backend)
     step_with(opt, p, [[0.5, 0.5]])
     # g = grad + .1 w0 = [.6, .3]; v = .5 g = [.3, .15]; w1 = w0 - .25 v = [.925, -2.0375]
     torch.testing.assert_close(opt.state[p]["v"], torch.tensor([[0.3, 0.15]]))
@@ -61,20 +61,20 @@ def test_rda_momentum_and_weight_decay_by_hand():
     assert p.grad.tolist() == [[0.0, 1.0]], "weight decay must not be written into p.grad"
 
 
-def test_rda_all_zero_weights_get_the_largest_penalty_weight():
+def test_rda_all_zero_weights_get_the_largest_penalty_weight(backend):
     # max A = 0 on the first step: om = M (no 0/0 NaN)
     p = torch.nn.Parameter(torch.zeros(3, 2))
-    opt = sparse_rda.RDA([p], lr=1.0, lam=1e-3, momentum_time=None, max_factor=500.0)
+    opt = sparse_rda.RDA([p], lr=1.0, lam=1e-3, momentum_time=None, max_factor=500.0, backend=backend)
     step_with(opt, p, [[0.1] * 2] * 3)
     torch.testing.assert_close(opt.state[p]["B"], torch.full((3, 2), 500.0))
     # T = -0.1, threshold 0.5 -> exactly zero
     assert torch.equal(p.data, torch.zeros(3, 2))
 
 
-def test_grda_two_steps_by_hand():
+def test_grda_two_steps_by_hand(backend):
     # mu = 1: increment c lr^1.5 (n - (n-1)) = c lr^1.5.  c = .1, lr = .04 -> .0008; then lr = .01 -> .0001
     p = torch.nn.Parameter(torch.tensor([1.0, -0.5, 0.02]))
-    opt = sparse_rda.GRDA([p], lr=0.04, c=0.1, mu=1.0)
+    opt = sparse_rda.GRDA([p], lr=0.04, c=0.1, mu=1.0, backend=backend)
     step_with(opt, p, [1.0, -2.0, 0.1])
     # acc = [.96, -.42, .016], l1 = .0008
     torch.testing.assert_close(opt.state[p]["acc"], torch.tensor([0.96, -0.42, 0.016]))

@@ -1,7 +1,8 @@
-"""Property-based: the reference against the spec over random shapes and hyper-parameters."""
+"""Property-based: the reference and the native CPU kernels against the spec over random shapes and
+hyper-parameters."""
 
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sparse_rda
@@ -27,18 +28,19 @@ rda_options = st.fixed_dictionaries({
 })
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(shapes, min_size=1, max_size=4), rda_options, st.integers(0, 2**31 - 1))
-def test_rda_reference_matches_the_spec(tensor_shapes, options, seed):
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tensor_shapes=st.lists(shapes, min_size=1, max_size=4), options=rda_options, seed=st.integers(0, 2**31 - 1))
+def test_rda_matches_the_spec(tensor_shapes, options, seed, backend):
     torch.manual_seed(seed)
     params = make_params(tensor_shapes, zero_fraction=0.25)
-    run_side_by_side(sparse_rda.RDA, params, 5, group_kwargs=options, check=check_rda)
+    run_side_by_side(sparse_rda.RDA, params, 5, group_kwargs=options, check=check_rda, backend=backend)
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(shapes, min_size=1, max_size=4), st.floats(0.0, 0.5), st.floats(0.0, 0.01),
-       st.floats(0.501, 1.0), st.integers(0, 2**31 - 1))
-def test_grda_reference_matches_the_spec(tensor_shapes, lr, c, mu, seed):
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tensor_shapes=st.lists(shapes, min_size=1, max_size=4), lr=st.floats(0.0, 0.5), c=st.floats(0.0, 0.01),
+       mu=st.floats(0.501, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_grda_matches_the_spec(tensor_shapes, lr, c, mu, seed, backend):
     torch.manual_seed(seed)
     params = make_params(tensor_shapes)
-    run_side_by_side(sparse_rda.GRDA, params, 5, group_kwargs=dict(lr=lr, c=c, mu=mu), check=check_grda)
+    run_side_by_side(sparse_rda.GRDA, params, 5, group_kwargs=dict(lr=lr, c=c, mu=mu), check=check_grda,
+                     backend=backend)

@@ -31,7 +31,7 @@ def check_against_spec(opt, spec_params, spec_states, inputs, rtol=1e-6):
 
 
 @pytest.mark.parametrize("granularity", ["element", "kernel", "channel"])
-def test_100_steps_with_every_feature_match_the_published_rule(granularity):
+def test_100_steps_with_every_feature_match_the_published_rule(granularity, backend):
     """Momentum, weight decay, reweighting, the cosine lr/averaging schedule and a manual lr change."""
     params = make_params(SHAPES)
     opt_kwargs = dict(lr=1.0, lam=2e-4, momentum_time=9.5, weight_decay=5e-4, granularity=granularity)
@@ -46,7 +46,7 @@ def test_100_steps_with_every_feature_match_the_published_rule(granularity):
             schedule["s"].step()
 
     opt, _, _ = run_side_by_side(sparse_rda.RDA, params, 100, group_kwargs=opt_kwargs, before_step=before_step,
-                                 check=check_against_spec)
+                                 check=check_against_spec, backend=backend)
     # the run really prunes and really averages
     assert 0.5 < opt.param_groups[0]["averaging"] < 1
     assert any((p.data == 0).any() for p in params if p.dim() >= 2)
@@ -62,19 +62,20 @@ def test_100_steps_with_every_feature_match_the_published_rule(granularity):
     dict(sparsify_1d=True),
     dict(maximize=True),
 ])
-def test_options_match_the_published_rule(options):
+def test_options_match_the_published_rule(options, backend):
     params = make_params(SHAPES, zero_fraction=0.2)
     kwargs = {**dict(lr=0.5, lam=1e-3, averaging=0.3), **options}
-    run_side_by_side(sparse_rda.RDA, params, 30, group_kwargs=kwargs, check=check_against_spec, skip={0})
+    run_side_by_side(sparse_rda.RDA, params, 30, group_kwargs=kwargs, check=check_against_spec, skip={0},
+                     backend=backend)
 
 
-def test_averaging_zero_is_proximal_sgd_with_momentum():
+def test_averaging_zero_is_proximal_sgd_with_momentum(backend):
     # alpha = 0: T = w - s v, w = S_{lam s om}(T)
     lr, lam, tau = 0.3, 0.01, 4.0
     beta = math.exp(-lr / tau)
     p = make_params([(6, 4)])[0]
     w, v = p.detach().clone(), torch.zeros(6, 4)
-    opt = sparse_rda.RDA([p], lr=lr, lam=lam, momentum_time=tau, reweight=False)
+    opt = sparse_rda.RDA([p], backend=backend, lr=lr, lam=lam, momentum_time=tau, reweight=False)
     for _ in range(10):
         g = torch.randn(6, 4)
         p.grad = g.clone()
@@ -84,12 +85,12 @@ def test_averaging_zero_is_proximal_sgd_with_momentum():
     assert_state_close(p.data, w, 1e-6, "prox-SGD")
 
 
-def test_averaging_one_is_weighted_l1_rda():
+def test_averaging_one_is_weighted_l1_rda(backend):
     # alpha = 1, no momentum, plain l1: T_n = w_0 - lr sum g,  B_n = n lr,  w_n = S_{lam n lr}(T_n)
     lr, lam, n = 0.1, 0.05, 25
     p = make_params([(9, 3)])[0]
     w0, gsum = p.detach().clone(), torch.zeros(9, 3)
-    opt = sparse_rda.RDA([p], lr=lr, lam=lam, momentum_time=None, reweight=False, averaging=1.0)
+    opt = sparse_rda.RDA([p], backend=backend, lr=lr, lam=lam, momentum_time=None, reweight=False, averaging=1.0)
     for _ in range(n):
         g = torch.randn(9, 3)
         gsum += g
@@ -102,13 +103,13 @@ def test_averaging_one_is_weighted_l1_rda():
     assert (p.data == 0).any()
 
 
-def test_without_penalty_it_is_sgd_with_dampened_momentum():
+def test_without_penalty_it_is_sgd_with_dampened_momentum(backend):
     # lam = 0, alpha = 0: v = beta v + (1 - beta) g; w -= s v  ==  SGD(lr = s (1 - beta), momentum = beta)
     lr, tau = 1.0, 9.5
     beta = math.exp(-lr / tau)
     p = make_params([(10, 10)])[0]
     q = torch.nn.Parameter(p.detach().clone())
-    rda = sparse_rda.RDA([p], lr=lr, lam=0.0, momentum_time=tau)
+    rda = sparse_rda.RDA([p], backend=backend, lr=lr, lam=0.0, momentum_time=tau)
     sgd = torch.optim.SGD([q], lr=lr * (1 - beta), momentum=beta)
     for _ in range(20):
         g = torch.randn(10, 10)
@@ -118,11 +119,11 @@ def test_without_penalty_it_is_sgd_with_dampened_momentum():
     assert_state_close(p.data, q.data, 1e-5, "vs SGD")
 
 
-def test_structured_modes_threshold_whole_groups_evenly():
+def test_structured_modes_threshold_whole_groups_evenly(backend):
     p = make_params([(6, 4, 3, 3)])[0]
     for granularity, dims, size in (("kernel", (2, 3), 9), ("channel", (1, 2, 3), 36)):
         q = torch.nn.Parameter(p.detach().clone())
-        opt = sparse_rda.RDA([q], lr=1.0, lam=1e-3, granularity=granularity)
+        opt = sparse_rda.RDA([q], backend=backend, lr=1.0, lam=1e-3, granularity=granularity)
         q.grad = torch.randn_like(q)
         opt.step()
         B = opt.state[q]["B"]
@@ -131,9 +132,9 @@ def test_structured_modes_threshold_whole_groups_evenly():
         assert B.min() >= math.sqrt(size) * (1 - 1e-6) and B.max() <= 500 * math.sqrt(size) * (1 + 1e-6)
 
 
-def test_penalize_false_group_is_not_thresholded():
+def test_penalize_false_group_is_not_thresholded(backend):
     p = make_params([(8, 8)])[0]
-    opt = sparse_rda.RDA([{"params": [p], "penalize": False}], lr=1.0, lam=10.0)
+    opt = sparse_rda.RDA([{"params": [p], "penalize": False}], lr=1.0, lam=10.0, backend=backend)
     p.grad = torch.randn_like(p)
     opt.step()
     assert (p.data != 0).all() and torch.equal(opt.state[p]["B"], torch.zeros(8, 8))

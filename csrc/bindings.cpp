@@ -1,0 +1,215 @@
+// The one binding file: the sparse_rda::* op schemas, their CPU implementations and (WITH_CUDA) the glue that
+// turns tensor lists into the launcher tables of cuda/step_kernels.h. Fake implementations for torch.compile
+// are registered in Python (sparse_rda/native.py).
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/step_cpu.h"
+
+#ifdef WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include <vector>
+
+#include "cuda/step_kernels.h"
+#include "flat.h"
+#endif
+
+// An importable module, so `import sparse_rda._C` loads the library and runs the registrations below.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr, nullptr, nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}
+
+namespace sparse_rda {
+
+#ifdef WITH_CUDA
+namespace {
+
+cuda::DType kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return cuda::DType::kFloat32;
+    case at::kBFloat16: return cuda::DType::kBFloat16;
+    case at::kHalf: return cuda::DType::kFloat16;
+    default: TORCH_CHECK(false, "params: dtype ", t, " is not supported (float32, bfloat16, float16)");
+  }
+}
+
+// Copies a host array of plain structs to the device (one copy from pinned memory).
+template <typename T>
+at::Tensor to_device(const std::vector<T>& items, const at::Device& device) {
+  auto host = at::empty({static_cast<int64_t>(items.size() * sizeof(T))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), items.data(), items.size() * sizeof(T));
+  return host.to(device, /*non_blocking=*/true);
+}
+
+struct Chunks {
+  at::Tensor tensor_ids, starts;
+  cuda::ChunkTable table(int64_t chunk) const {
+    return {tensor_ids.data_ptr<int32_t>(), starts.data_ptr<int64_t>(), tensor_ids.numel(), chunk};
+  }
+};
+
+constexpr int64_t kChunk = 1 << 16;
+
+Chunks chunk_table(const std::vector<int64_t>& numels, const at::Device& device) {
+  std::vector<int32_t> ids;
+  std::vector<int64_t> starts;
+  for (size_t t = 0; t < numels.size(); ++t) {
+    for (int64_t s = 0; s < numels[t]; s += kChunk) {
+      ids.push_back(static_cast<int32_t>(t));
+      starts.push_back(s);
+    }
+  }
+  return {to_device(ids, device).view(at::kInt), to_device(starts, device).view(at::kLong)};
+}
+
+void check(cudaError_t status) { TORCH_CHECK(status == cudaSuccess, "sparse_rda CUDA kernel: ", cudaGetErrorString(status)); }
+
+// Splits tensor indices by (param dtype, grad dtype == param dtype): the kernels are specialised on both.
+std::vector<std::vector<int64_t>> by_dtype(at::TensorList params, at::TensorList grads) {
+  std::vector<std::vector<int64_t>> groups;
+  std::vector<std::pair<at::ScalarType, bool>> keys;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::pair<at::ScalarType, bool> key{params[i].scalar_type(), grads[i].scalar_type() == params[i].scalar_type()};
+    size_t k = 0;
+    while (k < keys.size() && keys[k] != key) ++k;
+    if (k == keys.size()) {
+      keys.push_back(key);
+      groups.emplace_back();
+    }
+    groups[k].push_back(static_cast<int64_t>(i));
+  }
+  return groups;
+}
+
+at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
+  return grad.scalar_type() == param.scalar_type() ? grad.contiguous() : grad.contiguous().to(at::kFloat);
+}
+
+std::optional<at::Tensor> inverse_scale(const std::optional<at::Tensor>& grad_scale) {
+  if (!grad_scale.has_value()) return std::nullopt;
+  return grad_scale->to(at::kDouble).reciprocal().to(at::kFloat);
+}
+
+at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                         at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
+                         at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
+                         double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
+                         const std::optional<at::Tensor>& grad_scale) {
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto inv = inverse_scale(grad_scale);
+  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, reweight,
+                                        maximize);
+  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
+  for (const auto& idx : by_dtype(params, grads)) {
+    std::vector<Flat> flats;
+    flats.reserve(idx.size() * 5);
+    std::vector<at::Tensor> keep;  // grads and group means stay alive until the kernels are queued
+    std::vector<cuda::RdaTensor> tensors;
+    std::vector<int64_t> numels;
+    for (int64_t i : idx) {
+      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
+      Flat* f = &flats[flats.size() - 5];
+      const at::Tensor g = grad_for(params[i], grads[i]);
+      at::Tensor means;
+      if (factors[i] > 0 && group_sizes[i] > 1) {
+        means = f[0].flat.to(at::kFloat).abs().view({-1, group_sizes[i]}).mean(1);
+      }
+      keep.push_back(g);
+      keep.push_back(means);
+      tensors.push_back({f[0].flat.data_ptr(), g.data_ptr(), f[1].flat.data_ptr<float>(), f[2].flat.data_ptr<float>(),
+                         f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                         means.defined() ? means.data_ptr<float>() : nullptr, f[0].flat.numel(), group_sizes[i],
+                         static_cast<float>(factors[i])});
+      numels.push_back(f[0].flat.numel());
+    }
+    const Chunks chunks = chunk_table(numels, device);
+    const at::Tensor table = to_device(tensors, device);
+    const auto* dev_tensors = reinterpret_cast<const cuda::RdaTensor*>(table.data_ptr());
+    auto max_A = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kFloat));
+    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
+    const cuda::DType w_dtype = kernel_dtype(params[idx[0]].scalar_type());
+    const bool grad_f32 = grads[idx[0]].scalar_type() != params[idx[0]].scalar_type();
+    const cuda::DeviceScalars none{nullptr, nullptr, 0.0f, 0.0f};
+    if (reweight) check(cuda::launch_rda_max_A(dev_tensors, chunks.table(kChunk), w_dtype, s, none, max_A.data_ptr<float>(), stream));
+    check(cuda::launch_rda_step(dev_tensors, chunks.table(kChunk), w_dtype, grad_f32, s, none,
+                                inv ? inv->data_ptr<float>() : nullptr, max_A.data_ptr<float>(),
+                                reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
+    for (Flat& f : flats) f.finish();
+    if (idx.size() == params.size()) return counts;
+    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
+  }
+  return nnz;
+}
+
+at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc,
+                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale) {
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto inv = inverse_scale(grad_scale);
+  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
+  for (const auto& idx : by_dtype(params, grads)) {
+    std::vector<Flat> flats;
+    flats.reserve(idx.size() * 2);
+    std::vector<at::Tensor> keep;
+    std::vector<cuda::GrdaTensor> tensors;
+    std::vector<int64_t> numels;
+    std::vector<float> l1;
+    for (int64_t i : idx) {
+      flats.emplace_back(params[i]);
+      flats.emplace_back(acc[i]);
+      const at::Tensor g = grad_for(params[i], grads[i]);
+      keep.push_back(g);
+      Flat* f = &flats[flats.size() - 2];
+      tensors.push_back({f[0].flat.data_ptr(), g.data_ptr(), f[1].flat.data_ptr<float>(), f[0].flat.numel()});
+      numels.push_back(f[0].flat.numel());
+      l1.push_back(static_cast<float>(thresholds[i]));
+    }
+    const Chunks chunks = chunk_table(numels, device);
+    const at::Tensor table = to_device(tensors, device);
+    const at::Tensor l1_device = to_device(l1, device);
+    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
+    check(cuda::launch_grda_step(reinterpret_cast<const cuda::GrdaTensor*>(table.data_ptr()), chunks.table(kChunk),
+                                 kernel_dtype(params[idx[0]].scalar_type()),
+                                 grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), static_cast<float>(lr),
+                                 nullptr, nullptr, reinterpret_cast<const float*>(l1_device.data_ptr()),
+                                 inv ? inv->data_ptr<float>() : nullptr,
+                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
+    for (Flat& f : flats) f.finish();
+    if (idx.size() == params.size()) return counts;
+    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
+  }
+  return nnz;
+}
+
+}  // namespace
+#endif
+
+TORCH_LIBRARY(sparse_rda, m) {
+  m.def(
+      "rda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
+      "Tensor(e!)[] v, float[] factors, int[] group_sizes, float lr, float lam, float beta, float beta_b, "
+      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
+  m.def(
+      "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, float[] thresholds, float lr, "
+      "Tensor? grad_scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
+  m.impl("rda_step_", &rda_step_cpu);
+  m.impl("grda_step_", &grda_step_cpu);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(sparse_rda, CUDA, m) {
+  m.impl("rda_step_", &rda_step_cuda);
+  m.impl("grda_step_", &grda_step_cuda);
+}
+#endif
+
+}  // namespace sparse_rda

@@ -1,0 +1,143 @@
+// The fused RDA / gRDA steps on CPU: per tensor, one pass over the elements (two for RDA with reweighting:
+// the exact per-tensor max of this step's A comes first), split across threads with ATen's parallel_reduce,
+// fp32 math on fp32/bf16/fp16 parameters, fp32 state. Returns each tensor's nonzero count.
+#include "step_cpu.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "../flat.h"
+#include "../rda_math.h"
+
+namespace sparse_rda {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+
+// a for element i: |w_i|, or the mean |w| of its group (group_size > 1, groups contiguous).
+template <typename param_t>
+struct Magnitude {
+  const param_t* w;
+  const float* group_means;  // null in element mode
+  int64_t group_size;
+  float operator()(int64_t i) const {
+    return group_means ? group_means[i / group_size] : std::fabs(static_cast<float>(w[i]));
+  }
+};
+
+template <typename param_t, typename grad_t>
+int64_t rda_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, Magnitude<param_t> a,
+                   int64_t n, const RdaScalars& s, float factor) {
+  RdaTensorScalars ts{factor, 0.0f};
+  const bool penalized = factor > 0.0f;
+  if (penalized && s.reweight) {
+    ts.max_A = at::parallel_reduce(
+        0, n, kGrain, 0.0f,
+        [&](int64_t begin, int64_t end, float running) {
+          for (int64_t i = begin; i < end; ++i) running = std::max(running, new_A(A[i], a(i), s));
+          return running;
+        },
+        [](float x, float y) { return std::max(x, y); });
+  }
+  return at::parallel_reduce(
+      0, n, kGrain, int64_t(0),
+      [&](int64_t begin, int64_t end, int64_t count) {
+        for (int64_t i = begin; i < end; ++i) {
+          const float wi = static_cast<float>(w[i]);
+          float A_next = 0.0f;
+          if (penalized) A[i] = A_next = new_A(A[i], a(i), s);
+          const param_t stored = static_cast<param_t>(rda_element(wi, static_cast<float>(g[i]), A_next, B[i], T[i],
+                                                                  v[i], s, ts));
+          w[i] = stored;
+          count += static_cast<float>(stored) != 0.0f;
+        }
+        return count;
+      },
+      std::plus<int64_t>());
+}
+
+template <typename param_t, typename grad_t>
+int64_t grda_tensor(param_t* w, const grad_t* g, float* acc, int64_t n, float lr, float l1, float inv_scale) {
+  return at::parallel_reduce(
+      0, n, kGrain, int64_t(0),
+      [&](int64_t begin, int64_t end, int64_t count) {
+        for (int64_t i = begin; i < end; ++i) {
+          const param_t stored = static_cast<param_t>(grda_element(static_cast<float>(g[i]), acc[i], lr, l1, inv_scale));
+          w[i] = stored;
+          count += static_cast<float>(stored) != 0.0f;
+        }
+        return count;
+      },
+      std::plus<int64_t>());
+}
+
+// Grads in the param's dtype are read as they are; any other dtype is read as float32.
+at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
+  return grad.scalar_type() == param.scalar_type() ? grad.contiguous() : grad.contiguous().to(at::kFloat);
+}
+
+float inverse_scale(const std::optional<at::Tensor>& grad_scale) {
+  return grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.0f;
+}
+
+}  // namespace
+
+at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                        at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
+                        at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
+                        double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
+                        const std::optional<at::Tensor>& grad_scale) {
+  const int64_t n_tensors = static_cast<int64_t>(params.size());
+  auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
+  auto* counts = nnz.data_ptr<int64_t>();
+  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
+                                        inverse_scale(grad_scale), reweight, maximize);
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
+    const at::Tensor g = grad_for(params[t], grads[t]);
+    const int64_t group_size = group_sizes[t];
+    const float factor = static_cast<float>(factors[t]);
+    at::Tensor means;  // structured modes: the reference's mean |w| per contiguous group
+    if (factor > 0.0f && group_size > 1) means = w.flat.to(at::kFloat).abs().view({-1, group_size}).mean(1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "rda_step_cpu", [&] {
+      Magnitude<scalar_t> a{w.flat.data_ptr<scalar_t>(), means.defined() ? means.data_ptr<float>() : nullptr,
+                            group_size};
+      auto run = [&](auto* grad) {
+        return rda_tensor(w.flat.data_ptr<scalar_t>(), grad, Ts.flat.data_ptr<float>(), Bs.flat.data_ptr<float>(),
+                          As.flat.data_ptr<float>(), vs.flat.data_ptr<float>(), a, w.flat.numel(), s, factor);
+      };
+      counts[t] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
+    });
+    for (Flat* f : {&w, &Ts, &Bs, &As, &vs}) f->finish();
+  }
+  return nnz;
+}
+
+at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
+                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale) {
+  const int64_t n_tensors = static_cast<int64_t>(params.size());
+  auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
+  auto* counts = nnz.data_ptr<int64_t>();
+  const float inv_scale = inverse_scale(grad_scale);
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    Flat w(params[t]), accs(acc[t]);
+    const at::Tensor g = grad_for(params[t], grads[t]);
+    const float l1 = static_cast<float>(thresholds[t]);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "grda_step_cpu", [&] {
+      auto run = [&](auto* grad) {
+        return grda_tensor(w.flat.data_ptr<scalar_t>(), grad, accs.flat.data_ptr<float>(), w.flat.numel(),
+                           static_cast<float>(lr), l1, inv_scale);
+      };
+      counts[t] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
+    });
+    w.finish();
+    accs.finish();
+  }
+  return nnz;
+}
+
+}  // namespace sparse_rda

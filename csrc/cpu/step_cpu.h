@@ -1,0 +1,19 @@
+// CPU implementations of the sparse_rda::rda_step_ and sparse_rda::grda_step_ ops (schemas in bindings.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+namespace sparse_rda {
+
+at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                        at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
+                        at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
+                        double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
+                        const std::optional<at::Tensor>& grad_scale);
+
+at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
+                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale);
+
+}  // namespace sparse_rda

@@ -1,0 +1,69 @@
+// Launcher API of the CUDA multi-tensor RDA / gRDA steps. Torch-free: raw device pointers and a stream, so the
+// .cu file compiles with nvcc alone (CMake builds it as a library; setup.py links it into the extension).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../rda_math.h"
+
+namespace sparse_rda {
+namespace cuda {
+
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// One tensor of a param group, as the kernels see it (all contiguous, state float32).
+struct RdaTensor {
+  void* w;                    // parameter, in the param dtype
+  const void* g;              // gradient, in the grad dtype
+  float* T;
+  float* B;
+  float* A;
+  float* v;
+  const float* group_means;   // structured modes: mean |w| per contiguous group; null in element mode
+  int64_t numel;
+  int64_t group_size;
+  float factor;               // sqrt(group size) when penalized, 0 when not
+};
+
+struct GrdaTensor {
+  void* w;
+  const void* g;
+  float* acc;
+  int64_t numel;
+};
+
+// Chunks: program c handles elements [chunk_start[c], chunk_start[c] + chunk) of tensor chunk_tensor[c].
+struct ChunkTable {
+  const int32_t* chunk_tensor;
+  const int64_t* chunk_start;
+  int64_t n_chunks;
+  int64_t chunk;
+};
+
+// Capturable mode: lr and averaging come from device memory and the momentum decays are computed on the device;
+// a nonzero *found_inf makes the kernels write nothing (nonzeros are still counted). All null when unused.
+struct DeviceScalars {
+  const float* lr_alpha;   // [lr, averaging]
+  const float* found_inf;
+  float inv_tau;           // 1 / momentum_time, 0 for none
+  float inv_tau_b;         // 1 / reweight_time, 0 for none
+};
+
+// The per-tensor max of this step's A, into max_A (zeroed by the caller), for penalized tensors.
+cudaError_t launch_rda_max_A(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, RdaScalars s,
+                             DeviceScalars d, float* max_A, cudaStream_t stream);
+
+// The RDA step; counts each tensor's nonzeros into nnz (zeroed by the caller). max_A from launch_rda_max_A
+// (unused without reweighting); inv_scale: 1 / GradScaler scale on the device, or null.
+cudaError_t launch_rda_step(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
+                            RdaScalars s, DeviceScalars d, const float* inv_scale, const float* max_A,
+                            unsigned long long* nnz, cudaStream_t stream);
+
+// The gRDA step with per-tensor thresholds l1 (device), and lr from *lr_device when not null.
+cudaError_t launch_grda_step(const GrdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
+                             float lr, const float* lr_device, const float* found_inf, const float* l1,
+                             const float* inv_scale, unsigned long long* nnz, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace sparse_rda

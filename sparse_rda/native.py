@@ -1,0 +1,55 @@
+"""The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_`` and
+``grda_step_``, with CPU and (when built with CUDA) CUDA kernels, behind the reference's function signatures.
+
+The ops are registered with schemas that declare what they mutate, and fake implementations so that
+``torch.compile`` traces an optimizer step through them without graph breaks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference
+
+try:
+    from . import _C  # noqa: F401  (loading it registers the ops)
+except ImportError:  # built without the extension: the reference and Triton backends still work
+    _C = None
+
+
+def has_kernels(device_type: str) -> bool:
+    """Whether the extension was built with kernels for this device type ("cpu" or "cuda")."""
+    if _C is None:
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key("sparse_rda::rda_step_", key)
+
+
+if _C is not None:
+
+    @torch.library.register_fake("sparse_rda::rda_step_")
+    def _rda_step_fake(params, grads, T, B, A, v, factors, group_sizes, lr, lam, beta, beta_b, alpha,
+                       weight_decay, max_factor, reweight, maximize, grad_scale):
+        return params[0].new_empty((len(params),), dtype=torch.int64)
+
+    @torch.library.register_fake("sparse_rda::grda_step_")
+    def _grda_step_fake(params, grads, acc, thresholds, lr, grad_scale):
+        return params[0].new_empty((len(params),), dtype=torch.int64)
+
+
+def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, averaging, weight_decay, max_factor,
+             reweight, granularity, maximize, grad_scale=None) -> torch.Tensor:
+    """The reference's rda_step as one native op; returns each param's nonzero count."""
+    sizes = [reference.group_size(p.shape, granularity) for p in params]
+    factors = [math.sqrt(size) if pen else 0.0 for size, pen in zip(sizes, penalized)]
+    return torch.ops.sparse_rda.rda_step_(
+        list(params), list(grads), list(T), list(B), list(A), list(v), factors, sizes, lr, lam, beta, beta_b,
+        averaging, weight_decay, max_factor, reweight, maximize, grad_scale,
+    )
+
+
+def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None) -> torch.Tensor:
+    """The reference's grda_step as one native op; returns each param's nonzero count."""
+    return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), list(thresholds), lr, grad_scale)
