@@ -7,23 +7,37 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test clean
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
+
+.PHONY: setup demo test native-check clean
 
 setup: $(VENV)/.installed
+
+# the native extension (CPU kernels; CUDA too where torch has CUDA), rebuilt when csrc/ changes
+$(VENV)/.built: $(VENV)/.installed $(NATIVE_SOURCES)
+	SPARSE_RDA_WERROR=1 $(PY) setup.py -q build_ext --inplace
+	touch $@
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
-	$(PY) -m pip install -q numpy tqdm pytest pytest-benchmark hypothesis setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PY) -m pip install -q numpy tqdm pytest pytest-benchmark hypothesis "setuptools>=77" wheel
+	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
-demo: setup
+demo: $(VENV)/.built
 	$(PY) examples/fashion_mnist_demo.py
 
-test: setup
+# csrc without torch: the shared math's C++ tests, and the CUDA kernels compiled for sm_80 and sm_90a
+# (warnings are errors) wherever nvcc is installed
+native-check:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > build-cmake.log || (cat build-cmake.log; exit 1)
+	cmake --build build/cmake -j2
+	ctest --test-dir build/cmake --output-on-failure
+
+test: $(VENV)/.built native-check
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build build-cmake.log *.egg-info sparse_rda/_C*.so

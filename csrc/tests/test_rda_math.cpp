@@ -1,0 +1,106 @@
+// Hand-computed cases of the shared per-element math (csrc/rda_math.h), the same worked examples as
+// tests/test_hand_computed.py. Run by ctest.
+#include <cmath>
+#include <cstdio>
+
+#include "../rda_math.h"
+
+using namespace sparse_rda;
+
+static int failures = 0, checks = 0;
+
+static void expect_near(const char* what, double actual, double expected, double tol = 1e-6) {
+  ++checks;
+  if (!(std::fabs(actual - expected) <= tol * std::fmax(1.0, std::fabs(expected)))) {
+    ++failures;
+    std::printf("FAIL %s: got %.9g, expected %.9g\n", what, actual, expected);
+  }
+}
+
+static void soft_threshold_cases() {
+  expect_near("S(-3, 1)", soft_threshold(-3.0f, 1.0f), -2.0);
+  expect_near("S(-1, 1)", soft_threshold(-1.0f, 1.0f), 0.0);
+  expect_near("S(0.5, 1)", soft_threshold(0.5f, 1.0f), 0.0);
+  expect_near("S(2, 1)", soft_threshold(2.0f, 1.0f), 1.0);
+  expect_near("S(x, 0) = x", soft_threshold(-0.25f, 0.0f), -0.25);
+  ++checks;
+  if (!std::isnan(soft_threshold(NAN, 1.0f))) {
+    ++failures;
+    std::printf("FAIL S(NaN, 1) is not NaN\n");
+  }
+}
+
+static void reweight_cases() {
+  expect_near("om(A = 0)", reweight_factor(0.0f, 4.0f, 5.0f), 5.0);
+  expect_near("om(A = 1)", reweight_factor(1.0f, 4.0f, 5.0f), 2.5);
+  expect_near("om(A = max)", reweight_factor(4.0f, 4.0f, 5.0f), 1.0);
+  expect_near("om(max A = 0) = M", reweight_factor(0.0f, 0.0f, 500.0f), 500.0);
+}
+
+// lr 0.5, no momentum, A = |w| (beta_b = 0), M = 5, alpha = 0.5, lam = 0.4; w0 = [2, -1, .5, 0].
+static void rda_two_steps() {
+  float w[4] = {2.0f, -1.0f, 0.5f, 0.0f};
+  float T[4], B[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, v[4] = {0, 0, 0, 0};
+  for (int i = 0; i < 4; ++i) T[i] = w[i];
+  const RdaScalars s = make_rda_scalars(0.5, 0.4, 0.0, 0.0, 0.5, 0.0, 5.0, 1.0f, true, false);
+  const float grads[2][4] = {{1.0f, 1.0f, -1.0f, 0.5f}, {0.2f, -0.4f, 0.0f, 1.0f}};
+  for (int step = 0; step < 2; ++step) {
+    float A_next[4], max_A = 0.0f;
+    for (int i = 0; i < 4; ++i) max_A = std::fmax(max_A, A_next[i] = new_A(A[i], std::fabs(w[i]), s));
+    const RdaTensorScalars ts{1.0f, max_A};
+    for (int i = 0; i < 4; ++i) {
+      A[i] = A_next[i];
+      w[i] = rda_element(w[i], grads[step][i], A_next[i], B[i], T[i], v[i], s, ts);
+    }
+    if (step == 0) {  // B = .5 om = [.5, 5/6, 1.25, 2.5]; T = [1.5, -1.5, 1, -.25]; w1 = [1.3, -7/6, .5, 0]
+      const double B1[4] = {0.5, 5.0 / 6, 1.25, 2.5}, T1[4] = {1.5, -1.5, 1.0, -0.25}, w1[4] = {1.3, -7.0 / 6, 0.5, 0.0};
+      for (int i = 0; i < 4; ++i) {
+        expect_near("step 1 B", B[i], B1[i]);
+        expect_near("step 1 T", T[i], T1[i]);
+        expect_near("step 1 w", w[i], w1[i]);
+      }
+    }
+  }
+  // step 2: om_i = 5 / (1 + 4 |w1_i| / 1.3); B = .5 B1 + .5 om; T = .5 T1 + .5 w1 - .5 g2; w = S_{.4 B}(T)
+  const double w1[4] = {1.3, -7.0 / 6, 0.5, 0.0}, B1[4] = {0.5, 5.0 / 6, 1.25, 2.5}, T1[4] = {1.5, -1.5, 1.0, -0.25};
+  for (int i = 0; i < 4; ++i) {
+    const double om = 5.0 / (1.0 + 4.0 * std::fabs(w1[i]) / 1.3);
+    const double B2 = 0.5 * B1[i] + 0.5 * om;
+    const double T2 = 0.5 * T1[i] + 0.5 * w1[i] - 0.5 * grads[1][i];
+    const double w2 = std::copysign(std::fmax(std::fabs(T2) - 0.4 * B2, 0.0), T2);
+    expect_near("step 2 B", B[i], B2);
+    expect_near("step 2 T", T[i], T2);
+    expect_near("step 2 w", w[i], w2);
+  }
+}
+
+// beta = 1/2 exactly, alpha = 0, lam = 0, wd = .1: momentum SGD on T.
+static void momentum_and_weight_decay() {
+  float w = 1.0f, T = 1.0f, B = 0.0f, v = 0.0f;
+  const RdaScalars s = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.1, 500.0, 1.0f, true, false);
+  const RdaTensorScalars ts{1.0f, 1.0f};
+  w = rda_element(w, 0.5f, 1.0f, B, T, v, s, ts);  // g = .6, v = .3, w = 1 - .075
+  expect_near("momentum v1", v, 0.3);
+  expect_near("momentum w1", w, 0.925);
+  w = rda_element(w, 0.0f, 1.0f, B, T, v, s, ts);  // g = .0925, v = .19625, w = .925 - .0490625
+  expect_near("momentum v2", v, 0.19625);
+  expect_near("momentum w2", w, 0.925 - 0.0490625);
+}
+
+// mu = 1, c = .1: l1 = .0008 after lr .04; acc = 1 - .04 = .96, w = .9592.
+static void grda_step() {
+  float acc = 1.0f;
+  expect_near("grda w1", grda_element(1.0f, acc, 0.04f, 0.0008f, 1.0f), 0.9592);
+  expect_near("grda acc1", acc, 0.96);
+  expect_near("grda unscale", grda_element(2048.0f, acc, 0.01f, 0.0009f, 1.0f / 1024), 0.96 - 0.02 - 0.0009);
+}
+
+int main() {
+  soft_threshold_cases();
+  reweight_cases();
+  rda_two_steps();
+  momentum_and_weight_decay();
+  grda_step();
+  std::printf("%d passed, %d failed\n", checks - failures, failures);
+  return failures == 0 ? 0 : 1;
+}
