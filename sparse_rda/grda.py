@@ -40,7 +40,7 @@ class GRDA(SparseOptimizer):
         super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable))
 
     def _check_hyper(self, group: dict) -> None:
-        check_hyper_value("lr", group["lr"], group.get("capturable", False))
+        check_hyper_value("lr", group["lr"], self._capturable(group))
         check_number("c", group["c"])
         check_number("mu", group["mu"], low_open=True)
 
@@ -50,7 +50,7 @@ class GRDA(SparseOptimizer):
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         c, mu = float(group["c"]), float(group["mu"])
-        capturable = group.get("capturable", False)
+        capturable = self._capturable(group)
         for p in params:
             if not self.state[p]:
                 zero = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else None

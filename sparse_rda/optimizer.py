@@ -35,14 +35,16 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._warn_hyper(group)
 
     def _check_group(self, group: dict) -> str:
-        """Checks a group and returns the backend that will run it."""
-        check_bool("capturable", group.get("capturable", False))
-        check_bool("penalize", group.get("penalize", True))
-        self._check_hyper(group)
+        """Checks a group and returns the backend that will run it. A step traced by torch.compile skips the
+        value checks (its hyper-parameters may be symbolic); they ran when the group was added."""
+        if not torch.compiler.is_compiling():
+            check_bool("capturable", group.get("capturable", False))
+            check_bool("penalize", group.get("penalize", True))
+            self._check_hyper(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device, group.get("capturable", False))
-        if group.get("capturable", False) and backend != "triton":
+        backend = dispatch.resolve(group["backend"], device, self._capturable(group))
+        if self._capturable(group) and backend != "triton":
             raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
         return backend
 
@@ -70,6 +72,12 @@ class SparseOptimizer(torch.optim.Optimizer):
         torch._foreach_add_(steps, 1.0 if found_inf is None else (1 - found_inf).double())
 
     @staticmethod
+    def _capturable(group: dict) -> bool:
+        """The group's capturable option. Under torch.compile, dynamo marks every optimizer group capturable
+        (its convention for torch's optimizers); a traced step here runs the host-scalar path instead."""
+        return group.get("capturable", False) and not torch.compiler.is_compiling()
+
+    @staticmethod
     def _is_penalized(group: dict, p: torch.Tensor) -> bool:
         """Whether a tensor's weights are thresholded; param groups can opt out with ``penalize=False``."""
         return group.get("penalize", True) and (p.dim() >= 2 or group.get("sparsify_1d", True))
@@ -93,14 +101,14 @@ class SparseOptimizer(torch.optim.Optimizer):
                 check_grad(p)
             work.append((group, backend, params))
         found_inf = getattr(self, "found_inf", None)
-        host_checked = any(params and not group.get("capturable", False) for group, _, params in work)
+        host_checked = any(params and not self._capturable(group) for group, _, params in work)
         if found_inf is not None and host_checked and found_inf.item():
             return loss
         grad_scale = getattr(self, "grad_scale", None)
         self._nnz = []
         for group, backend, params in work:
             if params:
-                inf = found_inf if group.get("capturable", False) else None
+                inf = found_inf if self._capturable(group) else None
                 counts = self._group_step(group, backend, params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))

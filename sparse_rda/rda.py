@@ -84,7 +84,7 @@ class RDA(SparseOptimizer):
         super().__init__(params, defaults)
 
     def _check_hyper(self, group: dict) -> None:
-        capturable = group.get("capturable", False)
+        capturable = self._capturable(group)
         check_hyper_value("lr", group["lr"], capturable)
         check_hyper_value("averaging", group["averaging"], capturable, high=1.0)
         check_number("lam", group["lam"])
@@ -106,7 +106,7 @@ class RDA(SparseOptimizer):
         return state
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
-        capturable = group.get("capturable", False)
+        capturable = self._capturable(group)
         states = [self.state[p] if self.state[p] else self._init_state(p, capturable) for p in params]
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]

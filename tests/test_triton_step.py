@@ -274,12 +274,6 @@ def test_cuda_graph_replay_matches_eager_steps(opt_cls, options):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 
 
-def test_auto_picks_triton_on_cuda_and_the_reference_on_cpu():
-    assert dispatch.resolve("auto", torch.device("cpu")) == "torch"
-    if torch.cuda.is_available():
-        assert dispatch.resolve("auto", torch.device("cuda")) == "triton"
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_on_gpu(dtype):

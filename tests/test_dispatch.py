@@ -1,0 +1,29 @@
+"""Backend choice: every backend reachable by name, "auto" picking the fastest one built for the device."""
+
+import pytest
+import torch
+
+import sparse_rda
+from sparse_rda import dispatch, native
+
+
+def test_auto_prefers_native_kernels_then_triton_then_the_reference():
+    cpu = torch.device("cpu")
+    assert dispatch.resolve("auto", cpu) == ("cpu" if native.has_kernels("cpu") else "torch")
+    if torch.cuda.is_available():
+        cuda = torch.device("cuda")
+        expected = "cuda" if native.has_kernels("cuda") else "triton"
+        assert dispatch.resolve("auto", cuda) == expected
+        assert dispatch.resolve("auto", cuda, capturable=True) == "triton"
+
+
+def test_backends_lists_what_this_install_has():
+    names = sparse_rda.backends()
+    assert names[0] == "torch"
+    assert ("cpu" in names) == native.has_kernels("cpu")
+
+
+@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+def test_backends_refuse_a_device_they_cannot_run_on():
+    with pytest.raises(ValueError, match="backend='cpu' cannot run on meta tensors"):
+        sparse_rda.RDA([torch.nn.Parameter(torch.empty(2, 2, device="meta"))], backend="cpu")

@@ -1,0 +1,99 @@
+"""The native extension's ops: schema and fake implementations (torch.library.opcheck), tracing by
+torch.compile, and non-contiguous and mixed-dtype inputs against the reference."""
+
+import pytest
+import torch
+
+import sparse_rda
+from sparse_rda import native
+from helpers import assert_state_close
+
+pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+
+
+def rda_args(shapes, dtype=torch.float32):
+    params = [torch.randn(s).to(dtype) for s in shapes]
+    grads = [torch.randn(s).to(dtype) for s in shapes]
+    T = [p.float().clone() for p in params]
+    B, A, v = ([torch.rand(s) for s in shapes] for _ in range(3))
+    factors = [1.0 if len(s) >= 2 else 0.0 for s in shapes]
+    sizes = [1] * len(shapes)
+    return (params, grads, T, B, A, v, factors, sizes, 0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_opcheck_rda_step(dtype):
+    torch.library.opcheck(torch.ops.sparse_rda.rda_step_.default, rda_args([(5, 7), (3,), (2, 3, 3, 3)], dtype))
+
+
+def test_opcheck_grda_step():
+    shapes = [(5, 7), (3,)]
+    args = ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],
+            [0.1, 0.0], 0.05, torch.tensor(4.0))
+    torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default, args)
+
+
+# GRDA is left out: its per-tensor step counts and thresholds are host numbers that change every step, which
+# dynamo specializes on (torch's own optimizers keep such counters in tensors for this reason).
+@pytest.mark.parametrize("opt_cls, options", [(sparse_rda.RDA, dict(lam=1e-3, weight_decay=1e-4))])
+def test_torch_compile_traces_the_step_without_graph_breaks(opt_cls, options):
+    params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    compiled_opt = opt_cls(params, backend="cpu", **options)
+    eager_opt = opt_cls(copies, backend="cpu", **options)
+    for p, q in zip(params, copies):
+        p.grad = torch.randn_like(p)
+        q.grad = p.grad.clone()
+    compiled_opt.step()  # state exists before tracing
+    eager_opt.step()
+    step = torch.compile(compiled_opt.step, backend="aot_eager", fullgraph=True)
+    for _ in range(3):
+        step()
+        eager_opt.step()
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_non_contiguous_params_match_the_reference():
+    p = torch.nn.Parameter(torch.randn(7, 9).t())  # a transposed layout
+    assert not p.is_contiguous()
+    ref_p = torch.nn.Parameter(p.detach().clone())
+    fused = sparse_rda.RDA([p], backend="cpu", lam=1e-3)
+    ref = sparse_rda.RDA([ref_p], backend="torch", lam=1e-3)
+    for _ in range(4):
+        p.grad = torch.randn(9, 7)
+        ref_p.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+    assert not p.is_contiguous()
+    for key in ("T", "B", "A", "v"):
+        assert_state_close(fused.state[p][key], ref.state[ref_p][key], 1e-5, key)
+    torch.testing.assert_close(p, ref_p, rtol=1e-5, atol=1e-6)
+
+
+def test_float32_grads_on_bf16_params_match_the_reference():
+    # (optimizers never see this pair, torch keeps grads in the param dtype; the ops accept it)
+    shapes = [(4, 6), (5,)]
+    w = [torch.randn(s).to(torch.bfloat16) for s in shapes]
+    g = [torch.randn(s) for s in shapes]
+    state = [[p.float().clone() for p in w]] + [[torch.zeros(s) for s in shapes] for _ in range(3)]
+    w_ref, state_ref = [p.clone() for p in w], [[t.clone() for t in ts] for ts in state]
+    options = dict(penalized=[True, False], lr=0.5, lam=1e-2, beta=0.9, beta_b=0.9, averaging=0.2, weight_decay=0.0,
+                   max_factor=500.0, reweight=True, granularity="element", maximize=False)
+    native.rda_step(w, g, *state, **options)
+    sparse_rda.reference.rda_step(w_ref, g, *state_ref, **options)
+    for ts, ts_ref in zip(state, state_ref):
+        for t, t_ref in zip(ts, ts_ref):
+            torch.testing.assert_close(t, t_ref, rtol=1e-5, atol=1e-6)
+    for p, p_ref in zip(w, w_ref):
+        assert p.dtype == torch.bfloat16
+        torch.testing.assert_close(p, p_ref, rtol=0, atol=0)
+
+
+def test_nnz_comes_from_the_step():
+    params = [torch.nn.Parameter(torch.randn(50, 40))]
+    opt = sparse_rda.RDA(params, backend="cpu", lam=0.05)
+    params[0].grad = torch.randn(50, 40)
+    opt.step()
+    assert opt._nnz, "the native step returns its counts"
+    assert opt.nnz()[params[0]] == int(torch.count_nonzero(params[0])) < 2000
