@@ -27,3 +27,20 @@ def test_backends_lists_what_this_install_has():
 def test_backends_refuse_a_device_they_cannot_run_on():
     with pytest.raises(ValueError, match="backend='cpu' cannot run on meta tensors"):
         sparse_rda.RDA([torch.nn.Parameter(torch.empty(2, 2, device="meta"))], backend="cpu")
+
+
+def test_the_package_works_without_the_native_extension():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['sparse_rda._C'] = None\n"  # makes `from . import _C` raise ImportError
+        "import torch, sparse_rda\n"
+        "assert 'cpu' not in sparse_rda.backends(), sparse_rda.backends()\n"
+        "p = torch.nn.Parameter(torch.randn(4, 4)); p.grad = torch.randn(4, 4)\n"
+        "opt = sparse_rda.RDA([p], lam=1e-3); opt.step()\n"
+        "print(sparse_rda.backends())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch" in out.stdout

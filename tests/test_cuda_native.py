@@ -1,0 +1,68 @@
+"""The native CUDA kernels (backend "cuda") against the reference on the GPU; skipped without one."""
+
+import pytest
+import torch
+
+import sparse_rda
+from sparse_rda import native
+from helpers import assert_state_close
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not native.has_kernels("cuda"), reason="extension built without CUDA kernels")]
+
+SHAPES = [(7, 5), (13,), (4, 3, 3, 3), (1,), (300, 251), (64, 32, 3, 3)]
+
+
+def make(shapes, dtype):
+    return [torch.nn.Parameter((torch.randn(s) * 0.5).to(device="cuda", dtype=dtype)) for s in shapes]
+
+
+@pytest.mark.parametrize("granularity", ["element", "kernel", "channel"])
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lr=0.8, lam=5e-4, averaging=0.4, weight_decay=1e-3)),
+    (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
+def test_cuda_matches_the_reference_step_by_step(opt_cls, options, granularity):
+    if opt_cls is sparse_rda.GRDA and granularity != "element":
+        pytest.skip("gRDA has no granularity")
+    if opt_cls is sparse_rda.RDA:
+        options = {**options, "granularity": granularity}
+    params = make(SHAPES, torch.float32)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = opt_cls(params, backend="cuda", **options)
+    ref = opt_cls(copies, backend="torch", **options)
+    for _ in range(30):
+        for p, q in zip(params, copies):  # same inputs each step: compare one step at a time
+            q.data.copy_(p.data)
+            ref.state[q] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in fused.state[p].items()}
+            if not ref.state[q]:
+                del ref.state[q]
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+        for p, q in zip(params, copies):
+            for key, value in fused.state[p].items():
+                if isinstance(value, torch.Tensor):
+                    assert_state_close(value, ref.state[q][key], 1e-5, key)
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5 * float(p.abs().max()))
+    nnz = fused.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_low_precision_params(dtype):
+    params = make(SHAPES, dtype)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.RDA(params, backend="cuda", lam=1e-3)
+    ref = sparse_rda.RDA(copies, backend="torch", lam=1e-3)
+    grads = [torch.randn_like(p) for p in params]
+    for p, q, g in zip(params, copies, grads):
+        p.grad, q.grad = g, g.clone()
+    fused.step()
+    ref.step()
+    for p, q in zip(params, copies):
+        assert p.dtype == dtype and fused.state[p]["T"].dtype == torch.float32
+        assert_state_close(fused.state[p]["T"], ref.state[q]["T"], 1e-5, "T")
+        ulp = torch.finfo(dtype).eps * q.float().abs()
+        assert ((p.float() - q.float()).abs() <= ulp + 1e-30).all(), "weights within one rounding step"
