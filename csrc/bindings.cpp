@@ -102,8 +102,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto inv = inverse_scale(grad_scale);
-  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, reweight,
-                                        maximize);
+  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
   auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
   for (const auto& idx : by_dtype(params, grads)) {
     std::vector<Flat> flats;
@@ -137,7 +136,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
     const cuda::DeviceScalars none{nullptr, nullptr, 0.0f, 0.0f};
     if (reweight) check(cuda::launch_rda_max_A(dev_tensors, chunks.table(kChunk), w_dtype, s, none, max_A.data_ptr<float>(), stream));
     check(cuda::launch_rda_step(dev_tensors, chunks.table(kChunk), w_dtype, grad_f32, s, none,
-                                inv ? inv->data_ptr<float>() : nullptr, max_A.data_ptr<float>(),
+                                inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
     if (idx.size() == params.size()) return counts;

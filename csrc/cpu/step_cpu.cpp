@@ -18,44 +18,80 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
-// a for element i: |w_i|, or the mean |w| of its group (group_size > 1, groups contiguous).
+// a for element i: |w_i| in element mode, the mean |w| of its contiguous group in the structured modes.
 template <typename param_t>
 struct Magnitude {
   const param_t* w;
   const float* group_means;  // null in element mode
   int64_t group_size;
-  float operator()(int64_t i) const {
-    return group_means ? group_means[i / group_size] : std::fabs(static_cast<float>(w[i]));
-  }
 };
 
-template <typename param_t, typename grad_t>
+template <bool GROUPED, typename param_t>
+inline float magnitude(const Magnitude<param_t>& a, int64_t i) {
+  if constexpr (GROUPED) return a.group_means[i / a.group_size];
+  return std::fabs(static_cast<float>(a.w[i]));
+}
+
+// The element loop over [begin, end), specialised so that the per-tensor choices are not branches inside it
+// (restrict pointers and selects let the compiler vectorize it).
+template <bool PENALIZED, bool REWEIGHT, bool GROUPED, typename param_t, typename grad_t>
+int64_t rda_range(param_t* __restrict__ w, const grad_t* __restrict__ g, float* __restrict__ T, float* __restrict__ B,
+                  float* __restrict__ A, float* __restrict__ v, const Magnitude<param_t> a, int64_t begin, int64_t end,
+                  const RdaScalars s, float factor, float max_A) {
+  int64_t count = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const float wi = static_cast<float>(w[i]);
+    float om_factor = 0.0f;
+    if constexpr (PENALIZED) {
+      const float A_next = new_A(A[i], magnitude<GROUPED>(a, i), s);
+      A[i] = A_next;
+      om_factor = (REWEIGHT ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f) * factor;
+    }
+    float Bi = B[i], Ti = T[i], vi = v[i];
+    const param_t stored = static_cast<param_t>(rda_element(wi, static_cast<float>(g[i]), om_factor, Bi, Ti, vi, s));
+    if constexpr (PENALIZED) B[i] = Bi;
+    T[i] = Ti;
+    v[i] = vi;
+    w[i] = stored;
+    count += static_cast<float>(stored) != 0.0f;
+  }
+  return count;
+}
+
+// A max reduction is a serial dependency chain unless split into independent lanes (the compiler may not
+// reorder float max itself); 16 lanes become vector max instructions.
+template <bool GROUPED, typename param_t>
+float max_A_range(const float* __restrict__ A, const Magnitude<param_t> a, int64_t begin, int64_t end,
+                  const RdaScalars s, float running) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes];
+  for (float& lane : lanes) lane = running;
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int k = 0; k < kLanes; ++k) lanes[k] = std::max(lanes[k], new_A(A[i + k], magnitude<GROUPED>(a, i + k), s));
+  }
+  for (; i < end; ++i) running = std::max(running, new_A(A[i], magnitude<GROUPED>(a, i), s));
+  for (float lane : lanes) running = std::max(running, lane);
+  return running;
+}
+
+template <bool GROUPED, typename param_t, typename grad_t>
 int64_t rda_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, Magnitude<param_t> a,
-                   int64_t n, const RdaScalars& s, float factor) {
-  RdaTensorScalars ts{factor, 0.0f};
+                   int64_t n, const RdaScalars& s, float factor, bool reweight) {
   const bool penalized = factor > 0.0f;
-  if (penalized && s.reweight) {
-    ts.max_A = at::parallel_reduce(
+  float max_A = 0.0f;
+  if (penalized && reweight) {
+    max_A = at::parallel_reduce(
         0, n, kGrain, 0.0f,
-        [&](int64_t begin, int64_t end, float running) {
-          for (int64_t i = begin; i < end; ++i) running = std::max(running, new_A(A[i], a(i), s));
-          return running;
-        },
+        [&](int64_t begin, int64_t end, float running) { return max_A_range<GROUPED>(A, a, begin, end, s, running); },
         [](float x, float y) { return std::max(x, y); });
   }
   return at::parallel_reduce(
       0, n, kGrain, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t count) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float wi = static_cast<float>(w[i]);
-          float A_next = 0.0f;
-          if (penalized) A[i] = A_next = new_A(A[i], a(i), s);
-          const param_t stored = static_cast<param_t>(rda_element(wi, static_cast<float>(g[i]), A_next, B[i], T[i],
-                                                                  v[i], s, ts));
-          w[i] = stored;
-          count += static_cast<float>(stored) != 0.0f;
-        }
-        return count;
+        if (!penalized) return count + rda_range<false, false, GROUPED>(w, g, T, B, A, v, a, begin, end, s, factor, max_A);
+        if (reweight) return count + rda_range<true, true, GROUPED>(w, g, T, B, A, v, a, begin, end, s, factor, max_A);
+        return count + rda_range<true, false, GROUPED>(w, g, T, B, A, v, a, begin, end, s, factor, max_A);
       },
       std::plus<int64_t>());
 }
@@ -95,7 +131,7 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
   const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
-                                        inverse_scale(grad_scale), reweight, maximize);
+                                        inverse_scale(grad_scale), maximize);
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
@@ -107,8 +143,12 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
       Magnitude<scalar_t> a{w.flat.data_ptr<scalar_t>(), means.defined() ? means.data_ptr<float>() : nullptr,
                             group_size};
       auto run = [&](auto* grad) {
-        return rda_tensor(w.flat.data_ptr<scalar_t>(), grad, Ts.flat.data_ptr<float>(), Bs.flat.data_ptr<float>(),
-                          As.flat.data_ptr<float>(), vs.flat.data_ptr<float>(), a, w.flat.numel(), s, factor);
+        auto* args_w = w.flat.data_ptr<scalar_t>();
+        float *T_ = Ts.flat.data_ptr<float>(), *B_ = Bs.flat.data_ptr<float>(), *A_ = As.flat.data_ptr<float>(),
+              *v_ = vs.flat.data_ptr<float>();
+        const int64_t n = w.flat.numel();
+        return means.defined() ? rda_tensor<true>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight)
+                               : rda_tensor<false>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight);
       };
       counts[t] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
     });

@@ -94,12 +94,12 @@ __global__ void rda_max_A_kernel(const RdaTensor* tensors, ChunkTable chunks, Rd
 
 template <typename param_t, typename grad_t>
 __global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, RdaScalars host, DeviceScalars d,
-                                const float* inv_scale, const float* max_A, unsigned long long* nnz) {
+                                const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz) {
   const int32_t ti = chunks.chunk_tensor[blockIdx.x];
   const RdaTensor t = tensors[ti];
   Resolved r = resolve(host, d);
-  if (inv_scale != nullptr) r.s.inv_scale = *inv_scale;
-  const RdaTensorScalars ts{t.factor, max_A[ti]};
+  if (inv_scale != nullptr) r.s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
+  const float m = max_A[ti];
   const int64_t start = chunks.chunk_start[blockIdx.x];
   const int64_t end = min(start + chunks.chunk, t.numel);
   auto* w = static_cast<param_t*>(t.w);
@@ -111,10 +111,14 @@ __global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, Rda
       count += wi != 0.0f;
       continue;
     }
-    float A_next = 0.0f;
-    if (t.factor > 0.0f) t.A[i] = A_next = new_A(t.A[i], magnitude(t, w, i, wi), r.s);
+    float om_factor = 0.0f;
+    if (t.factor > 0.0f) {
+      const float A_next = new_A(t.A[i], magnitude(t, w, i, wi), r.s);
+      t.A[i] = A_next;
+      om_factor = (reweight ? reweight_factor(A_next, m, r.s.max_factor) : 1.0f) * t.factor;
+    }
     float B = t.B[i], T = t.T[i], v = t.v[i];
-    const param_t stored = from_float<param_t>(rda_element(wi, to_float(g[i]), A_next, B, T, v, r.s, ts));
+    const param_t stored = from_float<param_t>(rda_element(wi, to_float(g[i]), om_factor, B, T, v, r.s));
     if (t.factor > 0.0f) t.B[i] = B;
     t.T[i] = T;
     t.v[i] = v;
@@ -179,17 +183,17 @@ cudaError_t launch_rda_max_A(const RdaTensor* tensors, ChunkTable chunks, DType 
 }
 
 cudaError_t launch_rda_step(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                            RdaScalars s, DeviceScalars d, const float* inv_scale, const float* max_A,
+                            RdaScalars s, DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream) {
   if (chunks.n_chunks == 0) return cudaSuccess;
   return with_param_type(w_dtype, [&](auto param) {
     using param_t = decltype(param);
     if (grad_is_float32) {
       rda_step_kernel<param_t, float><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, s, d, inv_scale,
-                                                                              max_A, nnz);
+                                                                              reweight, max_A, nnz);
     } else {
       rda_step_kernel<param_t, param_t><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, s, d, inv_scale,
-                                                                                max_A, nnz);
+                                                                                reweight, max_A, nnz);
     }
     return cudaGetLastError();
   });

@@ -55,9 +55,9 @@ cudaError_t launch_rda_max_A(const RdaTensor* tensors, ChunkTable chunks, DType 
                              DeviceScalars d, float* max_A, cudaStream_t stream);
 
 // The RDA step; counts each tensor's nonzeros into nnz (zeroed by the caller). max_A from launch_rda_max_A
-// (unused without reweighting); inv_scale: 1 / GradScaler scale on the device, or null.
+// (unused without reweighting); inv_scale: 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
 cudaError_t launch_rda_step(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                            RdaScalars s, DeviceScalars d, const float* inv_scale, const float* max_A,
+                            RdaScalars s, DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream);
 
 // The gRDA step with per-tensor thresholds l1 (device), and lr from *lr_device when not null.

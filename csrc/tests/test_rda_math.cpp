@@ -42,15 +42,14 @@ static void rda_two_steps() {
   float w[4] = {2.0f, -1.0f, 0.5f, 0.0f};
   float T[4], B[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, v[4] = {0, 0, 0, 0};
   for (int i = 0; i < 4; ++i) T[i] = w[i];
-  const RdaScalars s = make_rda_scalars(0.5, 0.4, 0.0, 0.0, 0.5, 0.0, 5.0, 1.0f, true, false);
+  const RdaScalars s = make_rda_scalars(0.5, 0.4, 0.0, 0.0, 0.5, 0.0, 5.0, 1.0f, false);
   const float grads[2][4] = {{1.0f, 1.0f, -1.0f, 0.5f}, {0.2f, -0.4f, 0.0f, 1.0f}};
   for (int step = 0; step < 2; ++step) {
     float A_next[4], max_A = 0.0f;
     for (int i = 0; i < 4; ++i) max_A = std::fmax(max_A, A_next[i] = new_A(A[i], std::fabs(w[i]), s));
-    const RdaTensorScalars ts{1.0f, max_A};
     for (int i = 0; i < 4; ++i) {
       A[i] = A_next[i];
-      w[i] = rda_element(w[i], grads[step][i], A_next[i], B[i], T[i], v[i], s, ts);
+      w[i] = rda_element(w[i], grads[step][i], reweight_factor(A_next[i], max_A, s.max_factor), B[i], T[i], v[i], s);
     }
     if (step == 0) {  // B = .5 om = [.5, 5/6, 1.25, 2.5]; T = [1.5, -1.5, 1, -.25]; w1 = [1.3, -7/6, .5, 0]
       const double B1[4] = {0.5, 5.0 / 6, 1.25, 2.5}, T1[4] = {1.5, -1.5, 1.0, -0.25}, w1[4] = {1.3, -7.0 / 6, 0.5, 0.0};
@@ -77,14 +76,18 @@ static void rda_two_steps() {
 // beta = 1/2 exactly, alpha = 0, lam = 0, wd = .1: momentum SGD on T.
 static void momentum_and_weight_decay() {
   float w = 1.0f, T = 1.0f, B = 0.0f, v = 0.0f;
-  const RdaScalars s = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.1, 500.0, 1.0f, true, false);
-  const RdaTensorScalars ts{1.0f, 1.0f};
-  w = rda_element(w, 0.5f, 1.0f, B, T, v, s, ts);  // g = .6, v = .3, w = 1 - .075
+  const RdaScalars s = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.1, 500.0, 1.0f, false);
+  w = rda_element(w, 0.5f, 1.0f, B, T, v, s);  // g = .6, v = .3, w = 1 - .075
   expect_near("momentum v1", v, 0.3);
   expect_near("momentum w1", w, 0.925);
-  w = rda_element(w, 0.0f, 1.0f, B, T, v, s, ts);  // g = .0925, v = .19625, w = .925 - .0490625
+  w = rda_element(w, 0.0f, 1.0f, B, T, v, s);  // g = .0925, v = .19625, w = .925 - .0490625
   expect_near("momentum v2", v, 0.19625);
   expect_near("momentum w2", w, 0.925 - 0.0490625);
+  // maximize: the gradient's sign flips (and a GradScaler's 1/scale multiplies it)
+  float w3 = 1.0f, T3 = 1.0f, B3 = 0.0f, v3 = 0.0f;
+  const RdaScalars up = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 500.0, 0.5f, true);
+  w3 = rda_element(w3, 1.0f, 1.0f, B3, T3, v3, up);  // g = -.5, v = -.25, w = 1 + .0625
+  expect_near("maximize w", w3, 1.0625);
 }
 
 // mu = 1, c = .1: l1 = .0008 after lr .04; acc = 1 - .04 = .96, w = .9592.
