@@ -38,3 +38,20 @@ def assert_weights_match(w: torch.Tensor, w_ref: torch.Tensor, T: torch.Tensor, 
     T_scale = T.abs().max() if T_scale is None else T_scale.double()
     bad = err > rtol * (torch.maximum(T.abs(), threshold) + T_scale) + 1e-30
     assert not bad.any(), f"{what}: {int(bad.sum())} of {w.numel()} elements off; worst error {err.max().item():.3g}"
+
+
+def rda_error_scales(group: dict, before: dict, grad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T_scale, v_scale): the sizes of the terms summed into one step's T and v, from that step's inputs
+    (weights "w", and state "T", "v" when the tensor had any; grad None when it had no gradient). Sums can
+    cancel, so errors are judged against these, not against the (possibly tiny) results."""
+    from sparse_rda.reference import decay
+
+    lr, alpha = float(group["lr"]), float(group["averaging"])
+    beta = decay(lr, group["momentum_time"])
+    w0 = before["w"]
+    T0 = before.get("T", w0)
+    v0 = before.get("v", torch.zeros_like(w0))
+    grad = torch.zeros_like(w0) if grad is None else grad
+    v_scale = beta * v0.abs() + (1 - beta) * (grad.float().abs() + group["weight_decay"] * w0.abs())
+    T_scale = alpha * T0.abs() + (1 - alpha) * w0.abs() + lr * v_scale
+    return T_scale, v_scale

@@ -7,7 +7,7 @@ import torch
 
 import sparse_rda
 from drive import make_params, run_side_by_side
-from helpers import assert_state_close, assert_weights_match
+from helpers import assert_state_close, assert_weights_match, rda_error_scales
 
 SHAPES = [(7, 5), (13,), (4, 3, 3, 3), (1,), (1, 1), (33, 17)]
 
@@ -16,14 +16,10 @@ def check_against_spec(opt, spec_params, spec_states, inputs, rtol=1e-6):
     """One step of the optimizer vs the spec from the same inputs. T and v are sums that can cancel: their
     errors are judged against the size of their terms."""
     group = opt.param_groups[0]
-    alpha, lr = group["averaging"], group["lr"]
     for i, (p, q, st, before) in enumerate(zip(group["params"], spec_params, spec_states, inputs)):
         mine = opt.state[p]
         assert mine["step"] == st["step"], f"tensor {i}: step count"
-        if "T" not in before:  # first step: T = w, zero state
-            before.update(T=before["w"], v=torch.zeros_like(st["v"]))
-        v_scale = before["v"].abs() + (st["v"] - before["v"]).abs()
-        T_scale = alpha * before["T"].abs() + (1 - alpha) * before["w"].abs() + lr * v_scale
+        T_scale, v_scale = rda_error_scales(group, before, p.grad)
         for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
             assert mine[key].dtype == torch.float32
             assert_state_close(mine[key], st[key], rtol, f"tensor {i} state {key}", scale)

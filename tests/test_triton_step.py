@@ -7,7 +7,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import dispatch
-from helpers import assert_state_close, assert_weights_match
+from helpers import assert_state_close, assert_weights_match, rda_error_scales
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -59,13 +59,9 @@ def step_both(fused, ref, grads, **kwargs):
 
 def compare_rda(fused, ref, inputs, rtol=RTOL):
     group = ref.param_groups[0]
-    alpha, lr = float(group["averaging"]), float(group["lr"])
     for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
         mine, theirs = fused.state[p], ref.state[q]
-        T0 = before.get("T", before["w"])
-        v0 = before.get("v", torch.zeros_like(theirs["v"]))
-        v_scale = v0.abs() + (theirs["v"] - v0).abs()
-        T_scale = alpha * T0.abs() + (1 - alpha) * before["w"].abs() + lr * v_scale
+        T_scale, v_scale = rda_error_scales(group, before, q.grad)
         for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
             assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
         assert float(mine["step"]) == float(theirs["step"])

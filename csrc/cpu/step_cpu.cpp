@@ -18,6 +18,14 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// The element loops are compiled for AVX-512, AVX2 and baseline x86-64, picked when the library loads: a
+// portable build still gets the wide vectors (and FMA) of the machine it runs on.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define SPARSE_RDA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SPARSE_RDA_CPU_CLONES
+#endif
+
 // a for element i: |w_i| in element mode, the mean |w| of its contiguous group in the structured modes.
 template <typename param_t>
 struct Magnitude {
@@ -35,7 +43,7 @@ inline float magnitude(const Magnitude<param_t>& a, int64_t i) {
 // The element loop over [begin, end), specialised so that the per-tensor choices are not branches inside it
 // (restrict pointers and selects let the compiler vectorize it).
 template <bool PENALIZED, bool REWEIGHT, bool GROUPED, typename param_t, typename grad_t>
-int64_t rda_range(param_t* __restrict__ w, const grad_t* __restrict__ g, float* __restrict__ T, float* __restrict__ B,
+SPARSE_RDA_CPU_CLONES int64_t rda_range(param_t* __restrict__ w, const grad_t* __restrict__ g, float* __restrict__ T, float* __restrict__ B,
                   float* __restrict__ A, float* __restrict__ v, const Magnitude<param_t> a, int64_t begin, int64_t end,
                   const RdaScalars s, float factor, float max_A) {
   int64_t count = 0;
@@ -61,7 +69,7 @@ int64_t rda_range(param_t* __restrict__ w, const grad_t* __restrict__ g, float* 
 // A max reduction is a serial dependency chain unless split into independent lanes (the compiler may not
 // reorder float max itself); 16 lanes become vector max instructions.
 template <bool GROUPED, typename param_t>
-float max_A_range(const float* __restrict__ A, const Magnitude<param_t> a, int64_t begin, int64_t end,
+SPARSE_RDA_CPU_CLONES float max_A_range(const float* __restrict__ A, const Magnitude<param_t> a, int64_t begin, int64_t end,
                   const RdaScalars s, float running) {
   constexpr int kLanes = 16;
   float lanes[kLanes];
@@ -97,17 +105,22 @@ int64_t rda_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, fl
 }
 
 template <typename param_t, typename grad_t>
+SPARSE_RDA_CPU_CLONES int64_t grda_range(param_t* __restrict__ w, const grad_t* __restrict__ g, float* __restrict__ acc,
+                                         int64_t begin, int64_t end, float lr, float l1, float inv_scale) {
+  int64_t count = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    const param_t stored = static_cast<param_t>(grda_element(static_cast<float>(g[i]), acc[i], lr, l1, inv_scale));
+    w[i] = stored;
+    count += static_cast<float>(stored) != 0.0f;
+  }
+  return count;
+}
+
+template <typename param_t, typename grad_t>
 int64_t grda_tensor(param_t* w, const grad_t* g, float* acc, int64_t n, float lr, float l1, float inv_scale) {
   return at::parallel_reduce(
       0, n, kGrain, int64_t(0),
-      [&](int64_t begin, int64_t end, int64_t count) {
-        for (int64_t i = begin; i < end; ++i) {
-          const param_t stored = static_cast<param_t>(grda_element(static_cast<float>(g[i]), acc[i], lr, l1, inv_scale));
-          w[i] = stored;
-          count += static_cast<float>(stored) != 0.0f;
-        }
-        return count;
-      },
+      [&](int64_t begin, int64_t end, int64_t count) { return count + grda_range(w, g, acc, begin, end, lr, l1, inv_scale); },
       std::plus<int64_t>());
 }
 
