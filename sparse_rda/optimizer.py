@@ -43,7 +43,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             self._check_hyper(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device, self._capturable(group))
+        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._reference_only(group))
         if self._capturable(group) and backend != "triton":
             raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
         return backend
@@ -53,6 +53,10 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def _warn_hyper(self, group: dict) -> None:
         pass
+
+    def _reference_only(self, group: dict) -> bool:
+        """Whether the group uses an option only the reference backend implements so far."""
+        return False
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         """One group's update; returns the params' nonzero counts (device int64) when the backend counts them.
@@ -125,8 +129,8 @@ class SparseOptimizer(torch.optim.Optimizer):
                 for group in self.param_groups for p in group["params"]}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch's, except floating state keeps its saved dtype (float32 or float64): torch casts it to the
-        parameter dtype, which would round a bf16 model's optimizer state."""
+        """As torch's, except state tensors keep their saved dtype (float32 or float64 state, a bool tile map):
+        torch casts them to the parameter dtype, which would round a bf16 model's optimizer state."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
@@ -134,5 +138,5 @@ class SparseOptimizer(torch.optim.Optimizer):
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, p in zip(saved_ids, params):
             for key, value in saved_state.get(saved_id, {}).items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if isinstance(value, torch.Tensor):
                     self.state[p][key] = value.to(device=p.device, copy=True)

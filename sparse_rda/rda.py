@@ -6,7 +6,7 @@ import torch
 
 from . import dispatch, reference
 from .optimizer import SparseOptimizer
-from .validation import check_bool, check_choice, check_hyper_value, check_number, check_optional_time
+from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
 
 
 class RDA(SparseOptimizer):
@@ -35,8 +35,10 @@ class RDA(SparseOptimizer):
         averaging: ``alpha`` in [0, 1]: 0 is proximal SGD with momentum, 1 is weighted l1-RDA.
         weight_decay: added to the gradient (``p.grad`` is not modified).
         granularity: "element", or for 4-D conv weights "kernel" (mean |w| per kh x kw kernel, ``om`` times
-            sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)); tensors of other
-            shapes use "element".
+            sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)), or for 2-D
+            weights ("block", rows, cols): tiles with the RMS as magnitude and the group prox, so whole tiles
+            become zero (the step writes ``state["occupancy"]``, which tiles are live); tensors of other shapes
+            use "element". Block mode runs on the reference backend for now.
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
         backend: "auto" (Triton on CUDA, else the reference), "torch" (the reference), or a kernel backend
@@ -92,22 +94,31 @@ class RDA(SparseOptimizer):
         check_optional_time("reweight_time", group["reweight_time"])
         check_number("max_factor", group["max_factor"], low=1.0)
         check_number("weight_decay", group["weight_decay"])
-        check_choice("granularity", group["granularity"], reference.GRANULARITIES)
+        check_granularity(group["granularity"])
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
-    def _init_state(self, p: torch.Tensor, capturable: bool) -> dict:
-        """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype)."""
+    def _reference_only(self, group: dict) -> bool:
+        return reference.block_shape(group["granularity"]) is not None
+
+    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
+        """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype); in block mode
+        also the tile occupancy map."""
         state = self.state[p]
+        capturable = self._capturable(group)
         state["step"] = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else 0
         state["T"] = p.detach().to(torch.float32, copy=True)
         for key in ("B", "A", "v"):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
+        block = reference.block_shape(group["granularity"])
+        if block and p.dim() == 2 and self._is_penalized(group, p):
+            tiles = reference.tile_sums(p.detach().float() != 0, block) > 0
+            state["occupancy"] = tiles
         return state
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         capturable = self._capturable(group)
-        states = [self.state[p] if self.state[p] else self._init_state(p, capturable) for p in params]
+        states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
         if capturable:
@@ -139,4 +150,5 @@ class RDA(SparseOptimizer):
             maximize=group["maximize"],
             grad_scale=grad_scale,
             **device_scalars,
+            **({"occupancy": [s.get("occupancy") for s in states]} if self._reference_only(group) else {}),
         )

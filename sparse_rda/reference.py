@@ -1,6 +1,6 @@
 """The pure-PyTorch reference: the one executable definition of the RDA and gRDA updates.
 
-Every line follows docs/ALGORITHMS.md (sections 1 and 2) in its order. All math is float32 whatever the
+Every line follows docs/ALGORITHMS.md (sections 1 to 3) in its order. All math is float32 whatever the
 parameter dtype; scalars that depend only on hyper-parameters are computed on the host as Python floats, so
 a step never waits on the device. Each step works on one param group at a time and batches its tensors with
 ``torch._foreach_*`` where the math is the same for every tensor.
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import torch
 
-ELEMENT, KERNEL, CHANNEL = "element", "kernel", "channel"
-GRANULARITIES = (ELEMENT, KERNEL, CHANNEL)
+ELEMENT, KERNEL, CHANNEL, BLOCK = "element", "kernel", "channel", "block"
+GRANULARITIES = (ELEMENT, KERNEL, CHANNEL)  # and ("block", rows, cols) for tiles of 2-D weights
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -38,13 +38,24 @@ def grda_threshold_increment(c: float, lr: float, mu: float, step: int) -> float
 # Per-tensor pieces
 
 
-def effective_granularity(shape: torch.Size, granularity: str) -> str:
-    """Structured modes apply to 4-D conv weights (out, in, kh, kw); every other tensor is element-wise."""
+def block_shape(granularity) -> tuple[int, int] | None:
+    """(rows, cols) of the tiles for granularity ("block", rows, cols), else None."""
+    if isinstance(granularity, (tuple, list)) and len(granularity) == 3 and granularity[0] == BLOCK:
+        return int(granularity[1]), int(granularity[2])
+    return None
+
+
+def effective_granularity(shape: torch.Size, granularity) -> str:
+    """Structured modes apply to 4-D conv weights (out, in, kh, kw), block mode to 2-D weights; every other
+    tensor is element-wise."""
+    if block_shape(granularity) is not None:
+        return BLOCK if len(shape) == 2 else ELEMENT
     return granularity if granularity in (KERNEL, CHANNEL) and len(shape) == 4 else ELEMENT
 
 
-def group_size(shape: torch.Size, granularity: str) -> int:
-    """How many weights share one penalty weight: 1, kh*kw (kernel) or in*kh*kw (channel)."""
+def group_size(shape: torch.Size, granularity) -> int:
+    """How many weights share one penalty weight in the elementwise prox: 1, kh*kw (kernel) or in*kh*kw
+    (channel). Block mode's tiles use the group prox instead, with sqrt(tile size) there: 1 here."""
     mode = effective_granularity(shape, granularity)
     if mode == KERNEL:
         return shape[2] * shape[3]
@@ -53,10 +64,34 @@ def group_size(shape: torch.Size, granularity: str) -> int:
     return 1
 
 
-def magnitude(w: torch.Tensor, granularity: str) -> torch.Tensor:
-    """a: |w| per element, or the mean |w| of each kernel / output filter broadcast over it."""
+def tile_sums(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
+    """Sum of each (rows x cols) tile of a 2-D tensor, [ceil(N / rows), ceil(K / cols)]; ragged edge tiles sum
+    what they have."""
+    rows, cols = block
+    n_rows, n_cols = -(-x.shape[0] // rows), -(-x.shape[1] // cols)
+    padded = torch.nn.functional.pad(x, (0, n_cols * cols - x.shape[1], 0, n_rows * rows - x.shape[0]))
+    return padded.reshape(n_rows, rows, n_cols, cols).sum(dim=(1, 3))
+
+
+def tile_counts(shape: torch.Size, block: tuple[int, int], device) -> torch.Tensor:
+    """Number of elements in each tile (smaller at the ragged edges)."""
+    return tile_sums(torch.ones(shape, dtype=torch.float32, device=device), block)
+
+
+def tile_broadcast(per_tile: torch.Tensor, shape: torch.Size, block: tuple[int, int]) -> torch.Tensor:
+    """Each tile's value on each of its elements."""
+    rows, cols = block
+    return per_tile.repeat_interleave(rows, dim=0).repeat_interleave(cols, dim=1)[: shape[0], : shape[1]]
+
+
+def magnitude(w: torch.Tensor, granularity) -> torch.Tensor:
+    """a: |w| per element, the mean |w| of each kernel / output filter, or the RMS of each tile, broadcast."""
     a = w.abs()
     mode = effective_granularity(w.shape, granularity)
+    if mode == BLOCK:
+        block = block_shape(granularity)
+        rms = torch.sqrt(tile_sums(w * w, block) / tile_counts(w.shape, block, w.device))
+        return tile_broadcast(rms, w.shape, block)
     if mode == KERNEL:
         return a.mean(dim=(2, 3), keepdim=True).expand_as(w)
     if mode == CHANNEL:
@@ -74,6 +109,18 @@ def reweight_factor(A: torch.Tensor, max_A: torch.Tensor, max_factor: float) -> 
 def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
     """S_t(x) = sign(x) * max(|x| - t, 0)."""
     return torch.sign(x) * torch.clamp_min(x.abs() - threshold, 0.0)
+
+
+def group_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, block: tuple[int, int]):
+    """The group prox on tiles: T_tile * max(0, 1 - t_tile sqrt(tile size) / ||T_tile||_2), with the tile's
+    threshold t_tile (constant over the tile). Whole tiles become exactly zero. Returns (w, occupancy) with
+    occupancy [tiles] True where the tile kept nonzeros."""
+    norms = torch.sqrt(tile_sums(T * T, block))
+    rows, cols = block
+    t_tile = threshold[::rows, ::cols]
+    shrink = torch.clamp_min(1.0 - t_tile * torch.sqrt(tile_counts(T.shape, block, T.device)) / norms, 0.0)
+    shrink = torch.where(norms > 0, shrink, torch.zeros_like(shrink))  # an all-zero tile stays zero, not NaN
+    return T * tile_broadcast(shrink, T.shape, block), shrink > 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -110,13 +157,17 @@ def rda_step(
     weight_decay: float,
     max_factor: float,
     reweight: bool,
-    granularity: str,
+    granularity,
     maximize: bool,
     grad_scale: torch.Tensor | None = None,
+    occupancy: Sequence[torch.Tensor | None] | None = None,
 ) -> None:
-    """One RDA step (ALGORITHMS.md section 1) over tensors that all have state; updates params and state in place.
+    """One RDA step (ALGORITHMS.md sections 1 and 3) over tensors that all have state; updates params and state
+    in place.
 
     ``penalized[i]`` False means om = 0 for that tensor: its B stays 0 and its weight is the plain iterate T.
+    In block mode, ``occupancy[i]`` (a bool [tile rows, tile cols] tensor, for penalized 2-D weights) receives
+    which tiles kept nonzeros.
     """
     w = as_float32(params)
     g = unscaled_grads(grads, grad_scale)
@@ -147,7 +198,17 @@ def rda_step(
     torch._foreach_add_(v, g, alpha=1.0 - beta)
     torch._foreach_add_(T, v, alpha=-lr)
 
-    new_w = [soft_threshold(T[i], lam * B[i]) if penalized[i] else T[i] for i in range(len(T))]
+    new_w = []
+    for i in range(len(T)):
+        if not penalized[i]:
+            new_w.append(T[i])
+        elif effective_granularity(T[i].shape, granularity) == BLOCK:
+            w_i, live = group_soft_threshold(T[i], lam * B[i], block_shape(granularity))
+            new_w.append(w_i)
+            if occupancy is not None and occupancy[i] is not None:
+                occupancy[i].copy_(live)
+        else:
+            new_w.append(soft_threshold(T[i], lam * B[i]))
     torch._foreach_copy_(list(params), new_w)
 
 

@@ -48,6 +48,17 @@ def check_choice(name: str, value, choices: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def check_granularity(value) -> None:
+    """"element", "kernel", "channel", or ("block", rows, cols) with positive integer tile sizes."""
+    if isinstance(value, (tuple, list)):
+        ok = len(value) == 3 and value[0] == "block" and all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value[1:])
+        if not ok:
+            raise ValueError(f"granularity must be ('block', rows, cols) with positive integer sizes; got {value!r}")
+        return
+    check_choice("granularity", value, ("element", "kernel", "channel"))
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")

@@ -16,6 +16,12 @@ def soft(x, t):
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
 
 
+def tiles(shape, block):
+    """(row slice, col slice) of every (rows x cols) tile of a 2-D shape, ragged edges included."""
+    rows, cols = block
+    return [(slice(r, r + rows), slice(c, c + cols)) for r in range(0, shape[0], rows) for c in range(0, shape[1], cols)]
+
+
 def rda_spec_step(p, grad, st, *, lr, lam, momentum_time=9.5, reweight_time=None, max_factor=500.0,
                   reweight=True, averaging=0.0, weight_decay=0.0, granularity="element", sparsify_1d=False,
                   maximize=False, penalize=True):
@@ -31,8 +37,15 @@ def rda_spec_step(p, grad, st, *, lr, lam, momentum_time=9.5, reweight_time=None
     beta_b = math.exp(-lr / tau_b) if tau_b else 0.0
     beta = math.exp(-lr / momentum_time) if momentum_time else 0.0
     penalized = penalize and (w.dim() >= 2 or sparsify_1d)
+    block = tuple(granularity[1:]) if isinstance(granularity, tuple) else None
+    block_mode = block is not None and w.dim() == 2
     if penalized:
-        if granularity == "kernel" and w.dim() == 4:
+        if block_mode:  # a = the tile's RMS (docs/ALGORITHMS.md section 3)
+            a = torch.empty_like(w)
+            for rs, cs in tiles(w.shape, block):
+                a[rs, cs] = w[rs, cs].pow(2).mean().sqrt()
+            scale = 1.0
+        elif granularity == "kernel" and w.dim() == 4:
             a = w.abs().mean(dim=(2, 3), keepdim=True).expand_as(w)
             scale = math.sqrt(w.shape[2] * w.shape[3])
         elif granularity == "channel" and w.dim() == 4:
@@ -55,8 +68,19 @@ def rda_spec_step(p, grad, st, *, lr, lam, momentum_time=9.5, reweight_time=None
     st["T"] = averaging * st["T"] + (1 - averaging) * w
     st["v"] = beta * st["v"] + (1 - beta) * g
     st["T"] = st["T"] - lr * st["v"]
+    if penalized and block_mode:  # group prox: w_tile = T_tile max(0, 1 - lam B_tile sqrt(n) / ||T_tile||)
+        new_w = torch.zeros_like(w)
+        st["occupancy"] = []
+        for rs, cs in tiles(w.shape, block):
+            T_tile = st["T"][rs, cs]
+            norm = T_tile.norm()
+            shrink = max(0.0, 1.0 - (lam * st["B"][rs, cs][0, 0] * T_tile.numel() ** 0.5 / norm).item()) if norm > 0 else 0.0
+            new_w[rs, cs] = T_tile * shrink
+            st["occupancy"].append(shrink > 0)
+    else:
+        new_w = soft(st["T"], lam * st["B"])
     with torch.no_grad():
-        p.copy_(soft(st["T"], lam * st["B"]))
+        p.copy_(new_w)
 
 
 def grda_spec_step(p, grad, st, *, lr, c=0.0, mu=0.7, penalize=True):

@@ -1,0 +1,79 @@
+"""Block granularity (docs/ALGORITHMS.md section 3): tile RMS reweighting, the group prox, whole zero tiles, and
+the occupancy map the step writes."""
+
+import math
+
+import pytest
+import torch
+
+import sparse_rda
+from sparse_rda import reference
+
+
+def test_group_prox_by_hand():
+    # one 2x2 tile with norm 5 and threshold .5: scale 1 - .5 * sqrt(4) / 5 = .8; a tile below its threshold dies
+    T = torch.tensor([[3.0, 4.0, 0.1], [0.0, 0.0, -0.1]])
+    threshold = torch.full_like(T, 0.5)
+    w, live = reference.group_soft_threshold(T, threshold, (2, 2))
+    torch.testing.assert_close(w, torch.tensor([[2.4, 3.2, 0.0], [0.0, 0.0, 0.0]]))
+    assert live.tolist() == [[True, False]]
+
+
+def test_tile_rms_on_ragged_edges():
+    w = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0], [3.0, 4.0, 0.0]])
+    a = reference.magnitude(w, ("block", 2, 2))
+    # tiles: [[1,1],[1,1]] rms 1; [[2],[2]] rms 2; [[3,4]] rms sqrt(12.5); [[0]] rms 0
+    expected = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0], [math.sqrt(12.5)] * 2 + [0.0]])
+    torch.testing.assert_close(a, expected)
+
+
+def test_block_rda_prunes_whole_tiles_and_the_map_follows_the_weights():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(10, 7) * 0.3)
+    bias = torch.nn.Parameter(torch.randn(10))
+    opt = sparse_rda.RDA([w, bias], lr=0.5, lam=5e-3, granularity=("block", 4, 3))
+    for _ in range(40):
+        w.grad, bias.grad = torch.randn_like(w) * 0.1, torch.randn_like(bias)
+        opt.step()
+        live = opt.state[w]["occupancy"]
+        assert live.shape == (3, 3)
+        assert torch.equal(live, reference.tile_sums((w.data != 0).float(), (4, 3)) > 0), "map matches the weights"
+        dead = ~reference.tile_broadcast(live, w.shape, (4, 3))
+        assert (w.data[dead] == 0).all()
+        B = opt.state[w]["B"]
+        assert torch.equal(B, reference.tile_broadcast(B[::4, ::3], w.shape, (4, 3))), "one threshold per tile"
+    assert not live.all() and live.any(), "some tiles die, some live"
+    assert "occupancy" not in opt.state[bias] and (bias.data != 0).all()
+
+
+def test_block_granularity_is_checked_and_runs_on_the_reference():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    for bad in [("block", 0, 4), ("block", 2), ("tiles", 2, 2), ("block", 2.0, 2)]:
+        with pytest.raises(ValueError, match="granularity"):
+            sparse_rda.RDA([p], granularity=bad)
+    opt = sparse_rda.RDA([p], granularity=("block", 2, 2))
+    p.grad = torch.randn(4, 4)
+    opt.step()  # auto -> the reference
+    for name in ("cpu", "triton"):
+        if name in sparse_rda.backends():
+            with pytest.raises(ValueError, match="block granularity"):
+                sparse_rda.RDA([p], granularity=("block", 2, 2), backend=name)
+
+
+def test_block_state_round_trips_through_a_weights_only_checkpoint():
+    import io
+
+    p = torch.nn.Parameter(torch.randn(6, 6))
+    opt = sparse_rda.RDA([p], lam=1e-2, granularity=("block", 3, 3))
+    p.grad = torch.randn(6, 6)
+    opt.step()
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    sd = torch.load(buf, weights_only=True)
+    q = torch.nn.Parameter(p.detach().clone())
+    opt2 = sparse_rda.RDA([q], lam=1e-2, granularity=("block", 3, 3))
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["granularity"] == ("block", 3, 3)
+    assert opt2.state[q]["occupancy"].dtype == torch.bool
+    assert torch.equal(opt2.state[q]["occupancy"], opt.state[p]["occupancy"])
