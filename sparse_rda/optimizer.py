@@ -12,9 +12,10 @@ from .validation import check_bool, check_grad, check_params
 
 
 class SparseOptimizer(torch.optim.Optimizer):
-    """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)`` and
-    ``_group_step(group, backend, params, grad_scale)``, which returns the params' nonzero counts when the backend
-    counted them (else None); every floating state tensor they create is float32."""
+    """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``,
+    ``_reference_only(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
+    the params' nonzero counts when the backend counted them (else None). Their state is float32 (float64 for
+    capturable step counters), whatever the parameter dtype."""
 
     # torch.amp.GradScaler hands us `grad_scale` and `found_inf` instead of unscaling the grads itself:
     # the kernels divide by the scale in the same pass.
@@ -83,7 +84,9 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _is_penalized(group: dict, p: torch.Tensor) -> bool:
-        """Whether a tensor's weights are thresholded; param groups can opt out with ``penalize=False``."""
+        """Whether a tensor's weights are thresholded; param groups can opt out with ``penalize=False``.
+        RDA spares tensors of < 2 dims unless ``sparsify_1d``; GRDA (no such option) thresholds every tensor,
+        as the authors' code does."""
         return group.get("penalize", True) and (p.dim() >= 2 or group.get("sparsify_1d", True))
 
     @torch.no_grad()
