@@ -5,6 +5,7 @@ and is tested against it. They run on CUDA tensors, or on CPU tensors under ``TR
 """
 
 from .grda_step import grda_step
+from .masked_matmul import masked_linear, tile_occupancy
 from .rda_step import rda_step
 
-__all__ = ["rda_step", "grda_step"]
+__all__ = ["rda_step", "grda_step", "masked_linear", "tile_occupancy"]

@@ -4,15 +4,18 @@
 - :class:`GRDA`: generalized RDA for directional pruning (Chao et al. 2020).
 - :mod:`sparse_rda.schedules`: the authors' cosine and step schedules for lr and averaging.
 - :func:`param_groups`, :func:`sparsity`: penalized/unpenalized groups of a model, and its zeros as a table.
+- :mod:`sparse_rda.nn`: :class:`SparseLinear` and :func:`sparsify`, linear layers whose matmul skips zero tiles.
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
-from . import reference, schedules
+from . import nn, reference, schedules
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups
+from .nn import SparseLinear, sparsify
 from .rda import RDA
 from .report import SparsityReport, sparsity
 
 __version__ = "0.1.0"
-__all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules"]
+__all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules",
+           "nn", "SparseLinear", "sparsify"]

@@ -1,0 +1,119 @@
+"""Block-sparse layers: :class:`SparseLinear`, an ``nn.Linear`` whose matmul skips the weight's all-zero tiles,
+and :func:`sparsify`, which swaps it in for a model's linear layers.
+
+The layer keeps a tile occupancy map (``occupancy``, bool [ceil(out/BN), ceil(in/BK)]) next to its weight. The
+Triton masked matmul (``sparse_rda.kernels.masked_matmul``) reads it on CUDA, and on CPU under
+``TRITON_INTERPRET=1``; elsewhere the layer is a plain ``F.linear``. The map must cover every nonzero tile: a tile
+it marks dead is skipped even if the weight there is not zero. After anything changes the weight's zeros (an
+optimizer step, a pruning step, loading a checkpoint by hand) call :meth:`SparseLinear.refresh_occupancy` or
+:func:`refresh_occupancy` (``load_state_dict`` does it by itself). The map is not in the state dict, so
+checkpoints of the sparse and the dense model are interchangeable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import reference
+
+try:
+    from .kernels.masked_matmul import DEFAULT_BLOCK, expand_occupancy, masked_linear, tile_occupancy
+except ImportError:  # installed without triton: the same layer on dense math, tiles from the reference
+    DEFAULT_BLOCK = (64, 64)
+
+    def tile_occupancy(weight, block=DEFAULT_BLOCK):
+        return reference.tile_sums((weight.detach() != 0).float(), block) > 0
+
+    def expand_occupancy(occupancy, block, shape):
+        return reference.tile_broadcast(occupancy != 0, shape, block)
+
+    def masked_linear(x, weight, bias, occupancy, block=DEFAULT_BLOCK, dw_live_only=False):
+        if dw_live_only and weight.requires_grad:
+            weight = torch.where(expand_occupancy(occupancy, block, weight.shape), weight, weight.detach())
+        return F.linear(x, weight, bias)
+
+
+class SparseLinear(nn.Linear):
+    """``nn.Linear`` whose forward skips the weight's dead ``block`` = (BN, BK) tiles (see the module docstring).
+
+    ``dw_live_only``: the weight's gradient only on live tiles (zeros elsewhere), for mask-based training;
+    default the dense gradient, which RDA needs to regrow weights."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 block=DEFAULT_BLOCK, dw_live_only: bool = False):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.block = tuple(int(b) for b in block)
+        self.dw_live_only = dw_live_only
+        self.register_buffer("occupancy", tile_occupancy(self.weight, self.block), persistent=False)
+        self.register_load_state_dict_post_hook(_refresh_after_load)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, block=DEFAULT_BLOCK, dw_live_only: bool = False) -> SparseLinear:
+        """A SparseLinear holding ``linear``'s own weight and bias Parameters (not copies)."""
+        layer = cls(linear.in_features, linear.out_features, bias=False, device="meta", block=block,
+                    dw_live_only=dw_live_only)
+        layer.weight, layer.bias = linear.weight, linear.bias
+        layer.occupancy = tile_occupancy(linear.weight, layer.block)
+        return layer.train(linear.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return masked_linear(x, self.weight, self.bias, self.occupancy, self.block, self.dw_live_only)
+
+    @torch.no_grad()
+    def refresh_occupancy(self) -> None:
+        """Recompute the map from the weight: a tile is live when it holds a nonzero. In place when it can be
+        (the same buffer, as a captured CUDA graph needs)."""
+        occupancy = tile_occupancy(self.weight, self.block)
+        if occupancy.shape == self.occupancy.shape and occupancy.device == self.occupancy.device:
+            self.occupancy.copy_(occupancy)
+        else:
+            self.occupancy = occupancy
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Apply a pruning mask (True/nonzero = keep): an element mask of the weight's shape, or a tile mask of the
+        occupancy's shape. Zeroes the weight where the mask drops it, then refreshes the map."""
+        if mask.shape == self.weight.shape:
+            keep = mask.to(device=self.weight.device) != 0
+        elif mask.shape == self.occupancy.shape:
+            keep = expand_occupancy(mask.to(device=self.weight.device), self.block, self.weight.shape)
+        else:
+            raise ValueError(f"mask must have the weight's shape {tuple(self.weight.shape)} or the occupancy's "
+                             f"{tuple(self.occupancy.shape)}; got {tuple(mask.shape)}")
+        self.weight.masked_fill_(~keep, 0)
+        self.refresh_occupancy()
+
+    def extra_repr(self) -> str:
+        live, total = int(self.occupancy.sum()), self.occupancy.numel()
+        return f"{super().extra_repr()}, block={self.block}, live_tiles={live}/{total}"
+
+
+def _refresh_after_load(module: SparseLinear, incompatible_keys) -> None:
+    module.refresh_occupancy()
+
+
+def sparsify(model: nn.Module, block=DEFAULT_BLOCK, dw_live_only: bool = False) -> nn.Module:
+    """Swap every ``nn.Linear`` in ``model`` (exactly that class: subclasses may have their own forward) for a
+    :class:`SparseLinear` with the same Parameter objects, so an optimizer that already holds them keeps working.
+    A layer used in several places becomes one SparseLinear. Returns the model (or the new layer when ``model``
+    itself is an ``nn.Linear``)."""
+    if type(model) is nn.Linear:
+        return SparseLinear.from_linear(model, block, dw_live_only)
+    swapped: dict[int, SparseLinear] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if type(module) is nn.Linear:
+            if id(module) not in swapped:
+                swapped[id(module)] = SparseLinear.from_linear(module, block, dw_live_only)
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, swapped[id(module)])
+    return model
+
+
+def refresh_occupancy(model: nn.Module) -> nn.Module:
+    """Recompute the occupancy map of every SparseLinear in ``model`` (e.g. after each optimizer step)."""
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            module.refresh_occupancy()
+    return model
