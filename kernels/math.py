@@ -27,4 +27,4 @@ def store(table, row, n_tensors, t, offs, mask, value, DTYPE: tl.constexpr):
 @triton.jit
 def count_nonzero(value, mask, DTYPE: tl.constexpr):
     """Nonzeros of the value as stored (a weight that rounds to 0 in fp16 counts as 0)."""
-    return tl.sum(((value.to(DTYPE) != 0) & mask).to(tl.int32), axis=0)
+    return tl.sum(((value.to(DTYPE) != 0) & mask).to(tl.int32))  # over every axis (1-D chunks, 2-D tiles)

@@ -25,6 +25,7 @@ import triton.language as tl
 from sparse_rda import reference
 
 from .math import count_nonzero, load_f32, soft_threshold, store
+from .rda_block_step import rda_block_step
 from .tensor_table import Contiguous, address_table, chunk_table, float_table, per_dtype_pair
 
 BLOCK = 1024
@@ -152,12 +153,21 @@ def _group_magnitude(param: torch.Tensor, w: torch.Tensor, granularity: str) -> 
 
 
 def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, averaging, weight_decay,
-             max_factor, reweight, granularity, maximize, grad_scale=None, device_scalars=None) -> torch.Tensor:
+             max_factor, reweight, granularity, maximize, grad_scale=None, device_scalars=None,
+             occupancy=None) -> torch.Tensor:
     """The reference's rda_step as fused kernels; returns the nonzero count of each param (int64, on device).
 
     device_scalars: capturable mode, (scalars, found_inf, momentum_time, reweight_time) with scalars a float32
-    device tensor [lr, averaging] and found_inf a device tensor (or None); lr, averaging, beta, beta_b unused."""
+    device tensor [lr, averaging] and found_inf a device tensor (or None); lr, averaging, beta, beta_b unused.
+    Block granularity: the penalized 2-D weights go to kernels/rda_block_step.py (which fills ``occupancy``),
+    the other tensors to the element-wise kernels."""
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    block = reference.block_shape(granularity)
+    if block is not None:
+        return _rda_step_with_blocks(params, grads, T, B, A, v, penalized, occupancy, block, grad_scale,
+                                     lr=lr, lam=lam, beta=beta, beta_b=beta_b, averaging=averaging,
+                                     weight_decay=weight_decay, max_factor=max_factor, reweight=reweight,
+                                     maximize=maximize)
     options = dict(lr=lr, lam=lam, beta=beta, beta_b=beta_b, averaging=averaging, weight_decay=weight_decay,
                    max_factor=max_factor, reweight=reweight, granularity=granularity, maximize=maximize,
                    device_scalars=device_scalars)
@@ -168,6 +178,31 @@ def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, ave
                        w_dtype=w_dtype, g_dtype=g_dtype, **options)
 
     return per_dtype_pair(params, grads, launch)
+
+
+def _rda_step_with_blocks(params, grads, T, B, A, v, penalized, occupancy, block, grad_scale, **scalars):
+    inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    tiled = [i for i, (p, pen) in enumerate(zip(params, penalized)) if pen and p.dim() == 2]
+    rest = [i for i in range(len(params)) if i not in set(tiled)]
+    nnz = torch.zeros(len(params), dtype=torch.int64, device=params[0].device)
+    pick = lambda tensors, idx: [tensors[i] for i in idx]  # noqa: E731
+    if rest:
+        nnz[rest] = rda_step(pick(params, rest), pick(grads, rest), pick(T, rest), pick(B, rest), pick(A, rest),
+                             pick(v, rest), penalized=pick(penalized, rest), granularity=reference.ELEMENT,
+                             grad_scale=grad_scale, **scalars)
+    if tiled:
+        def launch(idx, w_dtype, g_dtype):
+            ws, gs = Contiguous(pick(params, idx), write_back=True), Contiguous(pick(grads, idx), write_back=False)
+            states = [Contiguous(pick(s, idx), write_back=True) for s in (T, B, A, v)]
+            counts = rda_block_step(ws.tensors, gs.tensors, *(s.tensors for s in states), pick(occupancy, idx),
+                                    block=block, inv_scale=inv_scale, **scalars)
+            for c in (ws, *states):
+                c.finish()
+            return counts
+
+        tiled_params, tiled_grads = pick(params, tiled), pick(grads, tiled)
+        nnz[tiled] = per_dtype_pair(tiled_params, tiled_grads, lambda idx, w, g: launch([tiled[i] for i in idx], w, g))
+    return nnz
 
 
 def _inverse(time_scale) -> float:

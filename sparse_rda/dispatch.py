@@ -53,16 +53,16 @@ def _auto(device: torch.device, capturable: bool) -> str:
     return next((name for name in preference if name in _IMPLEMENTATIONS), "torch")
 
 
-def resolve(name: str, device: torch.device, capturable: bool = False, reference_only: bool = False) -> str:
+def resolve(name: str, device: torch.device, capturable: bool = False, not_native: bool = False) -> str:
     """The concrete backend for a requested name on a device; raises naming `backend` if it cannot run.
-    reference_only: the group uses an option only the reference implements (block granularity, for now)."""
+    not_native: the group uses an option the native kernels do not implement (block granularity, for now)."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}; got {name!r}")
-    if reference_only and name not in ("auto", "torch"):
-        raise ValueError(f"backend={name!r} does not implement block granularity yet; use backend='torch' or 'auto'")
-    if reference_only:
-        return "torch"
+    if not_native and name in ("cpu", "cuda"):
+        raise ValueError(f"backend={name!r} does not implement block granularity yet; use 'triton', 'torch' or 'auto'")
     if name == "auto":
+        if not_native:
+            return "triton" if device.type == "cuda" and "triton" in _IMPLEMENTATIONS else "torch"
         return _auto(device, capturable)
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"backend={name!r} is not available in this installation (available: {', '.join(backends())})")

@@ -13,7 +13,7 @@ from .validation import check_bool, check_grad, check_params
 
 class SparseOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``,
-    ``_reference_only(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
+    ``_not_native(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
     the params' nonzero counts when the backend counted them (else None). Their state is float32 (float64 for
     capturable step counters), whatever the parameter dtype."""
 
@@ -44,7 +44,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             self._check_hyper(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._reference_only(group))
+        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._not_native(group))
         if self._capturable(group) and backend != "triton":
             raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
         return backend
@@ -55,8 +55,8 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _warn_hyper(self, group: dict) -> None:
         pass
 
-    def _reference_only(self, group: dict) -> bool:
-        """Whether the group uses an option only the reference backend implements so far."""
+    def _not_native(self, group: dict) -> bool:
+        """Whether the group uses an option the native (csrc) kernels do not implement yet."""
         return False
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):

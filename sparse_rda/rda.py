@@ -38,7 +38,7 @@ class RDA(SparseOptimizer):
             sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)), or for 2-D
             weights ("block", rows, cols): tiles with the RMS as magnitude and the group prox, so whole tiles
             become zero (the step writes ``state["occupancy"]``, which tiles are live); tensors of other shapes
-            use "element". Block mode runs on the reference backend for now.
+            use "element". Block mode runs on the reference and Triton backends for now.
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
         backend: "auto" (Triton on CUDA, else the reference), "torch" (the reference), or a kernel backend
@@ -95,10 +95,12 @@ class RDA(SparseOptimizer):
         check_number("max_factor", group["max_factor"], low=1.0)
         check_number("weight_decay", group["weight_decay"])
         check_granularity(group["granularity"])
+        if capturable and reference.block_shape(group["granularity"]) is not None:
+            raise ValueError("capturable=True is not implemented for granularity ('block', ...) yet")
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
-    def _reference_only(self, group: dict) -> bool:
+    def _not_native(self, group: dict) -> bool:
         return reference.block_shape(group["granularity"]) is not None
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -150,5 +152,5 @@ class RDA(SparseOptimizer):
             maximize=group["maximize"],
             grad_scale=grad_scale,
             **device_scalars,
-            **({"occupancy": [s.get("occupancy") for s in states]} if self._reference_only(group) else {}),
+            **({"occupancy": [s.get("occupancy") for s in states]} if self._not_native(group) else {}),
         )

@@ -96,6 +96,31 @@ def test_rda_options_match_the_reference(options):
     run_rda(SHAPES[:6], 10, **{**dict(lr=0.5, lam=1e-3, averaging=0.3), **options})
 
 
+@pytest.mark.parametrize("block", [(4, 8), (3, 5)])
+def test_block_granularity_matches_the_reference(block):
+    """Tile kernels (kernels/rda_block_step.py) for the 2-D weights, element kernels for the rest; tiles padded
+    to powers of two ((3, 5) -> (4, 8)) and ragged at the weights' edges."""
+    shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24)]
+    params = make_params(shapes)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lr=0.8, lam=3e-2, averaging=0.3, weight_decay=1e-3, granularity=("block", *block))
+    fused = sparse_rda.RDA(params, backend="triton", **options)
+    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    for _ in range(20):
+        inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
+        group = ref.param_groups[0]
+        for i, (p, q, before) in enumerate(zip(params, copies, inputs)):
+            T_scale, v_scale = rda_error_scales(group, before, q.grad)
+            for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
+                assert_state_close(fused.state[p][key], ref.state[q][key], RTOL, f"tensor {i} {key}", scale)
+            assert_state_close(p.data, q.data, RTOL, f"tensor {i} w", T_scale)
+            if "occupancy" in ref.state[q]:
+                assert torch.equal(fused.state[p]["occupancy"], ref.state[q]["occupancy"]), f"tensor {i} map"
+    nnz = fused.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+    assert not fused.state[params[2]]["occupancy"].all(), "some tiles die"
+
+
 def test_many_small_tensors_and_non_contiguous_params():
     shapes = [(3, 2)] * 40 + [(5,)] * 20
     params = make_params(shapes)

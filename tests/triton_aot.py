@@ -14,10 +14,11 @@ import sparse_rda.kernels  # noqa: F401  (the modules below; the package exports
 
 RDA = sys.modules["sparse_rda.kernels.rda_step"]
 GRDA = sys.modules["sparse_rda.kernels.grda_step"]
+BLOCK_RDA = sys.modules["sparse_rda.kernels.rda_block_step"]
 
 SCALAR_TYPES = {"n_tensors": "i32", "lr": "fp32", "lam": "fp32", "beta": "fp32", "beta_b": "fp32", "alpha": "fp32",
                 "inv_tau": "fp32", "inv_tau_b": "fp32", "weight_decay": "fp32", "max_factor": "fp32"}
-POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "nnz": "*i64"}
+POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "nnz": "*i64", "tile_table": "*i64"}
 
 
 def signature(kernel, constexprs):
@@ -34,6 +35,11 @@ def variants():
             yield arch, RDA._step_kernel, dict(common, REWEIGHT=reweight, MAXIMIZE=maximize, HAS_SCALE=has_scale,
                                                G_DTYPE=dtype)
         yield arch, GRDA._step_kernel, dict(common, HAS_SCALE=True, G_DTYPE=tl.float32)
+        if not on_device:  # block mode has no capturable variant yet
+            tiles = dict(W_DTYPE=dtype, ROWS=64, COLS=64, ROWS_P=64, COLS_P=64)
+            yield arch, BLOCK_RDA._max_A_kernel, tiles
+            yield arch, BLOCK_RDA._step_kernel, dict(tiles, REWEIGHT=True, MAXIMIZE=False, HAS_SCALE=True,
+                                                      G_DTYPE=dtype)
 
 
 def main() -> int:

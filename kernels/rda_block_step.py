@@ -1,0 +1,149 @@
+"""Fused RDA step in block granularity (docs/ALGORITHMS.md section 3): one program per (rows x cols) tile of
+a 2-D weight, over all such tiles of a param group (a tile table, as kernels/tensor_table.py does for chunks).
+
+1. ``_max_A_kernel``: the tile's RMS a, this step's A = beta_b A + (1 - beta_b) a (one value per tile), and
+   its per-tensor max (atomic).
+2. ``_step_kernel``: the same A, om, B (per tile), then T and v per element, the tile's ||T||, the group prox
+   w = T max(0, 1 - lam B sqrt(n) / ||T||), and the tile's occupancy bit: all in one pass over the tile, so the
+   map the masked matmul reads costs nothing extra. A and B are stored on every element (the state keeps the
+   parameter's shape, as in the other modes).
+
+Tiles are padded to powers of two for tl.arange and masked at their own size and at the weight's ragged edge.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sparse_rda import reference
+
+from .math import count_nonzero
+from .tensor_table import address_table
+
+TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
+
+
+@triton.jit
+def _tile(table, n_tensors, tile_table, c, ROWS: tl.constexpr, COLS: tl.constexpr,
+          ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
+    """(tensor, element offsets [ROWS_P, COLS_P], mask, first element, tile index in the map) of tile c."""
+    t = tl.load(tile_table + 3 * c)
+    tile_row = tl.load(tile_table + 3 * c + 1)
+    tile_col = tl.load(tile_table + 3 * c + 2)
+    n_rows = tl.load(table + ROW_ROWS * n_tensors + t)
+    n_cols = tl.load(table + ROW_COLS * n_tensors + t)
+    r0, c0 = tile_row * ROWS, tile_col * COLS
+    rows = tl.arange(0, ROWS_P)[:, None]
+    cols = tl.arange(0, COLS_P)[None, :]
+    mask = (rows < ROWS) & (cols < COLS) & (r0 + rows < n_rows) & (c0 + cols < n_cols)
+    offs = (r0 + rows) * n_cols + (c0 + cols)
+    return t, offs, mask, r0 * n_cols + c0, tile_row * tl.cdiv(n_cols, COLS) + tile_col
+
+
+@triton.jit
+def _load(table, row, n_tensors, t, offs, mask, DTYPE: tl.constexpr):
+    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store(table, row, n_tensors, t, offs, mask, value, DTYPE: tl.constexpr):
+    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
+    tl.store(ptr + offs, value.to(DTYPE), mask=mask)
+
+
+@triton.jit
+def _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE: tl.constexpr):
+    """This step's A of the tile: beta_b A + (1 - beta_b) RMS(w_tile), A read at the tile's first element."""
+    w = _load(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
+    count = tl.sum(mask.to(tl.float32))
+    rms = tl.sqrt(tl.sum(w * w) / count)
+    A_ptr = tl.load(table + ROW_A * n_tensors + t).to(tl.pointer_type(tl.float32))
+    return beta_b * tl.load(A_ptr + first) + (1.0 - beta_b) * rms, w, count
+
+
+@triton.jit
+def _max_A_kernel(table, n_tensors, tile_table, max_A, beta_b, W_DTYPE: tl.constexpr,
+                  ROWS: tl.constexpr, COLS: tl.constexpr, ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
+    t, offs, mask, first, _ = _tile(table, n_tensors, tile_table, tl.program_id(0), ROWS, COLS, ROWS_P, COLS_P)
+    A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
+    tl.atomic_max(max_A + t, A_new)
+
+
+@triton.jit
+def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
+                 lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
+                 REWEIGHT: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
+                 W_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                 ROWS: tl.constexpr, COLS: tl.constexpr, ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
+    t, offs, mask, first, tile = _tile(table, n_tensors, tile_table, tl.program_id(0), ROWS, COLS, ROWS_P, COLS_P)
+    A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
+    if REWEIGHT:
+        m = tl.load(max_A + t)
+        om = max_factor / (1.0 + (max_factor - 1.0) * (A_new / tl.where(m > 0, m, 1.0)))
+        om = tl.where(m > 0, om, max_factor)
+    else:
+        om = 1.0
+    B_ptr = tl.load(table + ROW_B * n_tensors + t).to(tl.pointer_type(tl.float32))
+    B_new = alpha * tl.load(B_ptr + first) + lr * om
+
+    g = _load(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
+    if HAS_SCALE:
+        g = g * tl.load(inv_scale)
+    if MAXIMIZE:
+        g = -g
+    g = g + weight_decay * w
+    T_new = alpha * _load(table, ROW_T, n_tensors, t, offs, mask, tl.float32) + (1.0 - alpha) * w
+    v_new = beta * _load(table, ROW_V, n_tensors, t, offs, mask, tl.float32) + (1.0 - beta) * g
+    T_new = T_new - lr * v_new
+    T_new = tl.where(mask, T_new, 0.0)
+    norm = tl.sqrt(tl.sum(T_new * T_new))
+    shrink = tl.maximum(1.0 - (lam * B_new) * tl.sqrt(count) / tl.where(norm > 0, norm, 1.0), 0.0)
+    shrink = tl.where(norm > 0, shrink, 0.0)
+    w_new = T_new * shrink
+
+    _store(table, ROW_A, n_tensors, t, offs, mask, tl.zeros_like(T_new) + A_new, tl.float32)
+    _store(table, ROW_B, n_tensors, t, offs, mask, tl.zeros_like(T_new) + B_new, tl.float32)
+    _store(table, ROW_T, n_tensors, t, offs, mask, T_new, tl.float32)
+    _store(table, ROW_V, n_tensors, t, offs, mask, v_new, tl.float32)
+    _store(table, ROW_W, n_tensors, t, offs, mask, w_new, W_DTYPE)
+    occ_ptr = tl.load(table + ROW_OCC * n_tensors + t).to(tl.pointer_type(tl.uint8))
+    tl.store(occ_ptr + tile, (shrink > 0).to(tl.uint8))
+    tl.atomic_add(nnz + t, count_nonzero(w_new, mask, W_DTYPE).to(tl.int64))
+
+
+def _tile_table(shapes: list[tuple[int, int]], block: tuple[int, int], device) -> torch.Tensor:
+    """int64 [n_tiles, 3]: (tensor, tile row, tile col) of every tile."""
+    rows, cols = block
+    entries = [(t, r, c) for t, (n, k) in enumerate(shapes) for r in range(-(-n // rows)) for c in range(-(-k // cols))]
+    table = torch.tensor(entries, dtype=torch.int64)
+    return table.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else table
+
+
+def rda_block_step(params, grads, T, B, A, v, occupancy, *, block, lr, lam, beta, beta_b, averaging, weight_decay,
+                   max_factor, reweight, maximize, inv_scale) -> torch.Tensor:
+    """Block-mode RDA over penalized 2-D weights (all contiguous, one param dtype and one grad dtype); writes
+    each weight's occupancy map (bool) and returns each weight's nonzero count."""
+    device = params[0].device
+    n = len(params)
+    occ_bytes = [o.view(torch.uint8) for o in occupancy]
+    shapes = [tuple(p.shape) for p in params]
+    table = address_table([list(params), list(grads), list(T), list(B), list(A), list(v), occ_bytes],
+                          [[s[0] for s in shapes], [s[1] for s in shapes]], device)
+    tiles = _tile_table(shapes, block, device)
+    max_A = torch.zeros(n, dtype=torch.float32, device=device)
+    nnz = torch.zeros(n, dtype=torch.int64, device=device)
+    rows, cols = block
+    sizes = dict(ROWS=rows, COLS=cols, ROWS_P=triton.next_power_of_2(rows), COLS_P=triton.next_power_of_2(cols))
+    grid = (tiles.shape[0],)
+    w_dtype, g_dtype = TORCH_TO_TL[params[0].dtype], TORCH_TO_TL[grads[0].dtype]
+    if reweight:
+        _max_A_kernel[grid](table, n, tiles, max_A, beta_b, W_DTYPE=w_dtype, **sizes)
+    _step_kernel[grid](table, n, tiles, max_A, nnz, inv_scale if inv_scale is not None else max_A,
+                       lr, lam, beta, beta_b, averaging, weight_decay, max_factor,
+                       REWEIGHT=reweight, MAXIMIZE=maximize, HAS_SCALE=inv_scale is not None,
+                       W_DTYPE=w_dtype, G_DTYPE=g_dtype, **sizes)
+    return nnz
