@@ -8,6 +8,10 @@ it marks dead is skipped even if the weight there is not zero. After anything ch
 optimizer step, a pruning step, loading a checkpoint by hand) call :meth:`SparseLinear.refresh_occupancy` or
 :func:`refresh_occupancy` (``load_state_dict`` does it by itself). The map is not in the state dict, so
 checkpoints of the sparse and the dense model are interchangeable.
+
+Trained by ``sparse_rda.RDA`` with ``granularity=("block", BN, BK)`` equal to the layer's ``block``, no refresh is
+needed: the layer shares its map with the weight (``weight.tile_map``), and the optimizer's step writes the map
+in the same pass that updates the weight.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class SparseLinear(nn.Linear):
         self.dw_live_only = dw_live_only
         self.register_buffer("occupancy", tile_occupancy(self.weight, self.block), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
+        self._share_map()
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, block=DEFAULT_BLOCK, dw_live_only: bool = False) -> SparseLinear:
@@ -56,7 +61,12 @@ class SparseLinear(nn.Linear):
                     dw_live_only=dw_live_only)
         layer.weight, layer.bias = linear.weight, linear.bias
         layer.occupancy = tile_occupancy(linear.weight, layer.block)
+        layer._share_map()
         return layer.train(linear.training)
+
+    def _share_map(self) -> None:
+        """Let an optimizer working in the same tiles write this layer's map (see the module docstring)."""
+        self.weight.tile_map = (self.block, self.occupancy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return masked_linear(x, self.weight, self.bias, self.occupancy, self.block, self.dw_live_only)
@@ -70,6 +80,7 @@ class SparseLinear(nn.Linear):
             self.occupancy.copy_(occupancy)
         else:
             self.occupancy = occupancy
+            self._share_map()
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:

@@ -114,9 +114,26 @@ class RDA(SparseOptimizer):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
         block = reference.block_shape(group["granularity"])
         if block and p.dim() == 2 and self._is_penalized(group, p):
-            tiles = reference.tile_sums(p.detach().float() != 0, block) > 0
-            state["occupancy"] = tiles
+            state["occupancy"] = self._shared_map(p, reference.tile_sums(p.detach().float() != 0, block) > 0, block)
         return state
+
+    @staticmethod
+    def _shared_map(p: torch.Tensor, tiles: torch.Tensor, block) -> torch.Tensor:
+        """The tile map to keep in the state: a sparse_rda.nn.SparseLinear's own map when the weight belongs to
+        one with the same tiles (so the step updates what the layer reads), else ``tiles``."""
+        shared = getattr(p, "tile_map", None)
+        if shared is None or tuple(shared[0]) != tuple(block) or shared[1].shape != tiles.shape:
+            return tiles
+        shared[1].copy_(tiles)
+        return shared[1]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            block = reference.block_shape(group["granularity"])
+            for p in group["params"]:
+                if block and "occupancy" in self.state[p]:
+                    self.state[p]["occupancy"] = self._shared_map(p, self.state[p]["occupancy"], block)
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         capturable = self._capturable(group)

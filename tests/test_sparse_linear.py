@@ -211,3 +211,25 @@ def test_gpu_half_precision_layer(dtype):
     sparse = sparsify(copy.deepcopy(dense), block=(64, 64))
     x = torch.randn(8, 128, 700, device="cuda", dtype=dtype)
     torch.testing.assert_close(sparse(x).float(), dense(x).float(), rtol=2e-2, atol=5e-2)
+
+
+def test_block_rda_writes_the_layers_map_in_its_step():
+    """RDA in the layer's tiles shares the layer's occupancy map: after each step it matches the weight with no
+    refresh, also after the optimizer is restored from a state dict."""
+    import sparse_rda
+    from sparse_rda.nn import tile_occupancy
+
+    torch.manual_seed(0)
+    layer = SparseLinear(48, 40, block=(16, 16))
+    opt = sparse_rda.RDA(sparse_rda.param_groups(layer), lr=0.5, lam=0.05, granularity=("block", 16, 16))
+    x = torch.randn(8, 48)
+    for _ in range(10):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+        assert opt.state[layer.weight]["occupancy"] is layer.occupancy
+        assert torch.equal(layer.occupancy, tile_occupancy(layer.weight, (16, 16)))
+    assert not layer.occupancy.all(), "some tiles die"
+    opt2 = sparse_rda.RDA(sparse_rda.param_groups(layer), lr=0.5, lam=0.05, granularity=("block", 16, 16))
+    opt2.load_state_dict(opt.state_dict())
+    assert opt2.state[layer.weight]["occupancy"] is layer.occupancy
