@@ -11,8 +11,8 @@ import triton
 import triton.language as tl
 
 from .math import count_nonzero, load_f32, soft_threshold, store
-from .rda_step import BLOCK, TORCH_TO_TL
-from .tensor_table import Contiguous, address_table, chunk_table, per_dtype_pair
+from .rda_step import BLOCK
+from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, per_dtype_pair
 
 ROW_W, ROW_G, ROW_ACC, ROW_NUMEL = (tl.constexpr(i) for i in range(4))
 

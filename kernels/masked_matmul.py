@@ -31,6 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .tensor_table import TORCH_TO_TL
+
 try:
     from triton.runtime.interpreter import InterpretedFunction
 except ImportError:  # a triton without the interpreter: kernels never run on CPU tensors
@@ -51,7 +53,6 @@ HOPPER_CONFIGS = {
 }
 DW_BLOCK_M = 64  # dW's reduction step over the batch rows (live-only mode)
 
-TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 def _config(block: tuple[int, int], dtype: torch.dtype, m: int) -> tuple[int, int, int]:

@@ -19,10 +19,9 @@ import triton.language as tl
 
 from sparse_rda import reference
 
-from .math import count_nonzero
-from .tensor_table import address_table
+from .math import count_nonzero, load_f32, store
+from .tensor_table import TORCH_TO_TL, address_table
 
-TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
 
 
@@ -44,21 +43,9 @@ def _tile(table, n_tensors, tile_table, c, ROWS: tl.constexpr, COLS: tl.constexp
 
 
 @triton.jit
-def _load(table, row, n_tensors, t, offs, mask, DTYPE: tl.constexpr):
-    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _store(table, row, n_tensors, t, offs, mask, value, DTYPE: tl.constexpr):
-    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
-    tl.store(ptr + offs, value.to(DTYPE), mask=mask)
-
-
-@triton.jit
 def _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE: tl.constexpr):
     """This step's A of the tile: beta_b A + (1 - beta_b) RMS(w_tile), A read at the tile's first element."""
-    w = _load(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
+    w = load_f32(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
     count = tl.sum(mask.to(tl.float32))
     rms = tl.sqrt(tl.sum(w * w) / count)
     A_ptr = tl.load(table + ROW_A * n_tensors + t).to(tl.pointer_type(tl.float32))
@@ -90,14 +77,14 @@ def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
     B_ptr = tl.load(table + ROW_B * n_tensors + t).to(tl.pointer_type(tl.float32))
     B_new = alpha * tl.load(B_ptr + first) + lr * om
 
-    g = _load(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
+    g = load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
     if HAS_SCALE:
         g = g * tl.load(inv_scale)
     if MAXIMIZE:
         g = -g
     g = g + weight_decay * w
-    T_new = alpha * _load(table, ROW_T, n_tensors, t, offs, mask, tl.float32) + (1.0 - alpha) * w
-    v_new = beta * _load(table, ROW_V, n_tensors, t, offs, mask, tl.float32) + (1.0 - beta) * g
+    T_new = alpha * load_f32(table, ROW_T, n_tensors, t, offs, mask, tl.float32) + (1.0 - alpha) * w
+    v_new = beta * load_f32(table, ROW_V, n_tensors, t, offs, mask, tl.float32) + (1.0 - beta) * g
     T_new = T_new - lr * v_new
     T_new = tl.where(mask, T_new, 0.0)
     norm = tl.sqrt(tl.sum(T_new * T_new))
@@ -105,11 +92,11 @@ def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
     shrink = tl.where(norm > 0, shrink, 0.0)
     w_new = T_new * shrink
 
-    _store(table, ROW_A, n_tensors, t, offs, mask, tl.zeros_like(T_new) + A_new, tl.float32)
-    _store(table, ROW_B, n_tensors, t, offs, mask, tl.zeros_like(T_new) + B_new, tl.float32)
-    _store(table, ROW_T, n_tensors, t, offs, mask, T_new, tl.float32)
-    _store(table, ROW_V, n_tensors, t, offs, mask, v_new, tl.float32)
-    _store(table, ROW_W, n_tensors, t, offs, mask, w_new, W_DTYPE)
+    store(table, ROW_A, n_tensors, t, offs, mask, tl.zeros_like(T_new) + A_new, tl.float32)
+    store(table, ROW_B, n_tensors, t, offs, mask, tl.zeros_like(T_new) + B_new, tl.float32)
+    store(table, ROW_T, n_tensors, t, offs, mask, T_new, tl.float32)
+    store(table, ROW_V, n_tensors, t, offs, mask, v_new, tl.float32)
+    store(table, ROW_W, n_tensors, t, offs, mask, w_new, W_DTYPE)
     occ_ptr = tl.load(table + ROW_OCC * n_tensors + t).to(tl.pointer_type(tl.uint8))
     tl.store(occ_ptr + tile, (shrink > 0).to(tl.uint8))
     tl.atomic_add(nnz + t, count_nonzero(w_new, mask, W_DTYPE).to(tl.int64))

@@ -26,13 +26,12 @@ from sparse_rda import reference
 
 from .math import count_nonzero, load_f32, soft_threshold, store
 from .rda_block_step import rda_block_step
-from .tensor_table import Contiguous, address_table, chunk_table, float_table, per_dtype_pair
+from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, float_table, per_dtype_pair
 
 BLOCK = 1024
 # rows of the address table: tensor addresses, then integers per tensor
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_A_GROUP, ROW_NUMEL, ROW_GROUP_SIZE = (tl.constexpr(i) for i in range(9))
 
-TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 @triton.jit

@@ -13,6 +13,10 @@ from collections import OrderedDict
 from functools import lru_cache
 
 import torch
+import triton.language as tl
+
+# the kernels' element types for the parameter and gradient dtypes they accept
+TORCH_TO_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 # Elements per program: large enough to amortize the table lookups, small enough to fill a GPU.
 # Read at each launch, so tests can shrink it to cover many chunks with small tensors.
