@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""Training-step benchmark: a transformer MLP block (d -> 4d -> d, GELU) trained with RDA, dense nn.Linear vs
+SparseLinear with 90% of its 64 x 64 weight tiles dead, all measured side by side in one run.
+
+    python bench/train_step.py                          # GPU: d=4096, 8192 tokens, bf16; CPU: d=256, 512 tokens
+    python bench/train_step.py --quick                  # smoke run (GPU: d=2048, 4096 tokens)
+    python bench/train_step.py --d 4096 --tokens 16384 --sparsity 95
+
+Variants (same seed, same initial weights; the sparse ones have their dead tiles zeroed by ``set_mask``):
+
+- ``dense + RDA element``: nn.Linear, ``RDA(granularity="element")`` on the device's fastest backend (``auto``:
+  the native CUDA / Triton kernel on a GPU, the native CPU kernel on CPU): what a dense run uses. The baseline.
+- ``dense + RDA block``: nn.Linear, ``RDA(granularity=("block", 64, 64))`` (backend ``--block-backend``,
+  default ``auto``): the same optimizer as the sparse run.
+- ``sparse + RDA block``: ``sparsify(model)`` (SparseLinear, masked matmul, dense dW so RDA can regrow tiles)
+  at 90% dead tiles, ``RDA(granularity=("block", 64, 64))``, then ``refresh_occupancy(model)``.
+- ``sparse + RDA block (reference)``: the same on the reference backend (``backend="torch"``), when the block
+  backend above is another one (e.g. Triton on a GPU).
+- ``sparse, dW live-only`` (fwd + bwd only): SparseLinear(dw_live_only=True): the weight gradient on live tiles
+  only (mask-style training without regrowth), to show what the dense dW costs.
+
+Timed per variant: fwd + bwd (``loss = mean(y^2)``; the input requires grad, as inside a network, so both
+layers compute dX), the optimizer step alone (gradients in place), the occupancy refresh alone, and the full
+step (fwd, bwd, step, refresh). The target (docs/DESIGN.md, "sparse training step, 90% block sparsity: >= 2x
+faster than the dense layer's step") is checked on the full step against the dense fused-RDA step.
+
+HONEST NOTE: RDA's block mode runs on the reference backend (pure torch, dozens of passes over the fp32 state per
+step) on CPU, and on CUDA tensors on the Triton block step (kernels/rda_block_step.py, new: not yet measured on a
+GPU when this runner was written). Wherever the backend column says ``torch``, the sparse full step is dominated by
+that slow optimizer step. The report therefore also gives the matmul part (fwd + bwd) and the optimizer part
+separately, a row with the reference block step next to the Triton one, and an ESTIMATE (not a measurement) of
+the sparse step with an optimizer as fast as the fused element-wise step.
+The refresh: with RDA's tiles equal to the layer's, the step writes the SparseLinear's tile map itself (the map
+is shared), so ``refresh_occupancy`` is redundant; it stays in the full step (one pass over the weights) and its
+cost is also shown on its own, to subtract.
+On CPU (no GPU) ``masked_linear`` is the dense F.linear fallback (the Triton interpreter under TRITON_INTERPRET=1,
+far slower): CPU numbers only show that the runner works; they are NOT the benchmark.
+
+Timing: on CUDA ``triton.testing.do_bench`` (median, at least 10 calls), on CPU ``time.perf_counter`` (median).
+Results: ``bench/results/train_step-<device>-<cpu-or-gpu-name>[-d<d>-t<tokens>][-s<sparsity>][-<dtype>]``
+``[-quick].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import masked_matmul as mmb  # noqa: E402  (timing, operands)
+import optimizer_step  # noqa: E402  (machine info, names)
+
+import sparse_rda  # noqa: E402
+from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BLOCK = (64, 64)
+TARGET_SPEEDUP = 2.0
+# The house RDA settings (bench/optimizer_step.py); averaging 0: B = lr * om each step, so the thresholds do not
+# grow while timing and the 90% dead tiles stay dead (their penalty weight is max_factor, their gradients tiny).
+RDA_KW = dict(lr=1.0, lam=1e-6, momentum_time=9.5, weight_decay=5e-4)
+CONFIGS = {  # (d, tokens)
+    ("cuda", False): (4096, 8192),
+    ("cuda", True): (2048, 4096),
+    ("cpu", False): (256, 512),
+    ("cpu", True): (256, 256),
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, device, dtype):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 4 * d, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * d, d, device=device, dtype=dtype)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def make_model(d: int, device, dtype, seed: int) -> MLP:
+    torch.manual_seed(seed)
+    return MLP(d, device, dtype)
+
+
+def apply_tile_masks(model: nn.Module, sparsity: float, seed: int) -> None:
+    """Exactly round(sparsity * tiles) random dead tiles in every SparseLinear (weights zeroed there)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            n, k = module.weight.shape
+            module.set_mask(mmb.random_occupancy(n, k, module.block, sparsity, gen))
+
+
+def live_tiles(model: nn.Module) -> tuple[int, int]:
+    live = total = 0
+    for module in model.modules():
+        if isinstance(module, SparseLinear):
+            live += int(module.occupancy.sum())
+            total += module.occupancy.numel()
+        elif isinstance(module, nn.Linear):
+            occ = mmb.mm.tile_occupancy(module.weight, BLOCK)
+            live += int(occ.sum())
+            total += occ.numel()
+    return live, total
+
+
+# variant keys (stable, used in the summary) -> (model kind, optimizer granularity or None, backend option)
+DENSE_ELEMENT, DENSE_BLOCK, SPARSE_BLOCK, SPARSE_BLOCK_REF, LIVE_ONLY = (
+    "dense + RDA element", "dense + RDA block", "sparse + RDA block", "sparse + RDA block (reference)",
+    "sparse, dW live-only")
+
+
+def variants(block_backend: str) -> dict[str, tuple[str, str | None, str]]:
+    return {
+        DENSE_ELEMENT: ("dense", "element", "auto"),
+        DENSE_BLOCK: ("dense", "block", block_backend),
+        SPARSE_BLOCK: ("sparse", "block", block_backend),
+        SPARSE_BLOCK_REF: ("sparse", "block", "torch"),
+        LIVE_ONLY: ("sparse-live-only", None, ""),
+    }
+
+
+def make_optimizer(model: nn.Module, granularity: str, backend: str):
+    """RDA over the model (weights penalized, biases not) and the backend its penalized group runs on."""
+    gran = "element" if granularity == "element" else ("block", *BLOCK)
+    opt = sparse_rda.RDA(sparse_rda.param_groups(model, **RDA_KW, granularity=gran, backend=backend))
+    try:  # the backend that runs the step (the optimizer's own resolution)
+        ran = opt._check_group(opt.param_groups[0])
+    except Exception:
+        ran = backend
+    return opt, ran
+
+
+def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool, use_triton: bool) -> dict:
+    """Times one variant's parts; returns a result row."""
+    kind, granularity, backend = spec
+    d, tokens, seed = cfg["d"], cfg["tokens"], cfg["seed"]
+    model = make_model(d, device, dtype, seed)
+    sparse = kind.startswith("sparse")
+    if sparse:
+        sparsify(model, block=BLOCK, dw_live_only=kind.endswith("live-only"))
+        apply_tile_masks(model, cfg["sparsity"], seed)
+    opt, ran = make_optimizer(model, granularity, backend) if granularity else (None, None)
+    gen = torch.Generator().manual_seed(seed + 2)
+    x = torch.randn(tokens, d, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        loss = model(x).float().pow(2).mean()
+        loss.backward()
+
+    def step():
+        opt.step()
+
+    def refresh():
+        refresh_occupancy(model)
+
+    def full():
+        fwd_bwd()
+        opt.step()
+        if sparse:
+            refresh_occupancy(model)
+
+    timed = lambda fn: mmb.time_fn(fn, device, quick, use_triton, slow_ms=float("inf"), min_reps=10,  # noqa: E731
+                                   cpu_reps=(1, 3) if quick else (2, 10))
+    row = dict(variant=name, model="SparseLinear" if sparse else "nn.Linear",
+               optimizer=None if opt is None else ("RDA element" if granularity == "element" else
+                                                   "RDA block %dx%d" % BLOCK),
+               backend=ran, parts={})
+    row["live_tiles_start"], row["tiles"] = live_tiles(model)
+    fwd_bwd()
+    if opt is not None:
+        opt.step()  # the first step allocates the state: keep it out of the timing
+        if sparse:
+            refresh_occupancy(model)
+    row["parts"]["fwd_bwd"] = timed(fwd_bwd)
+    print(f"  {name:<32} fwd+bwd   {row['parts']['fwd_bwd']['ms']:10.3f} ms")
+    if opt is not None:
+        row["parts"]["opt_step"] = timed(step)
+        print(f"  {name:<32} opt step  {row['parts']['opt_step']['ms']:10.3f} ms  (backend {ran})")
+        if sparse:
+            row["parts"]["refresh"] = timed(refresh)
+            print(f"  {name:<32} refresh   {row['parts']['refresh']['ms']:10.3f} ms")
+        row["parts"]["full_step"] = timed(full)
+        print(f"  {name:<32} full step {row['parts']['full_step']['ms']:10.3f} ms")
+    row["live_tiles_end"], _ = live_tiles(model)
+    row["weight_sparsity_end"] = sparse_rda.sparsity(model).penalized
+    del model, opt, x
+    mmb.free(device)
+    return row
+
+
+def summarize(rows: list[dict], sparsity: float, on_gpu: bool = True) -> dict:
+    by = {r["variant"]: r for r in rows}
+
+    def ms(variant, part):
+        r = by.get(variant)
+        return r["parts"][part]["ms"] if r and part in r["parts"] else None
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    out = dict(
+        block_backend=by[SPARSE_BLOCK]["backend"] if SPARSE_BLOCK in by else None,
+        full_step_speedup=ratio(ms(DENSE_ELEMENT, "full_step"), ms(SPARSE_BLOCK, "full_step")),
+        full_step_speedup_same_optimizer=ratio(ms(DENSE_BLOCK, "full_step"), ms(SPARSE_BLOCK, "full_step")),
+        full_step_speedup_reference=ratio(ms(DENSE_ELEMENT, "full_step"), ms(SPARSE_BLOCK_REF, "full_step")),
+        matmul_speedup=ratio(ms(DENSE_ELEMENT, "fwd_bwd"), ms(SPARSE_BLOCK, "fwd_bwd")),
+        matmul_speedup_dw_live_only=ratio(ms(DENSE_ELEMENT, "fwd_bwd"), ms(LIVE_ONLY, "fwd_bwd")),
+        opt_block_vs_element=ratio(ms(SPARSE_BLOCK, "opt_step"), ms(DENSE_ELEMENT, "opt_step")),
+        opt_block_reference_vs_element=ratio(ms(SPARSE_BLOCK_REF, "opt_step"), ms(DENSE_ELEMENT, "opt_step")),
+        # the matmul work left with a dense dW: fwd and dX scale with the live fraction, dW does not
+        matmul_speedup_bound_dense_dw=3.0 / (2.0 * (1.0 - sparsity) + 1.0),
+    )
+    parts = [ms(SPARSE_BLOCK, "fwd_bwd"), ms(DENSE_ELEMENT, "opt_step"), ms(SPARSE_BLOCK, "refresh")]
+    if all(p is not None for p in parts):
+        out["estimated_sparse_step_with_fused_optimizer_ms"] = sum(parts)
+        out["estimated_speedup_with_fused_optimizer"] = ratio(ms(DENSE_ELEMENT, "full_step"), sum(parts))
+    sp = out["full_step_speedup"]
+    out["target_status"] = "—" if sp is None else ("met" if sp >= TARGET_SPEEDUP else "missed")
+    if not on_gpu and sp is not None:
+        out["target_status"] += " (CPU: not the benchmark)"
+    out["target"] = (f">= {TARGET_SPEEDUP:g}x the dense step (nn.Linear + fused element RDA) at 90% block "
+                     f"sparsity: {out['target_status']}")
+    if abs(sparsity - 0.9) > 1e-9:
+        out["target"] += f" (this run: {sparsity:.0%}; the target is stated for 90%)"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+def _fmt(x, spec: str, suffix: str = "") -> str:
+    return "—" if x is None else f"{x:{spec}}{suffix}"
+
+
+def markdown_table(result: dict) -> str:
+    rows = result["rows"]
+    base = next((r for r in rows if r["variant"] == DENSE_ELEMENT), None)
+    base_full = base["parts"].get("full_step", {}).get("ms") if base else None
+    lines = [
+        "| variant | optimizer (backend) | live tiles start -> end | fwd+bwd ms | opt step ms | refresh ms "
+        "| full step ms | dense full / this |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in rows:
+        p = r["parts"]
+        full = p.get("full_step", {}).get("ms")
+        opt = "— (fwd+bwd only)"
+        if r["optimizer"]:
+            opt = r["optimizer"] + (f" ({r['backend']})" if r["backend"] else "")
+        lines.append(
+            f"| {r['variant']} | {opt} "
+            f"| {r['live_tiles_start']}/{r['tiles']} -> {r['live_tiles_end']}/{r['tiles']} "
+            f"| {_fmt(p.get('fwd_bwd', {}).get('ms'), '.3f')} | {_fmt(p.get('opt_step', {}).get('ms'), '.3f')} "
+            f"| {_fmt(p.get('refresh', {}).get('ms'), '.3f')} | {_fmt(full, '.3f')} "
+            f"| {_fmt(base_full / full if base_full and full else None, '.2f', 'x')} |")
+    for k in result.get("skipped", []):
+        lines.append(f"| {k['variant']} | skipped: {k['reason']} | | | | | | |")
+    s = result["summary"]
+    lines += [
+        "",
+        f"- **full step, sparse + block RDA ({s['block_backend']}) vs dense + fused element RDA**: "
+        f"{_fmt(s['full_step_speedup'], '.2f', 'x')}; target {s['target']}",
+        "- full step, same optimizer (block RDA) on both sides: "
+        f"{_fmt(s['full_step_speedup_same_optimizer'], '.2f', 'x')}",
+    ]
+    if s.get("full_step_speedup_reference") is not None:
+        lines.append(f"- full step, sparse + block RDA on the reference backend: "
+                     f"{_fmt(s['full_step_speedup_reference'], '.2f', 'x')}")
+    lines += [
+        f"- matmul part (fwd + bwd, dense dW): {_fmt(s['matmul_speedup'], '.2f', 'x')} (bound at this sparsity "
+        f"with a dense dW: {s['matmul_speedup_bound_dense_dw']:.2f}x); with dW on live tiles only: "
+        f"{_fmt(s['matmul_speedup_dw_live_only'], '.2f', 'x')}",
+        f"- optimizer part: the block RDA step ({s['block_backend']}) takes "
+        f"{_fmt(s['opt_block_vs_element'], '.1f', 'x')} the fused element-wise step"
+        + (f"; on the reference backend {_fmt(s['opt_block_reference_vs_element'], '.1f', 'x')}"
+           if s.get("opt_block_reference_vs_element") is not None else ""),
+        f"- ESTIMATE (not measured): sparse fwd+bwd + a block step as fast as the fused element step + refresh = "
+        f"{_fmt(s.get('estimated_sparse_step_with_fused_optimizer_ms'), '.3f', ' ms')}, "
+        f"speed-up {_fmt(s.get('estimated_speedup_with_fused_optimizer'), '.2f', 'x')} over the dense step",
+    ]
+    return "\n".join(lines)
+
+
+def markdown_report(report: dict) -> str:
+    m, cfg, res = report["machine"], report["config"], report["result"]
+    where = f"GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, sm {m['gpu_capability']}), " if m.get("gpu") else ""
+    out = [
+        f"# Training step, MLP block: {m['device']}, {m.get('gpu') or m['cpu']}",
+        "",
+        f"- date: {m['date']}; git {m['git']}",
+        f"- machine: {where}CPU {m['cpu']} ({m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, "
+        f"torch threads {m['torch_threads']}; load average {m.get('load_average')} at start)",
+        f"- python {m['python']}, torch {m['torch']} (CUDA {m['torch_cuda']}), triton {m['triton']}, "
+        f"sparse_rda {m['sparse_rda']} (backends {', '.join(m['backends'])})",
+        f"- command: `{cfg['command']}`",
+        f"- model: Linear({cfg['d']}, {4 * cfg['d']}) -> GELU -> Linear({4 * cfg['d']}, {cfg['d']}), "
+        f"{cfg['tokens']} tokens, {cfg['dtype']} params (fp32 optimizer state); sparse: {cfg['sparsity']:.0%} of "
+        f"{BLOCK[0]}x{BLOCK[1]} tiles dead; masked_linear runs: {cfg['masked_impl']}",
+        f"- RDA {cfg['rda']}; loss mean(y^2) (tiny gradients: the dead tiles stay dead while timing)",
+        f"- timing: {cfg['timer']}; ms is the median",
+        "",
+    ]
+    if m["device"] != "cuda":
+        out += ["**CPU run: these numbers are NOT the benchmark.** Without a GPU masked_linear is the dense "
+                "F.linear fallback (or the Triton interpreter under TRITON_INTERPRET=1): this run only shows that "
+                "the runner works. The benchmark is the GPU run.", ""]
+    backend = res["summary"].get("block_backend")
+    if backend == "torch":
+        out += ["Block RDA ran on the reference backend (pure torch, the only block implementation where this ran): "
+                "the sparse full step carries that slow optimizer step. The matmul part and the optimizer part "
+                "are given separately below; the last line is an estimate, not a measurement.", ""]
+    else:
+        out += [f"Block RDA ran on the {backend!r} backend; the reference-backend row shows the pure-torch step. "
+                "The last line below is an estimate, not a measurement.", ""]
+    out += [markdown_table(res)]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--d", type=int, help="model width (default: 4096 on CUDA, 2048 quick; 256 on CPU)")
+    ap.add_argument("--tokens", type=int, help="tokens per step (default: 8192 on CUDA, 4096 quick; 512/256 on CPU)")
+    ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead 64x64 tiles (default 90)")
+    ap.add_argument("--dtype", choices=tuple(DTYPES), help="parameter dtype (default bf16 on CUDA, fp32 on CPU)")
+    ap.add_argument("--block-backend", default="auto", help="backend of the block-RDA variants (default auto; "
+                    "a reference-backend row is added when this is not 'torch')")
+    ap.add_argument("--quick", action="store_true", help="smoke run: smaller model, few reps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-triton-timer", action="store_true", help="CUDA: time with CUDA events, not do_bench")
+    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default: bench/results)")
+    ap.add_argument("--no-save", action="store_true", help="print only")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        sys.exit(f"--device {args.device}: expected cpu or cuda")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"--device {args.device}: no CUDA device is available")
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # RDA's running |w| average of a dead weight decays into subnormal floats, which x86 CPUs process slowly
+    torch.set_flush_denormal(True)
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    d0, t0 = CONFIGS[device.type, args.quick]
+    d, tokens = args.d or d0, args.tokens or t0
+    if not 0 <= args.sparsity <= 100:
+        sys.exit("--sparsity: a percentage in [0, 100]")
+    cfg = dict(d=d, tokens=tokens, sparsity=args.sparsity / 100, seed=args.seed)
+    use_triton = device.type == "cuda" and not args.no_triton_timer and mmb.do_bench_or_none() is not None
+    impl = mmb.masked_impl(device, dtype)
+    machine = optimizer_step.machine_info(device)
+    if device.type == "cpu":
+        print(f"NOTE: CPU run. These numbers are NOT the benchmark: masked_linear here is {impl}. "
+              "The benchmark is the GPU run: python bench/train_step.py --device cuda", file=sys.stderr)
+    print(f"{machine.get('gpu') or machine['cpu']}: torch {machine['torch']}, triton {machine['triton']}; MLP d={d}, "
+          f"{tokens} tokens, {str(dtype).replace('torch.', '')}, {args.sparsity:g}% dead tiles; "
+          f"masked_linear: {impl}")
+    report = dict(
+        machine=machine,
+        config=dict(command="python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                    **cfg, dtype=str(dtype).replace("torch.", ""), block=list(BLOCK), quick=args.quick,
+                    masked_impl=impl, rda=RDA_KW, block_backend=args.block_backend,
+                    timer=("triton.testing.do_bench (median, >= 10 calls)" if use_triton else
+                           "CUDA events (median)" if device.type == "cuda" else "time.perf_counter (median)")),
+    )
+    rows, skipped = [], []
+    t_start = time.perf_counter()
+    for name, spec in variants(args.block_backend).items():
+        if name == SPARSE_BLOCK_REF and rows and rows[-1]["variant"] == SPARSE_BLOCK and rows[-1]["backend"] == "torch":
+            continue  # the block variants already ran on the reference
+        try:
+            rows.append(bench_variant(name, spec, cfg, device, dtype, args.quick, use_triton))
+        except Exception as e:  # e.g. out of memory: the other variants still run
+            traceback.print_exc()
+            skipped.append(dict(variant=name, reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+            mmb.free(device)
+    result = dict(rows=rows, skipped=skipped, summary=summarize(rows, cfg["sparsity"], device.type == "cuda"))
+    report["result"] = result
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    if hasattr(os, "getloadavg"):
+        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print(markdown_table(result))
+    if device.type == "cpu":
+        print("\n(CPU run: not the benchmark; see above)")
+    if not args.no_save:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"train_step-{device.type}-{optimizer_step.slug(machine.get('gpu') or machine['cpu'])}"
+        stem += "" if (args.d is None and args.tokens is None) else f"-d{d}-t{tokens}"
+        stem += "" if args.sparsity == 90.0 else f"-s{args.sparsity:g}"
+        stem += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
+        stem += "-interp" if impl.startswith("triton interpreter") else ""
+        stem += "-quick" if args.quick else ""
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(markdown_report(report))
+        print(f"wrote {out / stem}.json and .md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
