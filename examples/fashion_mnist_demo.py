@@ -49,9 +49,10 @@ FILES = {
     "test_y": "t10k-labels-idx1-ubyte.gz",
 }
 
-# Tuned on this demo (see examples/README.md): >= 95% of the weights end up zero at dense accuracy.
-DEFAULT_LAM = 2e-5
-DEFAULT_EPOCHS = 10
+# Tuned on this demo (sweep in examples/README.md): about 96% of the weights end up zero, about half a point
+# of test accuracy below dense SGD. Larger lam: sparser and less accurate; more epochs help both.
+DEFAULT_LAM = 3.5e-6
+DEFAULT_EPOCHS = 30
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -85,16 +86,17 @@ def load_fashion_mnist(data_dir: Path):
 
 
 def synthetic_problem(n_train: int = 20000, n_test: int = 5000, seed: int = 0):
-    """A stand-in with Fashion-MNIST's shapes: 10 Gaussian clusters in 784 dims whose means live in a
-    random 20-dim subspace, so there is structure for a sparse network to find and the task is not trivial."""
+    """A stand-in with Fashion-MNIST's shapes: 10 Gaussian classes in 784 dims whose means differ on only
+    50 of the features (the rest is noise), so a sparse network can do as well as a dense one. The class
+    separation is set for roughly 85-90% test accuracy, so the task is neither trivial nor hopeless."""
     gen = torch.Generator().manual_seed(seed)
-    basis = torch.randn(20, 784, generator=gen) / math.sqrt(20)
-    centers = torch.randn(10, 20, generator=gen) @ basis
+    informative = torch.randperm(784, generator=gen)[:50]
+    centers = torch.zeros(10, 784)
+    centers[:, informative] = 0.45 * torch.randn(10, 50, generator=gen)
 
     def sample(n):
         y = torch.randint(0, 10, (n,), generator=gen)
-        x = centers[y] + 1.2 * torch.randn(n, 784, generator=gen) / math.sqrt(784) * math.sqrt(20)
-        return x, y
+        return centers[y] + torch.randn(n, 784, generator=gen), y
 
     train_x, train_y = sample(n_train)
     test_x, test_y = sample(n_test)
@@ -331,7 +333,8 @@ def print_comparison(results):
         (_, _, dense_acc, _, _), (_, _, rda_acc, rda_report, _) = results
         kept = 1 - rda_report.penalized
         fewer = f"{1 / kept:.1f}x fewer" if kept else "none left"
-        print(f"RDA vs dense: {rda_acc - dense_acc:+.2%} test accuracy, keeping {kept:.2%} of the weights ({fewer}).")
+        points = 100 * (rda_acc - dense_acc)
+        print(f"RDA vs dense: {points:+.2f} points of test accuracy, keeping {kept:.2%} of the weights ({fewer}).")
 
 
 def print_benchmark(rows):
@@ -342,6 +345,7 @@ def print_benchmark(rows):
             print(f"{name:<28}  {'-':>8}  {'-':>7}  {note}")
         else:
             print(f"{name:<28}  {ms:>8.3f}  {ms / sgd_ms:>6.2f}x  {note}")
+
 
 if __name__ == "__main__":
     main()
