@@ -551,7 +551,6 @@ def parse_shape(text: str, device: torch.device) -> tuple[str, tuple[int, int, i
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--shapes", help="comma-separated names or MxKxN (default: all GPU shapes on CUDA, the tiny "
                     "CPU shapes on CPU)")
     ap.add_argument("--sparsities", help="comma-separated percentages of dead tiles (default 0,50,75,90,95,99)")
@@ -560,25 +559,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "always runs)")
     ap.add_argument("--quick", action="store_true", help="smoke run: one shape, four sparsities, short timing")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--no-triton-timer", action="store_true", help="CUDA: time with CUDA events, not do_bench")
-    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default: bench/results)")
-    ap.add_argument("--no-save", action="store_true", help="print only")
+    optimizer_step.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        sys.exit(f"--device {args.device}: expected cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.exit(f"--device {args.device}: no CUDA device is available")
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = optimizer_step.runner_device(args)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     quick_shapes, quick_sparsities = QUICK[device.type]
     default_shapes = list(SHAPES) if device.type == "cuda" else list(CPU_SHAPES)

@@ -453,9 +453,32 @@ def markdown_report(report: dict) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def add_runner_args(ap: argparse.ArgumentParser) -> None:
+    """The options every bench runner shares: device, CPU threads, timer, where results go."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-triton-timer", action="store_true", help="CUDA: time with CUDA events, not do_bench")
+    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default: bench/results)")
+    ap.add_argument("--no-save", action="store_true", help="print only")
+
+
+def runner_device(args: argparse.Namespace) -> torch.device:
+    """The device the runner times on (exits with a message if it cannot), with --threads applied."""
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        sys.exit(f"--device {args.device}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"--device {args.device}: no CUDA device is available")
+        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--sets", help=f"comma-separated, from {', '.join(param_sets.SETS)} "
                     "(default: resnet18 on CPU; resnet18,resnet50,transformer-1b on CUDA)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="parameter dtype (state is fp32)")
@@ -464,25 +487,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="few reps: a smoke run (< 1 minute on a 2-core CPU)")
     ap.add_argument("--warmup", type=int, help="warm-up steps (CUDA: in units of one step's estimated time)")
     ap.add_argument("--reps", type=int, help="timed steps (CUDA: do_bench gets reps x one step's estimated time)")
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--no-triton-timer", action="store_true", help="CUDA: time with CUDA events, not do_bench")
-    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default: bench/results)")
-    ap.add_argument("--no-save", action="store_true", help="print only")
+    add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        sys.exit(f"--device {args.device}: expected cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.exit(f"--device {args.device}: no CUDA device is available")
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    device = runner_device(args)
     dtype = DTYPES[args.dtype]
-    if args.threads:
-        torch.set_num_threads(args.threads)
     default_sets = "resnet18" if device.type == "cpu" else "resnet18,resnet50,transformer-1b"
     sets = [s.strip() for s in (args.sets or default_sets).split(",") if s.strip()]
     for s in sets:

@@ -335,7 +335,6 @@ def markdown_report(report: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--d", type=int, help="model width (default: 4096 on CUDA, 2048 quick; 256 on CPU)")
     ap.add_argument("--tokens", type=int, help="tokens per step (default: 8192 on CUDA, 4096 quick; 512/256 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead 64x64 tiles (default 90)")
@@ -344,25 +343,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "a reference-backend row is added when this is not 'torch')")
     ap.add_argument("--quick", action="store_true", help="smoke run: smaller model, few reps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--no-triton-timer", action="store_true", help="CUDA: time with CUDA events, not do_bench")
-    ap.add_argument("--out", default=str(HERE / "results"), help="results folder (default: bench/results)")
-    ap.add_argument("--no-save", action="store_true", help="print only")
+    optimizer_step.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
-        sys.exit(f"--device {args.device}: expected cpu or cuda")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.exit(f"--device {args.device}: no CUDA device is available")
-        device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = optimizer_step.runner_device(args)
     # RDA's running |w| average of a dead weight decays into subnormal floats, which x86 CPUs process slowly
     torch.set_flush_denormal(True)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
