@@ -146,14 +146,7 @@ def time_fn(fn, device: torch.device, quick: bool = False, use_triton: bool = Tr
     warmup, reps = cpu_reps or ((0, 3) if quick else (1, 7))
     if est_ms > 2000:  # the interpreter on a larger shape: keep the smoke run short
         warmup, reps = 0, min(reps, 2)
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return dict(_stats(times), timer="perf_counter")
+    return optimizer_step.time_cpu(fn, warmup, reps)
 
 
 def free(device: torch.device) -> None:
