@@ -360,7 +360,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_flush_denormal(True)  # RDA's decaying averages of dead weights would go subnormal: slow on x86
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
