@@ -491,15 +491,7 @@ def summary(report: dict) -> dict:
 
 def markdown_report(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
-    where = f"GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, sm {m['gpu_capability']}), " if m.get("gpu") else ""
-    out = [
-        f"# Masked matmul: {m['device']}, {m.get('gpu') or m['cpu']}",
-        "",
-        f"- date: {m['date']}; git {m['git']}",
-        f"- machine: {where}CPU {m['cpu']} ({m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, "
-        f"torch threads {m['torch_threads']}; load average {m.get('load_average')} at start)",
-        f"- python {m['python']}, torch {m['torch']} (CUDA {m['torch_cuda']}), triton {m['triton']}, "
-        f"sparse_rda {m['sparse_rda']}",
+    out = optimizer_step.report_header("Masked matmul", m) + [
         f"- command: `{cfg['command']}`",
         f"- dtype {cfg['dtype']}, tiles {BLOCK[0]}x{BLOCK[1]}, no bias; masked_linear runs: {cfg['masked_impl']}",
         f"- timing: {cfg['timer']}; ms is the median",

@@ -418,19 +418,26 @@ def markdown_table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(report: dict) -> str:
-    m, cfg = report["machine"], report["config"]
+def report_header(title: str, m: dict) -> list[str]:
+    """The first lines of every runner's markdown report: what ran where, with which versions."""
     where = f"GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, sm {m['gpu_capability']}), " if m.get("gpu") else ""
-    out = [
-        f"# Optimizer step: {m['device']}, {m.get('gpu') or m['cpu']}",
+    flags = f"; flags {', '.join(m['cpu_flags']) or 'n/a'}" if "cpu_flags" in m else ""
+    backends = f" (backends {', '.join(m['backends'])}; auto -> {m.get('auto_backend')})" if "backends" in m else ""
+    return [
+        f"# {title}: {m['device']}, {m.get('gpu') or m['cpu']}",
         "",
         f"- date: {m['date']}; git {m['git']}",
         f"- machine: {where}CPU {m['cpu']} [{m.get('cpu_id')}] ({m['usable_cpus']} usable of {m['logical_cpus']} "
-        "logical CPUs, "
-        f"torch threads {m['torch_threads']}; flags {', '.join(m['cpu_flags']) or 'n/a'}; "
-        f"load average {m.get('load_average')} at start, {m.get('load_average_end')} at end)",
+        f"logical CPUs, torch threads {m['torch_threads']}{flags}; load average {m.get('load_average')} at start, "
+        f"{m.get('load_average_end')} at end)",
         f"- python {m['python']}, torch {m['torch']} (CUDA {m['torch_cuda']}), triton {m['triton']}, "
-        f"sparse_rda {m['sparse_rda']} (backends {', '.join(m['backends'])}; auto -> {m.get('auto_backend')})",
+        f"sparse_rda {m['sparse_rda']}{backends}",
+    ]
+
+
+def markdown_report(report: dict) -> str:
+    m, cfg = report["machine"], report["config"]
+    out = report_header("Optimizer step", m) + [
         f"- command: `{cfg['command']}`",
         f"- timing: {cfg['timer']}, warm-up {cfg['warmup']}, reps {cfg['reps']}; ms/step is the median",
         "",

@@ -297,15 +297,7 @@ def markdown_table(result: dict) -> str:
 
 def markdown_report(report: dict) -> str:
     m, cfg, res = report["machine"], report["config"], report["result"]
-    where = f"GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, sm {m['gpu_capability']}), " if m.get("gpu") else ""
-    out = [
-        f"# Training step, MLP block: {m['device']}, {m.get('gpu') or m['cpu']}",
-        "",
-        f"- date: {m['date']}; git {m['git']}",
-        f"- machine: {where}CPU {m['cpu']} ({m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs, "
-        f"torch threads {m['torch_threads']}; load average {m.get('load_average')} at start)",
-        f"- python {m['python']}, torch {m['torch']} (CUDA {m['torch_cuda']}), triton {m['triton']}, "
-        f"sparse_rda {m['sparse_rda']} (backends {', '.join(m['backends'])})",
+    out = optimizer_step.report_header("Training step, MLP block", m) + [
         f"- command: `{cfg['command']}`",
         f"- model: Linear({cfg['d']}, {4 * cfg['d']}) -> GELU -> Linear({4 * cfg['d']}, {cfg['d']}), "
         f"{cfg['tokens']} tokens, {cfg['dtype']} params (fp32 optimizer state); sparse: {cfg['sparsity']:.0%} of "
@@ -350,8 +342,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = optimizer_step.runner_device(args)
-    # RDA's running |w| average of a dead weight decays into subnormal floats, which x86 CPUs process slowly
-    torch.set_flush_denormal(True)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     d0, t0 = CONFIGS[device.type, args.quick]
     d, tokens = args.d or d0, args.tokens or t0

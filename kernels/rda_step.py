@@ -182,7 +182,8 @@ def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, ave
 def _rda_step_with_blocks(params, grads, T, B, A, v, penalized, occupancy, block, grad_scale, **scalars):
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
     tiled = [i for i, (p, pen) in enumerate(zip(params, penalized)) if pen and p.dim() == 2]
-    rest = [i for i in range(len(params)) if i not in set(tiled)]
+    tiled_set = set(tiled)
+    rest = [i for i in range(len(params)) if i not in tiled_set]
     nnz = torch.zeros(len(params), dtype=torch.int64, device=params[0].device)
     pick = lambda tensors, idx: [tensors[i] for i in idx]  # noqa: E731
     if rest:
