@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import dispatch, reference
+from . import dispatch, reference, target
 from .optimizer import SparseOptimizer
 from .validation import check_hyper_value, check_number
 
@@ -33,16 +33,24 @@ class GRDA(SparseOptimizer):
         capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` may be a
             one-element device tensor, and step counts and thresholds are float64 device scalars updated on the
             device (so they match the host path to float64 rounding, not bit for bit).
+        target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
+            without tuning ``c``: ``c`` (> 0) becomes the starting value of a controller that re-sets it, and
+            rescales the accumulated ``l1`` with it, every ``total_steps // 1000`` steps along a cubic ramp to the
+            target, reached at 75% of training (sparse_rda/target.py). One host sync per control step.
+        total_steps: the training length in steps; required with ``target_sparsity``.
     """
 
     def __init__(self, params, lr: float = 0.01, c: float = 0.0, mu: float = 0.7, backend: str = "auto",
-                 capturable: bool = False):
-        super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable))
+                 capturable: bool = False, target_sparsity: float | None = None, total_steps: int | None = None):
+        super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable,
+                                      target_sparsity=target_sparsity, total_steps=total_steps))
 
     def _check_hyper(self, group: dict) -> None:
         check_hyper_value("lr", group["lr"], self._capturable(group))
         check_number("c", group["c"])
         check_number("mu", group["mu"], low_open=True)
+        if group.get("target_sparsity") is not None and group["c"] <= 0:
+            raise ValueError(f"c must be > 0 with target_sparsity (the controller rescales it), got {group['c']}")
 
     def _warn_hyper(self, group: dict) -> None:
         if not 0.5 < group["mu"] <= 1.0:
@@ -73,6 +81,20 @@ class GRDA(SparseOptimizer):
             params, [p.grad for p in params], [s["acc"] for s in states], thresholds=thresholds,
             grad_scale=grad_scale, **options,
         )
+
+    def _zero_ratios(self, group: dict, p: torch.Tensor):
+        """An element is zero when |acc| <= l1 = c * (l1 / c)."""
+        state = self.state[p]
+        unit = torch.tensor(state["l1"] / group["c"], dtype=torch.float32, device=p.device)
+        return target.zero_ratio(state["acc"].abs(), unit.expand_as(state["acc"])), None
+
+    def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
+        """c := scale, and every accumulated l1 with it (l1 is linear in c)."""
+        if scale <= 0:  # only when every accumulator is 0: nothing to steer
+            return
+        for p in penalized:
+            self.state[p]["l1"] *= scale / group["c"]
+        group["c"] = scale
 
     def _device_thresholds(self, states, penalized, lr, c, mu, found_inf) -> torch.Tensor:
         """The host path's threshold update, as float64 device ops: l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu)."""

@@ -7,8 +7,8 @@ from itertools import chain
 
 import torch
 
-from . import dispatch
-from .validation import check_bool, check_grad, check_params
+from . import dispatch, target
+from .validation import check_bool, check_grad, check_params, check_target
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -42,6 +42,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             check_bool("capturable", group.get("capturable", False))
             check_bool("penalize", group.get("penalize", True))
             self._check_hyper(group)
+            check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._not_native(group))
@@ -119,7 +120,36 @@ class SparseOptimizer(torch.optim.Optimizer):
                 counts = self._group_step(group, backend, params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))
+                self._steer_sparsity(group)
         return loss
+
+    def _steer_sparsity(self, group: dict) -> None:
+        """With ``target_sparsity``, on control steps set the group's threshold scale to the value that zeroes
+        the scheduled fraction of its penalized elements (sparse_rda/target.py)."""
+        wanted = group.get("target_sparsity")
+        penalized = [p for p in group["params"] if self._is_penalized(group, p) and self.state[p]]
+        if wanted is None or not penalized:
+            return
+        step, total = max(int(self.state[p]["step"]) for p in penalized), group["total_steps"]
+        if not target.is_control_step(step, total):
+            return
+        ratios, sizes = zip(*(self._zero_ratios(group, p) for p in penalized))
+        if all(size is None for size in sizes):
+            all_sizes = None
+        else:
+            all_sizes = torch.cat([torch.ones_like(r).flatten() if size is None else size.flatten()
+                                   for r, size in zip(ratios, sizes)])
+        scale = target.scale_for_sparsity(torch.cat([r.flatten() for r in ratios]), all_sizes,
+                                          target.scheduled_sparsity(step, total, wanted))
+        self._set_threshold_scale(group, penalized, scale)
+
+    def _zero_ratios(self, group: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per unit of ``p`` (element, or tile: then also the tiles' sizes) the threshold scale from which the
+        last step would have zeroed it."""
+        raise NotImplementedError
+
+    def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
+        raise NotImplementedError
 
     @torch.no_grad()
     def nnz(self) -> dict[torch.Tensor, int]:

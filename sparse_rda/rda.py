@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import dispatch, reference
+from . import dispatch, reference, target
 from .optimizer import SparseOptimizer
 from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
 
@@ -46,6 +46,11 @@ class RDA(SparseOptimizer):
         capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` and
             ``averaging`` may be one-element device tensors (update them in place; the schedules do), step
             counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
+        target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
+            without tuning ``lam``: ``lam`` becomes the starting value of a controller that re-sets it every
+            ``total_steps // 1000`` steps along a cubic ramp to the target, reached at 75% of training
+            (sparse_rda/target.py). One host sync per control step.
+        total_steps: the training length in steps; required with ``target_sparsity``.
 
     A param group may also set ``penalize=False`` (as :func:`sparse_rda.param_groups` does for biases and
     norms): its tensors are trained without a penalty.
@@ -67,6 +72,8 @@ class RDA(SparseOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         capturable: bool = False,
+        target_sparsity: float | None = None,
+        total_steps: int | None = None,
     ):
         defaults = dict(
             lr=lr,
@@ -82,6 +89,8 @@ class RDA(SparseOptimizer):
             maximize=maximize,
             backend=backend,
             capturable=capturable,
+            target_sparsity=target_sparsity,
+            total_steps=total_steps,
         )
         super().__init__(params, defaults)
 
@@ -126,6 +135,19 @@ class RDA(SparseOptimizer):
             return tiles
         shared[1].copy_(tiles)
         return shared[1]
+
+    def _zero_ratios(self, group: dict, p: torch.Tensor):
+        """An element is zero when |T| <= lam B; a tile when ||T_tile|| <= lam B_tile sqrt(tile size)."""
+        T, B = self.state[p]["T"], self.state[p]["B"]
+        block = reference.block_shape(group["granularity"]) if p.dim() == 2 else None
+        if block is None:
+            return target.zero_ratio(T.abs(), B), None
+        counts = reference.tile_counts(T.shape, block, T.device)
+        norms = torch.sqrt(reference.tile_sums(T * T, block))
+        return target.zero_ratio(norms, B[:: block[0], :: block[1]] * torch.sqrt(counts)), counts
+
+    def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
+        group["lam"] = scale
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

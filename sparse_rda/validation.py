@@ -59,6 +59,20 @@ def check_granularity(value) -> None:
     check_choice("granularity", value, ("element", "kernel", "channel"))
 
 
+def check_target(target_sparsity, total_steps, capturable: bool) -> None:
+    """target_sparsity: None, or a fraction in [0, 1) with total_steps a positive int (the ramp's length);
+    steered on the host, so not in capturable mode."""
+    if target_sparsity is None:
+        return
+    check_number("target_sparsity", target_sparsity, high=1.0)
+    if target_sparsity >= 1.0:
+        raise ValueError(f"target_sparsity must be below 1, got {target_sparsity}")
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int when target_sparsity is set, got {total_steps!r}")
+    if capturable:
+        raise ValueError("target_sparsity is steered on the host: it cannot be combined with capturable=True")
+
+
 def check_bool(name: str, value) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {value!r}")
