@@ -24,7 +24,7 @@ def native_extension():
     cxx_flags += [flag for path in cpp_extension.include_paths() for flag in ("-isystem", path)]
     if os.environ.get("SPARSE_RDA_WERROR", "0") != "0":  # CI: our code builds without warnings
         cxx_flags.append("-Werror")
-    sources = ["csrc/bindings.cpp", "csrc/cpu/step_cpu.cpp"]
+    sources = ["csrc/bindings.cpp", "csrc/cpu/step_cpu.cpp", "csrc/cpu/block_step_cpu.cpp"]
     has_nvcc = cpp_extension.CUDA_HOME is not None and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
     import torch
 

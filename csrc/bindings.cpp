@@ -195,12 +195,17 @@ TORCH_LIBRARY(sparse_rda, m) {
       "Tensor(e!)[] v, float[] factors, int[] group_sizes, float lr, float lam, float beta, float beta_b, "
       "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
   m.def(
+      "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
+      "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float lr, float lam, float beta, float beta_b, "
+      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
+  m.def(
       "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, float[] thresholds, float lr, "
       "Tensor? grad_scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
   m.impl("rda_step_", &rda_step_cpu);
+  m.impl("rda_block_step_", &rda_block_step_cpu);
   m.impl("grda_step_", &grda_step_cpu);
 }
 

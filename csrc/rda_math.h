@@ -73,6 +73,13 @@ SPARSE_RDA_HD float rda_element(float w, float grad, float om_factor, float& B, 
   return soft_threshold(T, s.lam * B);
 }
 
+// Block mode's group prox (ALGORITHMS.md section 3): the factor a tile of norm ||T_tile|| and threshold t is
+// scaled by, max(0, 1 - t sqrt(n) / ||T_tile||); an all-zero tile stays zero (0, not NaN).
+SPARSE_RDA_HD float group_shrink(float norm, float threshold, float sqrt_count) {
+  const float shrink = 1.0f - (threshold * sqrt_count) / norm;
+  return norm > 0.0f && shrink > 0.0f ? shrink : 0.0f;
+}
+
 // One element of the gRDA step: acc -= lr * grad; w = S_l1(acc).
 SPARSE_RDA_HD float grda_element(float grad, float& acc, float lr, float l1, float inv_scale) {
   acc = acc - lr * (grad * inv_scale);

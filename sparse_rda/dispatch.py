@@ -2,8 +2,8 @@
 
 Backends: "torch" (the reference, any device), "triton" (kernels/, CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1), "cpu" and "cuda" (the native extension, csrc/). "auto" picks, for CUDA tensors, the native
-CUDA kernels, else Triton (always Triton for capturable groups); for CPU tensors the native CPU kernels; else
-the reference.
+CUDA kernels, else Triton (always Triton for capturable groups and block granularity, which the native CUDA
+kernels do not implement yet); for CPU tensors the native CPU kernels; else the reference.
 """
 
 from __future__ import annotations
@@ -48,22 +48,25 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return True
 
 
-def _auto(device: torch.device, capturable: bool) -> str:
-    preference = {"cuda": ["triton"] if capturable else ["cuda", "triton"], "cpu": ["cpu"]}.get(device.type, [])
+# native backends whose kernels implement granularity ("block", rows, cols)
+_NATIVE_BLOCK = ("cpu",)
+
+
+def _auto(device: torch.device, capturable: bool, block: bool) -> str:
+    native_cuda = [] if capturable or block else ["cuda"]
+    preference = {"cuda": native_cuda + ["triton"], "cpu": ["cpu"]}.get(device.type, [])
     return next((name for name in preference if name in _IMPLEMENTATIONS), "torch")
 
 
-def resolve(name: str, device: torch.device, capturable: bool = False, not_native: bool = False) -> str:
+def resolve(name: str, device: torch.device, capturable: bool = False, block: bool = False) -> str:
     """The concrete backend for a requested name on a device; raises naming `backend` if it cannot run.
-    not_native: the group uses an option the native kernels do not implement (block granularity, for now)."""
+    block: the group uses block granularity."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}; got {name!r}")
-    if not_native and name in ("cpu", "cuda"):
+    if block and name in ("cpu", "cuda") and name not in _NATIVE_BLOCK:
         raise ValueError(f"backend={name!r} does not implement block granularity yet; use 'triton', 'torch' or 'auto'")
     if name == "auto":
-        if not_native:
-            return "triton" if device.type == "cuda" and "triton" in _IMPLEMENTATIONS else "torch"
-        return _auto(device, capturable)
+        return _auto(device, capturable, block)
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"backend={name!r} is not available in this installation (available: {', '.join(backends())})")
     if not _runs_on(name, device):

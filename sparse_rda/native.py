@@ -1,5 +1,6 @@
-"""The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_`` and
-``grda_step_``, with CPU and (when built with CUDA) CUDA kernels, behind the reference's function signatures.
+"""The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_``,
+``rda_block_step_`` (CPU only for now) and ``grda_step_``, with CPU and (when built with CUDA) CUDA kernels,
+behind the reference's function signatures.
 
 The ops are registered with schemas that declare what they mutate, and fake implementations so that
 ``torch.compile`` traces an optimizer step through them without graph breaks.
@@ -34,20 +35,49 @@ if _C is not None:
                        weight_decay, max_factor, reweight, maximize, grad_scale):
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
+    @torch.library.register_fake("sparse_rda::rda_block_step_")
+    def _rda_block_step_fake(params, grads, T, B, A, v, occupancy, block, lr, lam, beta, beta_b, alpha,
+                             weight_decay, max_factor, reweight, maximize, grad_scale):
+        return params[0].new_empty((len(params),), dtype=torch.int64)
+
     @torch.library.register_fake("sparse_rda::grda_step_")
     def _grda_step_fake(params, grads, acc, thresholds, lr, grad_scale):
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
 
 def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, averaging, weight_decay, max_factor,
-             reweight, granularity, maximize, grad_scale=None) -> torch.Tensor:
-    """The reference's rda_step as one native op; returns each param's nonzero count."""
+             reweight, granularity, maximize, grad_scale=None, occupancy=None) -> torch.Tensor:
+    """The reference's rda_step as native ops (one for the tiled tensors in block mode, one for the rest);
+    returns each param's nonzero count."""
+    block = reference.block_shape(granularity)
+    tiled = [block is not None and pen and p.dim() == 2 for p, pen in zip(params, penalized)]
+    scalars = (lr, lam, beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize, grad_scale)
+    if not any(tiled):
+        return _rda_elementwise(params, grads, T, B, A, v, penalized, granularity, scalars)
+    rest = [i for i, t in enumerate(tiled) if not t]
+    tiles = [i for i, t in enumerate(tiled) if t]
+    maps = [_tile_map(params[i], block, occupancy[i] if occupancy is not None else None) for i in tiles]
+    nnz = params[0].new_empty((len(params),), dtype=torch.int64, device="cpu" if params[0].is_cpu else None)
+    nnz[tiles] = torch.ops.sparse_rda.rda_block_step_(
+        *([xs[i] for i in tiles] for xs in (params, grads, T, B, A, v)), maps, list(block), *scalars)
+    if rest:
+        nnz[rest] = _rda_elementwise(*([xs[i] for i in rest] for xs in (params, grads, T, B, A, v, penalized)),
+                                     "element", scalars)
+    return nnz
+
+
+def _rda_elementwise(params, grads, T, B, A, v, penalized, granularity, scalars) -> torch.Tensor:
     sizes = [reference.group_size(p.shape, granularity) for p in params]
     factors = [math.sqrt(size) if pen else 0.0 for size, pen in zip(sizes, penalized)]
-    return torch.ops.sparse_rda.rda_step_(
-        list(params), list(grads), list(T), list(B), list(A), list(v), factors, sizes, lr, lam, beta, beta_b,
-        averaging, weight_decay, max_factor, reweight, maximize, grad_scale,
-    )
+    return torch.ops.sparse_rda.rda_step_(list(params), list(grads), list(T), list(B), list(A), list(v), factors,
+                                          sizes, *scalars)
+
+
+def _tile_map(p: torch.Tensor, block, occupancy: torch.Tensor | None) -> torch.Tensor:
+    """The occupancy map the block step writes: the optimizer's, or scratch when the caller keeps none."""
+    if occupancy is not None:
+        return occupancy
+    return torch.empty((-(-p.shape[0] // block[0]), -(-p.shape[1] // block[1])), dtype=torch.bool, device=p.device)
 
 
 def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from .validation import check_bool, check_grad, check_params, check_target
 
 class SparseOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``,
-    ``_not_native(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
+    ``_is_block(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
     the params' nonzero counts when the backend counted them (else None). Their state is float32 (float64 for
     capturable step counters), whatever the parameter dtype."""
 
@@ -45,7 +45,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._not_native(group))
+        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._is_block(group))
         if self._capturable(group) and backend != "triton":
             raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
         return backend
@@ -56,8 +56,8 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _warn_hyper(self, group: dict) -> None:
         pass
 
-    def _not_native(self, group: dict) -> bool:
-        """Whether the group uses an option the native (csrc) kernels do not implement yet."""
+    def _is_block(self, group: dict) -> bool:
+        """Whether the group uses block granularity (not every backend implements it)."""
         return False
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):

@@ -38,11 +38,11 @@ class RDA(SparseOptimizer):
             sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)), or for 2-D
             weights ("block", rows, cols): tiles with the RMS as magnitude and the group prox, so whole tiles
             become zero (the step writes ``state["occupancy"]``, which tiles are live); tensors of other shapes
-            use "element". Block mode runs on the reference and Triton backends for now.
+            use "element". Block mode runs on the reference, Triton and native CPU backends.
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
-        backend: "auto" (Triton on CUDA, else the reference), "torch" (the reference), or a kernel backend
-            (see ``sparse_rda.backends()``).
+        backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
+            sparse_rda/dispatch.py), "torch" (the reference), or a kernel backend (``sparse_rda.backends()``).
         capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` and
             ``averaging`` may be one-element device tensors (update them in place; the schedules do), step
             counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
@@ -109,7 +109,7 @@ class RDA(SparseOptimizer):
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
-    def _not_native(self, group: dict) -> bool:
+    def _is_block(self, group: dict) -> bool:
         return reference.block_shape(group["granularity"]) is not None
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -191,5 +191,5 @@ class RDA(SparseOptimizer):
             maximize=group["maximize"],
             grad_scale=grad_scale,
             **device_scalars,
-            **({"occupancy": [s.get("occupancy") for s in states]} if self._not_native(group) else {}),
+            **({"occupancy": [s.get("occupancy") for s in states]} if self._is_block(group) else {}),
         )

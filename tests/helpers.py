@@ -55,3 +55,43 @@ def rda_error_scales(group: dict, before: dict, grad: torch.Tensor | None) -> tu
     v_scale = beta * v0.abs() + (1 - beta) * (grad.float().abs() + group["weight_decay"] * w0.abs())
     T_scale = alpha * T0.abs() + (1 - alpha) * w0.abs() + lr * v_scale
     return T_scale, v_scale
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two optimizers stepped side by side from the same inputs
+
+
+def state_copy(state):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def step_both(fused, ref, grads, **kwargs):
+    """One step of both optimizers from the same weights and state (the fused one's)."""
+    for p, q, g in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"], grads):
+        q.data.copy_(p.data)
+        ref.state[q] = state_copy(fused.state[p])
+        if not ref.state[q]:
+            del ref.state[q]
+        p.grad, q.grad = g.clone(), g.clone()
+    inputs = [{"w": p.detach().float().clone(), **state_copy(ref.state[q])}
+              for p, q in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"])]
+    fused.step(**kwargs)
+    ref.step(**kwargs)
+    return inputs
+
+
+def compare_block_rda(fused, ref, inputs, rtol):
+    """Block mode after step_both: state within rtol (errors of sums judged against their terms), fp32 weights
+    too and low-precision ones within a rounding step, and the same tile maps."""
+    group = ref.param_groups[0]
+    for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
+        T_scale, v_scale = rda_error_scales(group, before, q.grad)
+        for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
+            assert_state_close(fused.state[p][key], ref.state[q][key], rtol, f"tensor {i} {key}", scale)
+        if p.dtype == torch.float32:
+            assert_state_close(p.data, q.data, rtol, f"tensor {i} w", T_scale)
+        else:  # bf16 / fp16 weights: within one rounding step of the reference's
+            ulp = torch.finfo(p.dtype).eps * q.data.float().abs()
+            assert ((p.data.float() - q.data.float()).abs() <= ulp + 1e-30).all(), f"tensor {i} w"
+        if "occupancy" in ref.state[q]:
+            assert torch.equal(fused.state[p]["occupancy"], ref.state[q]["occupancy"]), f"tensor {i} map"

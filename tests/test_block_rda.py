@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import sparse_rda
-from sparse_rda import reference
+from sparse_rda import native, reference
+from helpers import compare_block_rda, step_both
+
+RTOL = 1e-5  # docs/ALGORITHMS.md section 5: fused kernel vs the fp32 reference
 
 
 def test_group_prox_by_hand():
@@ -53,10 +56,58 @@ def test_block_granularity_is_checked_and_runs_on_the_reference_or_triton():
             sparse_rda.RDA([p], granularity=bad)
     opt = sparse_rda.RDA([p], granularity=("block", 2, 2))
     p.grad = torch.randn(4, 4)
-    opt.step()  # auto -> the reference on CPU tensors (Triton on CUDA ones)
-    if "cpu" in sparse_rda.backends():
+    opt.step()  # auto -> the native CPU step when built, else the reference (Triton on CUDA tensors)
+    if "cuda" in sparse_rda.backends():
         with pytest.raises(ValueError, match="block granularity"):
-            sparse_rda.RDA([p], granularity=("block", 2, 2), backend="cpu")
+            sparse_rda.RDA([p], granularity=("block", 2, 2), backend="cuda")
+
+
+@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block", [(4, 8), (3, 5)])
+def test_native_cpu_block_step_matches_the_reference(block, dtype):
+    """csrc/cpu/block_step_cpu.cpp for the 2-D weights (ragged tiles, a transposed one), the element step for
+    the rest, teacher-forced against the reference for 30 steps."""
+    shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24)]
+    params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(dtype)) for s in shapes]
+    params.append(torch.nn.Parameter((torch.randn(11, 6) * 0.5).to(dtype).t()))
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lr=0.8, lam=3e-2, averaging=0.3, weight_decay=1e-3, granularity=("block", *block))
+    fused = sparse_rda.RDA(params, backend="cpu", **options)
+    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    for k in range(30):
+        grads = [torch.randn_like(p) for p in params]
+        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+    nnz = fused.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params), "nnz counted in the step"
+    assert not fused.state[params[2]]["occupancy"].all() and fused.state[params[2]]["occupancy"].any()
+    assert not params[-1].is_contiguous()
+
+
+@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+@pytest.mark.parametrize("options", [dict(reweight=False), dict(maximize=True, momentum_time=None)])
+def test_native_cpu_block_options_and_grad_scale(options):
+    params = [torch.nn.Parameter(torch.randn(9, 10) * 0.5)]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lr=0.5, lam=2e-2, granularity=("block", 4, 4), **options)
+    fused = sparse_rda.RDA(params, backend="cpu", **options)
+    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    for opt in (fused, ref):
+        opt.grad_scale = torch.tensor(1024.0)  # as torch.amp.GradScaler hands it over
+    for _ in range(10):
+        grads = [torch.randn_like(p) * 1024 for p in params]
+        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+
+
+@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+def test_opcheck_rda_block_step():
+    shapes = [(5, 7), (9, 4)]
+    params = [torch.randn(s) for s in shapes]
+    args = (params, [torch.randn(s) for s in shapes], [p.clone() for p in params],
+            *([torch.rand(s) for s in shapes] for _ in range(3)),
+            [torch.zeros(2, 4, dtype=torch.bool), torch.zeros(3, 2, dtype=torch.bool)], [3, 2],
+            0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, torch.tensor(2.0))
+    torch.library.opcheck(torch.ops.sparse_rda.rda_block_step_.default, args)
 
 
 def test_block_state_round_trips_through_a_weights_only_checkpoint():

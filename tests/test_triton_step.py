@@ -7,7 +7,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import dispatch
-from helpers import assert_state_close, assert_weights_match, rda_error_scales
+from helpers import assert_state_close, assert_weights_match, compare_block_rda, rda_error_scales, state_copy, step_both
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -36,25 +36,6 @@ def make_params(shapes, dtype=torch.float32, zero_fraction=0.2):
         w[torch.rand(shape) < zero_fraction] = 0.0
         params.append(torch.nn.Parameter(w.to(device=DEVICE, dtype=dtype)))
     return params
-
-
-def state_copy(state):
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
-
-
-def step_both(fused, ref, grads, **kwargs):
-    """One step of both optimizers from the same weights and state (the fused one's)."""
-    for p, q, g in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"], grads):
-        q.data.copy_(p.data)
-        ref.state[q] = state_copy(fused.state[p])
-        if not ref.state[q]:
-            del ref.state[q]
-        p.grad, q.grad = g.clone(), g.clone()
-    inputs = [{"w": p.detach().float().clone(), **state_copy(ref.state[q])}
-              for p, q in zip(fused.param_groups[0]["params"], ref.param_groups[0]["params"])]
-    fused.step(**kwargs)
-    ref.step(**kwargs)
-    return inputs
 
 
 def compare_rda(fused, ref, inputs, rtol=RTOL):
@@ -107,15 +88,7 @@ def test_block_granularity_matches_the_reference(block):
     fused = sparse_rda.RDA(params, backend="triton", **options)
     ref = sparse_rda.RDA(copies, backend="torch", **options)
     for _ in range(20):
-        inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
-        group = ref.param_groups[0]
-        for i, (p, q, before) in enumerate(zip(params, copies, inputs)):
-            T_scale, v_scale = rda_error_scales(group, before, q.grad)
-            for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
-                assert_state_close(fused.state[p][key], ref.state[q][key], RTOL, f"tensor {i} {key}", scale)
-            assert_state_close(p.data, q.data, RTOL, f"tensor {i} w", T_scale)
-            if "occupancy" in ref.state[q]:
-                assert torch.equal(fused.state[p]["occupancy"], ref.state[q]["occupancy"]), f"tensor {i} map"
+        compare_block_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]), RTOL)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
     assert not fused.state[params[2]]["occupancy"].all(), "some tiles die"

@@ -124,6 +124,8 @@ int64_t grda_tensor(param_t* w, const grad_t* g, float* acc, int64_t n, float lr
       std::plus<int64_t>());
 }
 
+}  // namespace
+
 // Grads in the param's dtype are read as they are; any other dtype is read as float32.
 at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
   return grad.scalar_type() == param.scalar_type() ? grad.contiguous() : grad.contiguous().to(at::kFloat);
@@ -132,8 +134,6 @@ at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
 float inverse_scale(const std::optional<at::Tensor>& grad_scale) {
   return grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.0f;
 }
-
-}  // namespace
 
 at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                         at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,

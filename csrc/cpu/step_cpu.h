@@ -1,4 +1,4 @@
-// CPU implementations of the sparse_rda::rda_step_ and sparse_rda::grda_step_ ops (schemas in bindings.cpp).
+// CPU implementations of the sparse_rda::rda_step_, rda_block_step_ and grda_step_ ops (schemas in bindings.cpp).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -13,7 +13,17 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
                         const std::optional<at::Tensor>& grad_scale);
 
+at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                              at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
+                              double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
+                              double max_factor, bool reweight, bool maximize,
+                              const std::optional<at::Tensor>& grad_scale);
+
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale);
+
+// Shared by the steps: the grad as read (its own dtype if the param's, else float32), GradScaler's 1 / scale.
+at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad);
+float inverse_scale(const std::optional<at::Tensor>& grad_scale);
 
 }  // namespace sparse_rda

@@ -37,6 +37,15 @@ static void reweight_cases() {
   expect_near("om(max A = 0) = M", reweight_factor(0.0f, 0.0f, 500.0f), 500.0);
 }
 
+static void group_shrink_cases() {
+  // a 2x2 tile of norm 5, threshold .5: 1 - .5 * 2 / 5 = .8 (tests/test_block_rda.py's worked example)
+  expect_near("shrink(5, .5, 2)", group_shrink(5.0f, 0.5f, 2.0f), 0.8);
+  expect_near("shrink below the threshold", group_shrink(0.5f, 0.5f, 2.0f), 0.0);
+  expect_near("shrink at the threshold", group_shrink(1.0f, 0.5f, 2.0f), 0.0);
+  expect_near("shrink of a zero tile", group_shrink(0.0f, 0.0f, 2.0f), 0.0);
+  expect_near("shrink without a threshold", group_shrink(3.0f, 0.0f, 2.0f), 1.0);
+}
+
 // lr 0.5, no momentum, A = |w| (beta_b = 0), M = 5, alpha = 0.5, lam = 0.4; w0 = [2, -1, .5, 0].
 static void rda_two_steps() {
   float w[4] = {2.0f, -1.0f, 0.5f, 0.0f};
@@ -101,6 +110,7 @@ static void grda_step() {
 int main() {
   soft_threshold_cases();
   reweight_cases();
+  group_shrink_cases();
   rda_two_steps();
   momentum_and_weight_decay();
   grda_step();
