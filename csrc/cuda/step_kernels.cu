@@ -1,6 +1,8 @@
 // CUDA multi-tensor RDA / gRDA steps: one block per chunk of one tensor (the chunk table), fp32 math on
 // fp32/bf16/fp16 parameters, fp32 state, per-element math from rda_math.h. Block reductions then one atomic
-// per block for the per-tensor max of A and the nonzero counts.
+// per block for the per-tensor max of A and the nonzero counts. Each thread handles 4 consecutive elements
+// with 16-byte loads and stores of the fp32 state (8-byte ones of bf16/fp16 params) when the tensor's arrays
+// are aligned for it (torch's allocations are), element by element otherwise and for a chunk's tail.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,6 +13,34 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kVec = 4;  // elements per vector access: 16 bytes of fp32 state
+
+// kVec consecutive elements, aligned to their size, so that one load / store instruction moves them.
+template <typename T>
+struct alignas(kVec * sizeof(T)) Pack {
+  T x[kVec];
+};
+
+template <typename T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p, int64_t i) {
+  return *reinterpret_cast<const Pack<T>*>(p + i);
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T>& value) {
+  *reinterpret_cast<Pack<T>*>(p + i) = value;
+}
+
+template <typename T>
+__device__ __forceinline__ bool pack_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T>) == 0;
+}
+
+// Where this chunk's vectorized part ends: its start when the arrays are misaligned, else the last multiple of
+// kVec elements (chunk starts are multiples of the chunk size, itself a multiple of kVec).
+__device__ __forceinline__ int64_t vector_end(bool aligned, int64_t start, int64_t end) {
+  return aligned && start % kVec == 0 ? start + (end - start) / kVec * kVec : start;
+}
 
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -84,12 +114,35 @@ __global__ void rda_max_A_kernel(const RdaTensor* tensors, ChunkTable chunks, Rd
   const int64_t end = min(start + chunks.chunk, t.numel);
   const auto* w = static_cast<const param_t*>(t.w);
   float running = 0.0f;
-  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
+  const int64_t vec_end = vector_end(pack_aligned(w) && pack_aligned(t.A), start, end);
+  for (int64_t i = start + threadIdx.x * kVec; i < vec_end; i += kThreads * kVec) {
+    const Pack<param_t> wp = load_pack(w, i);
+    const Pack<float> Ap = load_pack<float>(t.A, i);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const float wi = to_float(wp.x[k]);
+      running = fmaxf(running, new_A(Ap.x[k], magnitude(t, w, i + k, wi), r.s));
+    }
+  }
+  for (int64_t i = vec_end + threadIdx.x; i < end; i += kThreads) {
     const float wi = to_float(w[i]);
     running = fmaxf(running, new_A(t.A[i], magnitude(t, w, i, wi), r.s));
   }
   running = block_reduce(running, max_op);
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + ti, running);
+}
+
+// One element of the RDA step on registers: A (penalized tensors only), B, T and v updated in place; returns the
+// weight to store. B and A of an unpenalized tensor are not stored back (its B stays 0).
+template <typename param_t>
+__device__ __forceinline__ param_t rda_values(const RdaTensor& t, int64_t i, float wi, float gi, float& A, float& B,
+                                              float& T, float& v, bool reweight, float max_A, const RdaScalars& s) {
+  float om_factor = 0.0f;
+  if (t.factor > 0.0f) {
+    A = new_A(A, magnitude(t, static_cast<const param_t*>(t.w), i, wi), s);
+    om_factor = (reweight ? reweight_factor(A, max_A, s.max_factor) : 1.0f) * t.factor;
+  }
+  return from_float<param_t>(rda_element(wi, gi, om_factor, B, T, v, s));
 }
 
 template <typename param_t, typename grad_t>
@@ -104,26 +157,45 @@ __global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, Rda
   const int64_t end = min(start + chunks.chunk, t.numel);
   auto* w = static_cast<param_t*>(t.w);
   const auto* g = static_cast<const grad_t*>(t.g);
+  const bool penalized = t.factor > 0.0f;  // block-uniform
   unsigned long long count = 0;
-  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
-    const float wi = to_float(w[i]);
-    if (r.skip) {
-      count += wi != 0.0f;
-      continue;
+  if (r.skip) {  // GradScaler found infs: write nothing, count what is there
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) count += to_float(w[i]) != 0.0f;
+  } else {
+    const bool aligned = pack_aligned(w) && pack_aligned(g) && pack_aligned(t.T) && pack_aligned(t.B) &&
+                         pack_aligned(t.A) && pack_aligned(t.v);
+    const int64_t vec_end = vector_end(aligned, start, end);
+    for (int64_t i = start + threadIdx.x * kVec; i < vec_end; i += kThreads * kVec) {
+      Pack<param_t> wp = load_pack(w, i);
+      const Pack<grad_t> gp = load_pack(g, i);
+      Pack<float> Tp = load_pack<float>(t.T, i), vp = load_pack<float>(t.v, i), Bp = load_pack<float>(t.B, i);
+      Pack<float> Ap = penalized ? load_pack<float>(t.A, i) : Pack<float>{};
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        wp.x[k] = rda_values<param_t>(t, i + k, to_float(wp.x[k]), to_float(gp.x[k]), Ap.x[k], Bp.x[k], Tp.x[k],
+                                      vp.x[k], reweight, m, r.s);
+        count += to_float(wp.x[k]) != 0.0f;
+      }
+      if (penalized) {
+        store_pack(t.A, i, Ap);
+        store_pack(t.B, i, Bp);
+      }
+      store_pack(t.T, i, Tp);
+      store_pack(t.v, i, vp);
+      store_pack(w, i, wp);
     }
-    float om_factor = 0.0f;
-    if (t.factor > 0.0f) {
-      const float A_next = new_A(t.A[i], magnitude(t, w, i, wi), r.s);
-      t.A[i] = A_next;
-      om_factor = (reweight ? reweight_factor(A_next, m, r.s.max_factor) : 1.0f) * t.factor;
+    for (int64_t i = vec_end + threadIdx.x; i < end; i += kThreads) {
+      float A = penalized ? t.A[i] : 0.0f, B = t.B[i], T = t.T[i], v = t.v[i];
+      const param_t stored = rda_values<param_t>(t, i, to_float(w[i]), to_float(g[i]), A, B, T, v, reweight, m, r.s);
+      if (penalized) {
+        t.A[i] = A;
+        t.B[i] = B;
+      }
+      t.T[i] = T;
+      t.v[i] = v;
+      w[i] = stored;
+      count += to_float(stored) != 0.0f;
     }
-    float B = t.B[i], T = t.T[i], v = t.v[i];
-    const param_t stored = from_float<param_t>(rda_element(wi, to_float(g[i]), om_factor, B, T, v, r.s));
-    if (t.factor > 0.0f) t.B[i] = B;
-    t.T[i] = T;
-    t.v[i] = v;
-    w[i] = stored;
-    count += to_float(stored) != 0.0f;
   }
   count = block_reduce(count, add_op);
   if (threadIdx.x == 0) atomicAdd(nnz + ti, count);
@@ -144,16 +216,29 @@ __global__ void grda_step_kernel(const GrdaTensor* tensors, ChunkTable chunks, f
   auto* w = static_cast<param_t*>(t.w);
   const auto* g = static_cast<const grad_t*>(t.g);
   unsigned long long count = 0;
-  for (int64_t i = start + threadIdx.x; i < end; i += kThreads) {
-    if (skip) {
-      count += to_float(w[i]) != 0.0f;
-      continue;
+  if (skip) {  // GradScaler found infs: write nothing, count what is there
+    for (int64_t i = start + threadIdx.x; i < end; i += kThreads) count += to_float(w[i]) != 0.0f;
+  } else {
+    const int64_t vec_end = vector_end(pack_aligned(w) && pack_aligned(g) && pack_aligned(t.acc), start, end);
+    for (int64_t i = start + threadIdx.x * kVec; i < vec_end; i += kThreads * kVec) {
+      Pack<param_t> wp;
+      const Pack<grad_t> gp = load_pack(g, i);
+      Pack<float> accp = load_pack<float>(t.acc, i);
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) {
+        wp.x[k] = from_float<param_t>(grda_element(to_float(gp.x[k]), accp.x[k], lr, threshold, scale));
+        count += to_float(wp.x[k]) != 0.0f;
+      }
+      store_pack(t.acc, i, accp);
+      store_pack(w, i, wp);
     }
-    float acc = t.acc[i];
-    const param_t stored = from_float<param_t>(grda_element(to_float(g[i]), acc, lr, threshold, scale));
-    t.acc[i] = acc;
-    w[i] = stored;
-    count += to_float(stored) != 0.0f;
+    for (int64_t i = vec_end + threadIdx.x; i < end; i += kThreads) {
+      float acc = t.acc[i];
+      const param_t stored = from_float<param_t>(grda_element(to_float(g[i]), acc, lr, threshold, scale));
+      t.acc[i] = acc;
+      w[i] = stored;
+      count += to_float(stored) != 0.0f;
+    }
   }
   count = block_reduce(count, add_op);
   if (threadIdx.x == 0) atomicAdd(nnz + ti, count);
