@@ -31,19 +31,71 @@ struct Tiling {
   int64_t count(int64_t tile) const { return (row_end(tile) - row_begin(tile)) * (col_end(tile) - col_begin(tile)); }
 };
 
-// a per tile: the RMS of its weights (double sums: a 64x64 tile adds 4096 squares).
+// The loops below run over one row of one tile (contiguous, at most bc elements) with restrict pointers and
+// OpenMP simd reductions, so that they vectorize; sums over a row are float, over a tile's rows double.
+
+template <typename param_t>
+SPARSE_RDA_CPU_CLONES float row_sum_squares(const param_t* __restrict__ w, int64_t n) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = static_cast<float>(w[i]);
+    sum += x * x;
+  }
+  return sum;
+}
+
+SPARSE_RDA_CPU_CLONES float row_max_new_A(const float* __restrict__ A, int64_t n, float a, const RdaScalars s,
+                                          float running) {
+#pragma omp simd reduction(max : running)
+  for (int64_t i = 0; i < n; ++i) running = std::max(running, new_A(A[i], a, s));
+  return running;
+}
+
+// The element update of one tile row (om from the tile's a); returns the row's sum of the new T squared.
+template <bool REWEIGHT, typename param_t, typename grad_t>
+SPARSE_RDA_CPU_CLONES float row_update(const param_t* __restrict__ w, const grad_t* __restrict__ g,
+                                       float* __restrict__ T, float* __restrict__ B, float* __restrict__ A,
+                                       float* __restrict__ v, int64_t n, float a, float max_A, const RdaScalars s) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    const float A_next = new_A(A[i], a, s);
+    A[i] = A_next;
+    const float om = REWEIGHT ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f;
+    float Bi = B[i], Ti = T[i], vi = v[i];
+    // the elementwise prox rda_element returns is unused: block mode applies the group prox to the whole tile
+    (void)rda_element(static_cast<float>(w[i]), static_cast<float>(g[i]), om, Bi, Ti, vi, s);
+    B[i] = Bi;
+    T[i] = Ti;
+    v[i] = vi;
+    sum += Ti * Ti;
+  }
+  return sum;
+}
+
+// The group prox of one tile row: w = T * shrink; returns the row's nonzero count.
+template <typename param_t>
+SPARSE_RDA_CPU_CLONES int64_t row_prox(param_t* __restrict__ w, const float* __restrict__ T, int64_t n, float shrink) {
+  int64_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t i = 0; i < n; ++i) {
+    const param_t stored = static_cast<param_t>(T[i] * shrink);
+    w[i] = stored;
+    count += static_cast<float>(stored) != 0.0f;
+  }
+  return count;
+}
+
+// a per tile: the RMS of its weights.
 template <typename param_t>
 std::vector<float> tile_rms(const param_t* w, const Tiling& t) {
   std::vector<float> rms(t.tiles());
   at::parallel_for(0, t.tiles(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t c0 = t.col_begin(tile), n = t.col_end(tile) - c0;
       double sum = 0.0;
-      for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
-        for (int64_t c = t.col_begin(tile); c < t.col_end(tile); ++c) {
-          const float x = static_cast<float>(w[r * t.cols + c]);
-          sum += static_cast<double>(x) * x;
-        }
-      }
+      for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) sum += row_sum_squares(w + r * t.cols + c0, n);
       rms[tile] = static_cast<float>(std::sqrt(sum / static_cast<double>(t.count(tile))));
     }
   });
@@ -55,10 +107,9 @@ float max_new_A(const float* A, const std::vector<float>& rms, const Tiling& t, 
       0, t.tiles(), 1, 0.0f,
       [&](int64_t begin, int64_t end, float running) {
         for (int64_t tile = begin; tile < end; ++tile) {
+          const int64_t c0 = t.col_begin(tile), n = t.col_end(tile) - c0;
           for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
-            for (int64_t c = t.col_begin(tile); c < t.col_end(tile); ++c) {
-              running = std::max(running, new_A(A[r * t.cols + c], rms[tile], s));
-            }
+            running = row_max_new_A(A + r * t.cols + c0, n, rms[tile], s, running);
           }
         }
         return running;
@@ -66,33 +117,25 @@ float max_new_A(const float* A, const std::vector<float>& rms, const Tiling& t, 
       [](float x, float y) { return std::max(x, y); });
 }
 
-// One tile: the element update (om from the tile's A), then the group prox of the updated T. Returns the
+// One tile: the element update, then the group prox of the updated T while the tile is in cache. Returns the
 // tile's nonzero count and sets its occupancy bit.
 template <typename param_t, typename grad_t>
 int64_t block_tile(int64_t tile, param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, bool* live,
                    const Tiling& t, float rms, float max_A, bool reweight, const RdaScalars& s) {
+  const int64_t c0 = t.col_begin(tile), n = t.col_end(tile) - c0;
   double sum_T2 = 0.0;
   for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
-    for (int64_t i = r * t.cols + t.col_begin(tile); i < r * t.cols + t.col_end(tile); ++i) {
-      const float A_next = new_A(A[i], rms, s);
-      A[i] = A_next;
-      const float om = reweight ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f;
-      // rda_element's prox result is the elementwise one: block mode replaces it with the group prox below
-      (void)rda_element(static_cast<float>(w[i]), static_cast<float>(g[i]), om, B[i], T[i], v[i], s);
-      sum_T2 += static_cast<double>(T[i]) * T[i];
-    }
+    const int64_t i = r * t.cols + c0;
+    sum_T2 += reweight ? row_update<true>(w + i, g + i, T + i, B + i, A + i, v + i, n, rms, max_A, s)
+                       : row_update<false>(w + i, g + i, T + i, B + i, A + i, v + i, n, rms, max_A, s);
   }
-  const int64_t first = t.row_begin(tile) * t.cols + t.col_begin(tile);
+  const int64_t first = t.row_begin(tile) * t.cols + c0;
   const float shrink = group_shrink(static_cast<float>(std::sqrt(sum_T2)), s.lam * B[first],
                                     std::sqrt(static_cast<float>(t.count(tile))));
   live[tile] = shrink > 0.0f;
   int64_t count = 0;
   for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
-    for (int64_t i = r * t.cols + t.col_begin(tile); i < r * t.cols + t.col_end(tile); ++i) {
-      const param_t stored = static_cast<param_t>(T[i] * shrink);
-      w[i] = stored;
-      count += static_cast<float>(stored) != 0.0f;
-    }
+    count += row_prox(w + r * t.cols + c0, T + r * t.cols + c0, n, shrink);
   }
   return count;
 }

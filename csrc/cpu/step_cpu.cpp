@@ -18,14 +18,6 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
-// The element loops are compiled for AVX-512, AVX2 and baseline x86-64, picked when the library loads: a
-// portable build still gets the wide vectors (and FMA) of the machine it runs on.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define SPARSE_RDA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SPARSE_RDA_CPU_CLONES
-#endif
-
 // a for element i: |w_i| in element mode, the mean |w| of its contiguous group in the structured modes.
 template <typename param_t>
 struct Magnitude {

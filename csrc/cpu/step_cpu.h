@@ -5,6 +5,14 @@
 
 #include <optional>
 
+// The element loops are compiled for AVX-512, AVX2 and baseline x86-64, picked when the library loads: a
+// portable build still gets the wide vectors (and FMA) of the machine it runs on.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define SPARSE_RDA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SPARSE_RDA_CPU_CLONES
+#endif
+
 namespace sparse_rda {
 
 at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
