@@ -35,7 +35,7 @@ class GRDA(SparseOptimizer):
             device (so they match the host path to float64 rounding, not bit for bit).
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
             without tuning ``c``: ``c`` (> 0) becomes the starting value of a controller that re-sets it, and
-            rescales the accumulated ``l1`` with it, every ``total_steps // 1000`` steps along a cubic ramp to the
+            rescales the accumulated ``l1`` with it, every ``total_steps // 200`` steps along a cubic ramp to the
             target, reached at 75% of training (sparse_rda/target.py). One host sync per control step.
         total_steps: the training length in steps; required with ``target_sparsity``.
     """

@@ -48,7 +48,7 @@ class RDA(SparseOptimizer):
             counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
             without tuning ``lam``: ``lam`` becomes the starting value of a controller that re-sets it every
-            ``total_steps // 1000`` steps along a cubic ramp to the target, reached at 75% of training
+            ``total_steps // 200`` steps along a cubic ramp to the target, reached at 75% of training
             (sparse_rda/target.py). One host sync per control step.
         total_steps: the training length in steps; required with ``target_sparsity``.
 

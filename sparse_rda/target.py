@@ -22,7 +22,7 @@ import math
 import torch
 
 RAMP_END = 0.75  # fraction of training after which the target holds
-CONTROL_POINTS = 1000  # about this many control steps over a training run
+CONTROL_POINTS = 200  # about this many control steps over a training run (each costs a quantile)
 
 
 def scheduled_sparsity(step: int, total_steps: int, target: float) -> float:

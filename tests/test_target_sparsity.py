@@ -25,8 +25,8 @@ def test_ramp_is_cubic_and_holds_after_its_end():
 def test_control_steps_include_the_ramp_end():
     total = 10_000
     steps = [k for k in range(1, total + 1) if target.is_control_step(k, total)]
-    assert steps[:2] == [10, 20]
-    assert 7500 in steps and len(steps) == total // 10
+    assert steps[:2] == [50, 100]
+    assert 7500 in steps and len(steps) == target.CONTROL_POINTS
 
 
 def test_scale_for_elements_is_the_kth_smallest_ratio():
