@@ -29,12 +29,13 @@ $(VENV)/.installed: pyproject.toml setup.py
 demo: $(VENV)/.built
 	$(PY) examples/fashion_mnist_demo.py
 
-# csrc without torch: the shared math's C++ tests, and the CUDA kernels compiled for sm_80 and sm_90a
-# (warnings are errors) wherever nvcc is installed
-native-check:
+# csrc: the shared math's C++ tests, the CUDA kernels compiled for sm_80 and sm_90a (warnings are errors)
+# wherever nvcc is installed, and the binding file's CUDA glue compiled for syntax against torch's headers
+native-check: $(VENV)/.installed
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release > build-cmake.log || (cat build-cmake.log; exit 1)
 	cmake --build build/cmake -j2
 	ctest --test-dir build/cmake --output-on-failure
+	PYTHON=$(PY) bash csrc/tests/check_cuda_glue.sh
 
 test: $(VENV)/.built native-check
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests

@@ -8,8 +8,12 @@
 
 #ifdef WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstring>
 #include <vector>
 
 #include "cuda/step_kernels.h"
@@ -84,11 +88,8 @@ std::vector<std::vector<int64_t>> by_dtype(at::TensorList params, at::TensorList
   return groups;
 }
 
-at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
-  return grad.scalar_type() == param.scalar_type() ? grad.contiguous() : grad.contiguous().to(at::kFloat);
-}
-
-std::optional<at::Tensor> inverse_scale(const std::optional<at::Tensor>& grad_scale) {
+// GradScaler's 1 / scale, computed on the device (no host sync).
+std::optional<at::Tensor> device_inverse_scale(const std::optional<at::Tensor>& grad_scale) {
   if (!grad_scale.has_value()) return std::nullopt;
   return grad_scale->to(at::kDouble).reciprocal().to(at::kFloat);
 }
@@ -101,7 +102,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto inv = inverse_scale(grad_scale);
+  const auto inv = device_inverse_scale(grad_scale);
   const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
   auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
   for (const auto& idx : by_dtype(params, grads)) {
@@ -150,7 +151,7 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto inv = inverse_scale(grad_scale);
+  const auto inv = device_inverse_scale(grad_scale);
   auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
   for (const auto& idx : by_dtype(params, grads)) {
     std::vector<Flat> flats;
