@@ -98,12 +98,25 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                          at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
                          at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
                          double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
-                         const std::optional<at::Tensor>& grad_scale) {
+                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
+                         const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto inv = device_inverse_scale(grad_scale);
   const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
+  // capturable: lr and averaging (and the skip flag) read by the kernels from the device
+  at::Tensor lr_alpha_f32, skip_flag;
+  if (lr_alpha.has_value()) {
+    lr_alpha_f32 = lr_alpha->to(device, at::kFloat).contiguous();
+    skip_flag = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous()
+                                      : at::zeros({1}, params[0].options().dtype(at::kFloat));
+  }
+  const cuda::DeviceScalars scalars =
+      lr_alpha.has_value() ? cuda::DeviceScalars{lr_alpha_f32.data_ptr<float>(), skip_flag.data_ptr<float>(),
+                                                 static_cast<float>(inv_tau), static_cast<float>(inv_tau_b)}
+                           : cuda::DeviceScalars{nullptr, nullptr, 0.0f, 0.0f};
+  TORCH_CHECK(lr_alpha.has_value() || !found_inf.has_value(), "found_inf: only with lr_alpha (capturable mode)");
   auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
   for (const auto& idx : by_dtype(params, grads)) {
     std::vector<Flat> flats;
@@ -134,9 +147,11 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
     auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
     const cuda::DType w_dtype = kernel_dtype(params[idx[0]].scalar_type());
     const bool grad_f32 = grads[idx[0]].scalar_type() != params[idx[0]].scalar_type();
-    const cuda::DeviceScalars none{nullptr, nullptr, 0.0f, 0.0f};
-    if (reweight) check(cuda::launch_rda_max_A(dev_tensors, chunks.table(kChunk), w_dtype, s, none, max_A.data_ptr<float>(), stream));
-    check(cuda::launch_rda_step(dev_tensors, chunks.table(kChunk), w_dtype, grad_f32, s, none,
+    if (reweight) {
+      check(cuda::launch_rda_max_A(dev_tensors, chunks.table(kChunk), w_dtype, s, scalars, max_A.data_ptr<float>(),
+                                   stream));
+    }
+    check(cuda::launch_rda_step(dev_tensors, chunks.table(kChunk), w_dtype, grad_f32, s, scalars,
                                 inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
@@ -147,7 +162,9 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
 }
 
 at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc,
-                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale) {
+                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
+                          const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
+                          const std::optional<at::Tensor>& found_inf) {
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -172,12 +189,19 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
     }
     const Chunks chunks = chunk_table(numels, device);
     const at::Tensor table = to_device(tensors, device);
-    const at::Tensor l1_device = to_device(l1, device);
+    // capturable: this dtype group's thresholds, lr and skip flag stay on the device
+    const at::Tensor l1_device =
+        thresholds_device.has_value()
+            ? thresholds_device->to(device, at::kFloat).index_select(0, at::tensor(idx, nnz.options())).contiguous()
+            : to_device(l1, device).view(at::kFloat);
+    const at::Tensor lr_f32 = lr_device.has_value() ? lr_device->to(device, at::kFloat).contiguous() : at::Tensor();
+    const at::Tensor skip = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous() : at::Tensor();
     auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
     check(cuda::launch_grda_step(reinterpret_cast<const cuda::GrdaTensor*>(table.data_ptr()), chunks.table(kChunk),
                                  kernel_dtype(params[idx[0]].scalar_type()),
                                  grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), static_cast<float>(lr),
-                                 nullptr, nullptr, reinterpret_cast<const float*>(l1_device.data_ptr()),
+                                 lr_f32.defined() ? lr_f32.data_ptr<float>() : nullptr,
+                                 skip.defined() ? skip.data_ptr<float>() : nullptr, l1_device.data_ptr<float>(),
                                  inv ? inv->data_ptr<float>() : nullptr,
                                  reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
@@ -194,14 +218,15 @@ TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "rda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, float[] factors, int[] group_sizes, float lr, float lam, float beta, float beta_b, "
-      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
+      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale, "
+      "Tensor? lr_alpha=None, Tensor? found_inf=None, float inv_tau=0., float inv_tau_b=0.) -> Tensor");
   m.def(
       "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float lr, float lam, float beta, float beta_b, "
       "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
   m.def(
       "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, float[] thresholds, float lr, "
-      "Tensor? grad_scale) -> Tensor");
+      "Tensor? grad_scale, Tensor? thresholds_device=None, Tensor? lr_device=None, Tensor? found_inf=None) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {

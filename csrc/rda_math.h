@@ -40,6 +40,19 @@ inline RdaScalars make_rda_scalars(double lr, double lam, double beta, double be
           maximize ? -inv_scale : inv_scale};
 }
 
+// Capturable mode: lr and averaging read from the device (a CUDA graph replays with new values), so the
+// decays are computed where they are used, in float (the host computes them in double).
+SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha, float inv_tau, float inv_tau_b) {
+  s.lr = lr;
+  s.alpha = alpha;
+  s.beta = inv_tau > 0.0f ? expf(-lr * inv_tau) : 0.0f;
+  s.beta_b = inv_tau_b > 0.0f ? expf(-lr * inv_tau_b) : 0.0f;
+  s.one_minus_beta = 1.0f - s.beta;
+  s.one_minus_beta_b = 1.0f - s.beta_b;
+  s.one_minus_alpha = 1.0f - alpha;
+  return s;
+}
+
 // sign(x) * max(|x| - t, 0); NaN stays NaN. Branch-free (selects), so loops over it vectorize.
 SPARSE_RDA_HD float soft_threshold(float x, float t) {
   const float shrunk = fabsf(x) - t;

@@ -30,7 +30,7 @@ class GRDA(SparseOptimizer):
         mu: threshold growth exponent in (0.5, 1]; the paper recommends 0.501, 0.51 or 0.55.
         backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
             sparse_rda/dispatch.py), "torch" (the reference), or a kernel backend (``sparse_rda.backends()``).
-        capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` may be a
+        capturable: the step waits on nothing from the host, for CUDA graphs (kernel backends only): ``lr`` may be a
             one-element device tensor, and step counts and thresholds are float64 device scalars updated on the
             device (so they match the host path to float64 rounding, not bit for bit).
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``

@@ -32,7 +32,8 @@ if _C is not None:
 
     @torch.library.register_fake("sparse_rda::rda_step_")
     def _rda_step_fake(params, grads, T, B, A, v, factors, group_sizes, lr, lam, beta, beta_b, alpha,
-                       weight_decay, max_factor, reweight, maximize, grad_scale):
+                       weight_decay, max_factor, reweight, maximize, grad_scale, lr_alpha=None, found_inf=None,
+                       inv_tau=0.0, inv_tau_b=0.0):
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
     @torch.library.register_fake("sparse_rda::rda_block_step_")
@@ -41,17 +42,23 @@ if _C is not None:
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
     @torch.library.register_fake("sparse_rda::grda_step_")
-    def _grda_step_fake(params, grads, acc, thresholds, lr, grad_scale):
+    def _grda_step_fake(params, grads, acc, thresholds, lr, grad_scale, thresholds_device=None, lr_device=None,
+                        found_inf=None):
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
 
 def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, averaging, weight_decay, max_factor,
-             reweight, granularity, maximize, grad_scale=None, occupancy=None) -> torch.Tensor:
+             reweight, granularity, maximize, grad_scale=None, occupancy=None, device_scalars=None) -> torch.Tensor:
     """The reference's rda_step as native ops (one for the tiled tensors in block mode, one for the rest);
-    returns each param's nonzero count."""
+    returns each param's nonzero count. device_scalars (capturable mode, not in block mode):
+    ([lr, averaging] tensor, found_inf or None, momentum_time, reweight_time), read by the kernels."""
     block = reference.block_shape(granularity)
     tiled = [block is not None and pen and p.dim() == 2 for p, pen in zip(params, penalized)]
     scalars = (lr, lam, beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize, grad_scale)
+    if device_scalars is not None:
+        lr_alpha, found_inf, tau, tau_b = device_scalars
+        return _rda_elementwise(params, grads, T, B, A, v, penalized, granularity,
+                                scalars + (lr_alpha, found_inf, _inverse(tau), _inverse(tau_b)))
     if not any(tiled):
         return _rda_elementwise(params, grads, T, B, A, v, penalized, granularity, scalars)
     rest = [i for i, t in enumerate(tiled) if not t]
@@ -73,6 +80,11 @@ def _rda_elementwise(params, grads, T, B, A, v, penalized, granularity, scalars)
                                           sizes, *scalars)
 
 
+def _inverse(time_scale) -> float:
+    """1 / time scale, 0 for none (as reference.decay reads it)."""
+    return 1.0 / time_scale if time_scale else 0.0
+
+
 def _tile_map(p: torch.Tensor, block, occupancy: torch.Tensor | None) -> torch.Tensor:
     """The occupancy map the block step writes: the optimizer's, or scratch when the caller keeps none."""
     if occupancy is not None:
@@ -80,6 +92,11 @@ def _tile_map(p: torch.Tensor, block, occupancy: torch.Tensor | None) -> torch.T
     return torch.empty((-(-p.shape[0] // block[0]), -(-p.shape[1] // block[1])), dtype=torch.bool, device=p.device)
 
 
-def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None) -> torch.Tensor:
-    """The reference's grda_step as one native op; returns each param's nonzero count."""
-    return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), list(thresholds), lr, grad_scale)
+def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:
+    """The reference's grda_step as one native op; returns each param's nonzero count. Capturable mode:
+    thresholds is a device tensor and device_scalars (lr tensor, found_inf or None)."""
+    if device_scalars is None:
+        return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), list(thresholds), lr, grad_scale)
+    lr_device, found_inf = device_scalars
+    return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), [0.0] * len(params), 0.0,
+                                           grad_scale, thresholds, lr_device, found_inf)

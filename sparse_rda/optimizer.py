@@ -45,10 +45,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        backend = dispatch.resolve(group["backend"], device, self._capturable(group), self._is_block(group))
-        if self._capturable(group) and backend != "triton":
-            raise ValueError(f"capturable=True needs backend='triton' (CUDA tensors), got backend={backend!r}")
-        return backend
+        return dispatch.resolve(group["backend"], device, self._capturable(group), self._is_block(group))
 
     def _check_hyper(self, group: dict) -> None:
         raise NotImplementedError

@@ -43,7 +43,7 @@ class RDA(SparseOptimizer):
         maximize: maximize the objective instead.
         backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
             sparse_rda/dispatch.py), "torch" (the reference), or a kernel backend (``sparse_rda.backends()``).
-        capturable: the step waits on nothing from the host, for CUDA graphs (Triton backend): ``lr`` and
+        capturable: the step waits on nothing from the host, for CUDA graphs (kernel backends only): ``lr`` and
             ``averaging`` may be one-element device tensors (update them in place; the schedules do), step
             counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``

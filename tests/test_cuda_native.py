@@ -66,3 +66,29 @@ def test_cuda_low_precision_params(dtype):
         assert_state_close(fused.state[p]["T"], ref.state[q]["T"], 1e-5, "T")
         ulp = torch.finfo(dtype).eps * q.float().abs()
         assert ((p.float() - q.float()).abs() <= ulp + 1e-30).all(), "weights within one rounding step"
+
+
+def test_cuda_op_reads_device_scalars_and_skips_on_found_inf():
+    """The op's capturable arguments (eager: the optimizer routes capturable CUDA groups to Triton, see
+    sparse_rda/dispatch.py): lr and averaging from a device tensor give the host path's step; found_inf set
+    writes nothing."""
+    shapes = [(300, 251), (13,)]
+    params = make(shapes, torch.float32)
+    grads = [torch.randn_like(p) for p in params]
+    state = [[p.detach().float().clone() for p in params]] + [[torch.rand_like(p) for p in params] for _ in range(3)]
+    copies = [p.detach().clone() for p in params]
+    state_copies = [[t.clone() for t in ts] for ts in state]
+    common = dict(penalized=[True, False], lam=1e-3, weight_decay=1e-4, max_factor=500.0, reweight=True,
+                  granularity="element", maximize=False)
+    lr, alpha, tau = 0.5, 0.3, 9.5
+    beta = sparse_rda.reference.decay(lr, tau)
+    native.rda_step(copies, grads, *state_copies, lr=lr, beta=beta, beta_b=beta, averaging=alpha, **common)
+    scalars = torch.tensor([lr, alpha], device="cuda")
+    native.rda_step(params, grads, *state, lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, **common,
+                    device_scalars=(scalars, torch.zeros((), device="cuda"), tau, tau))
+    for p, q in zip(params, copies):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    before = [p.clone() for p in params]
+    native.rda_step(params, grads, *state, lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, **common,
+                    device_scalars=(scalars, torch.ones((), device="cuda"), tau, tau))
+    assert all(torch.equal(p, b) for p, b in zip(params, before))

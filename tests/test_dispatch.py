@@ -25,6 +25,15 @@ def test_block_granularity_runs_natively_on_cpu_and_is_refused_by_native_cuda():
         dispatch.resolve("cuda", torch.device("cuda"), block=True)
 
 
+def test_capturable_needs_a_kernel_backend_that_implements_it():
+    with pytest.raises(ValueError, match="capturable=True needs a kernel backend"):
+        dispatch.resolve("torch", torch.device("cpu"), capturable=True)
+    with pytest.raises(ValueError, match="backend='cuda' does not implement capturable"):
+        dispatch.resolve("cuda", torch.device("cuda"), capturable=True)
+    if native.has_kernels("cpu"):
+        assert dispatch.resolve("auto", torch.device("cpu"), capturable=True) == "cpu"
+
+
 def test_backends_lists_what_this_install_has():
     names = sparse_rda.backends()
     assert names[0] == "torch"

@@ -6,7 +6,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import assert_state_close
+from helpers import assert_state_close, assert_weights_match, rda_error_scales, state_copy, step_both
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
@@ -97,3 +97,84 @@ def test_nnz_comes_from_the_step():
     opt.step()
     assert opt._nnz, "the native step returns its counts"
     assert opt.nnz()[params[0]] == int(torch.count_nonzero(params[0])) < 2000
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Capturable mode through the ops: lr / averaging / found_inf / gRDA thresholds as tensors (on CPU the op reads
+# them directly; on CUDA the kernels do, which tests/test_cuda_native.py checks on a GPU)
+
+
+def test_opcheck_capturable_arguments():
+    args = rda_args([(5, 7), (3,)])
+    torch.library.opcheck(torch.ops.sparse_rda.rda_step_.default,
+                          args + (torch.tensor([0.5, 0.3]), torch.zeros(()), 1 / 9.5, 1 / 9.5))
+    shapes = [(5, 7), (3,)]
+    torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default,
+                          ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],
+                           [torch.randn(s) for s in shapes], [0.0, 0.0], 0.0, None, torch.tensor([0.1, 0.0]),
+                           torch.tensor(0.05), torch.zeros(())))
+
+
+def test_capturable_rda_matches_the_host_path_under_a_schedule():
+    shapes = [(7, 5), (13,), (4, 3, 3, 3), (33, 17)]
+    params = [torch.nn.Parameter(torch.randn(s) * 0.5) for s in shapes]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lam=5e-4, weight_decay=1e-3, granularity="kernel")
+    fused = sparse_rda.RDA(params, backend="cpu", capturable=True, lr=torch.tensor(0.8),
+                           averaging=torch.tensor(0.0), **options)
+    ref = sparse_rda.RDA(copies, backend="cpu", lr=0.8, **options)
+    schedules = [sparse_rda.schedules.CosineRDA(opt, total_steps=30) for opt in (fused, ref)]
+    for _ in range(12):
+        inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
+        group = ref.param_groups[0]
+        for i, (p, q, before) in enumerate(zip(params, copies, inputs)):
+            T_scale, v_scale = rda_error_scales(group, before, q.grad)
+            # the decays come from float math on the op's side, from double on the host's: 1e-7 apart
+            for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
+                assert_state_close(fused.state[p][key], ref.state[q][key], 1e-5, f"tensor {i} {key}", scale)
+            assert_weights_match(p.data, q.data, ref.state[q]["T"], group["lam"] * ref.state[q]["B"], 1e-5,
+                                 f"tensor {i} w", T_scale)
+        for sched in schedules:
+            sched.step()
+    assert fused.state[params[0]]["step"].dtype == torch.float64
+    assert float(fused.state[params[0]]["step"]) == 12
+
+
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
+def test_capturable_skip_on_found_inf_writes_nothing(opt_cls, options):
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(6, 5), (4,)]]
+    opt = opt_cls(params, backend="cpu", capturable=True, **options)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [state_copy(opt.state[p]) for p in params], [p.detach().clone() for p in params]
+    opt.found_inf, opt.grad_scale = torch.ones(()), torch.full((), 8.0)
+    opt.step()
+    for p, state, w in zip(params, *before):
+        assert torch.equal(p.data, w)
+        for key, value in state.items():
+            assert torch.equal(opt.state[p][key], value), f"state {key} changed on a skipped step"
+    nnz = opt.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+
+
+def test_capturable_grda_matches_the_host_path():
+    params = [torch.nn.Parameter(torch.randn(s)) for s in [(7, 5), (13,), (33, 17)]]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused = sparse_rda.GRDA(params, backend="cpu", capturable=True, lr=torch.tensor(0.1), c=0.05, mu=0.55)
+    ref = sparse_rda.GRDA(copies, backend="cpu", lr=0.1, c=0.05, mu=0.55)
+    for k in range(15):
+        if k == 8:
+            fused.param_groups[0]["lr"].fill_(0.03)
+            ref.param_groups[0]["lr"] = 0.03
+        for p, q in zip(params, copies):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+    for p, q in zip(params, copies):
+        assert float(fused.state[p]["l1"]) == pytest.approx(ref.state[q]["l1"], rel=1e-6)
+        torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)
+    assert any(int((p == 0).sum()) for p in params), "the thresholds prune something"

@@ -123,6 +123,16 @@ at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
   return grad.scalar_type() == param.scalar_type() ? grad.contiguous() : grad.contiguous().to(at::kFloat);
 }
 
+bool found_inf_set(const std::optional<at::Tensor>& found_inf) {
+  return found_inf.has_value() && found_inf->item<double>() != 0.0;
+}
+
+at::Tensor count_nonzeros(at::TensorList params) {
+  auto nnz = at::empty({static_cast<int64_t>(params.size())}, at::TensorOptions().dtype(at::kLong));
+  for (size_t t = 0; t < params.size(); ++t) nnz.data_ptr<int64_t>()[t] = params[t].count_nonzero().item<int64_t>();
+  return nnz;
+}
+
 float inverse_scale(const std::optional<at::Tensor>& grad_scale) {
   return grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.0f;
 }
@@ -131,12 +141,19 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
                         at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
                         double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
-                        const std::optional<at::Tensor>& grad_scale) {
+                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
+                        const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
+  if (found_inf_set(found_inf)) return count_nonzeros(params);
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
-  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
-                                        inverse_scale(grad_scale), maximize);
+  RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, inverse_scale(grad_scale),
+                                  maximize);
+  if (lr_alpha.has_value()) {
+    const at::Tensor values = lr_alpha->to(at::kFloat).contiguous();
+    s = with_device_values(s, values.data_ptr<float>()[0], values.data_ptr<float>()[1], static_cast<float>(inv_tau),
+                           static_cast<float>(inv_tau_b));
+  }
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
@@ -163,7 +180,13 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
 }
 
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
-                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale) {
+                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
+                         const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
+                         const std::optional<at::Tensor>& found_inf) {
+  if (found_inf_set(found_inf)) return count_nonzeros(params);
+  if (lr_device.has_value()) lr = lr_device->item<double>();
+  at::Tensor l1s;  // capturable: the thresholds as a tensor (float32 on the host here)
+  if (thresholds_device.has_value()) l1s = thresholds_device->to(at::kFloat).contiguous();
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
@@ -171,7 +194,7 @@ at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), accs(acc[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
-    const float l1 = static_cast<float>(thresholds[t]);
+    const float l1 = l1s.defined() ? l1s.data_ptr<float>()[t] : static_cast<float>(thresholds[t]);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "grda_step_cpu", [&] {
       auto run = [&](auto* grad) {
         return grda_tensor(w.flat.data_ptr<scalar_t>(), grad, accs.flat.data_ptr<float>(), w.flat.numel(),

@@ -84,18 +84,8 @@ struct Resolved {
 };
 
 __device__ __forceinline__ Resolved resolve(RdaScalars s, const DeviceScalars& d) {
-  bool skip = false;
-  if (d.lr_alpha != nullptr) {
-    s.lr = d.lr_alpha[0];
-    s.alpha = d.lr_alpha[1];
-    s.beta = d.inv_tau > 0.0f ? expf(-s.lr * d.inv_tau) : 0.0f;
-    s.beta_b = d.inv_tau_b > 0.0f ? expf(-s.lr * d.inv_tau_b) : 0.0f;
-    s.one_minus_beta = 1.0f - s.beta;
-    s.one_minus_beta_b = 1.0f - s.beta_b;
-    s.one_minus_alpha = 1.0f - s.alpha;
-    skip = *d.found_inf != 0.0f;
-  }
-  return {s, skip};
+  if (d.lr_alpha == nullptr) return {s, false};
+  return {with_device_values(s, d.lr_alpha[0], d.lr_alpha[1], d.inv_tau, d.inv_tau_b), *d.found_inf != 0.0f};
 }
 
 template <typename param_t>
