@@ -5,10 +5,12 @@
 - :mod:`sparse_rda.schedules`: the authors' cosine and step schedules for lr and averaging.
 - :func:`param_groups`, :func:`sparsity`: penalized/unpenalized groups of a model, and its zeros as a table.
 - :mod:`sparse_rda.nn`: :class:`SparseLinear` and :func:`sparsify`, linear layers whose matmul skips zero tiles.
+- :mod:`sparse_rda.pruning`: mask-based baselines (magnitude, GMP, cyclical, IMP, RigL, SET, SNIP, HALO) for any
+  torch optimizer, behind one training-loop protocol (``pruning.make(name, model, sparsity, total_steps)``).
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
-from . import nn, reference, schedules
+from . import nn, pruning, reference, schedules
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups
@@ -18,4 +20,4 @@ from .report import SparsityReport, sparsity
 
 __version__ = "0.1.0"
 __all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules",
-           "nn", "SparseLinear", "sparsify"]
+           "nn", "SparseLinear", "sparsify", "pruning"]
