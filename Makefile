@@ -1,5 +1,7 @@
 # make demo: set up and train LeNet-300-100 on Fashion-MNIST, dense SGD vs sparse RDA.
 # make test: set up and run the test suite (CPU; Triton kernels run in the interpreter).
+# make accuracy: set up (plus matplotlib) and run the accuracy benchmark, bench/accuracy.py: every method at
+#   90/95/98/99% sparsity on Fashion-MNIST; options via ACCURACY_ARGS, e.g. ACCURACY_ARGS="--models lenet --threads 1"
 # The venv sees system packages, so a machine that already has torch (a GPU box) keeps its build;
 # otherwise it gets exactly torch==2.13.0 (a looser pin would pull GBs of CUDA wheels).
 
@@ -9,7 +11,7 @@ PY := $(VENV)/bin/python
 
 NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
 
-.PHONY: setup demo test native-check clean
+.PHONY: setup demo accuracy test native-check clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +30,11 @@ $(VENV)/.installed: pyproject.toml setup.py
 
 demo: $(VENV)/.built
 	$(PY) examples/fashion_mnist_demo.py
+
+ACCURACY_ARGS ?=
+accuracy: $(VENV)/.built
+	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q matplotlib
+	$(PY) bench/accuracy.py $(ACCURACY_ARGS)
 
 # csrc: the shared math's C++ tests, the CUDA kernels compiled for sm_80 and sm_90a (warnings are errors)
 # wherever nvcc is installed, and the binding file's CUDA glue compiled for syntax against torch's headers

@@ -20,34 +20,23 @@ dataset-fashion-mnist``). Without them the demo runs on a synthetic 10-class pro
 from __future__ import annotations
 
 import argparse
-import gzip
 import math
-import os
 import statistics
-import struct
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import sparse_rda
+from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist
 
 try:
     from tqdm.auto import tqdm
 except ImportError:  # tqdm is only for the progress bars: run without them
     tqdm = None
-
-DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts the files
-FILES = {
-    "train_x": "train-images-idx3-ubyte.gz",
-    "train_y": "train-labels-idx1-ubyte.gz",
-    "test_x": "t10k-images-idx3-ubyte.gz",
-    "test_y": "t10k-labels-idx1-ubyte.gz",
-}
 
 # Tuned on this demo (sweep in examples/README.md): about 97% of the weights end up zero, about half a point
 # of test accuracy below dense SGD. Larger lam: sparser and less accurate; more epochs help both.
@@ -57,32 +46,6 @@ DEFAULT_EPOCHS = 60
 
 # ----------------------------------------------------------------------------------------------------------
 # Data
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzipped) as a uint8 array: 2 zero bytes, a dtype byte, the rank, then big-endian dims."""
-    with gzip.open(path, "rb") as f:
-        zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
-        if zero != 0 or dtype != 0x08:  # 0x08 = unsigned byte, the only type the MNIST family uses
-            raise ValueError(f"{path}: not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    return data.reshape(shape)
-
-
-def load_fashion_mnist(data_dir: Path):
-    """(train_x, train_y, test_x, test_y): images as float32 (N, 784) standardized with the training
-    set's mean and std, labels as int64."""
-    arrays = {key: read_idx(data_dir / name) for key, name in FILES.items()}
-    train_x = torch.from_numpy(arrays["train_x"].reshape(-1, 784).astype(np.float32) / 255.0)
-    test_x = torch.from_numpy(arrays["test_x"].reshape(-1, 784).astype(np.float32) / 255.0)
-    mean, std = train_x.mean(), train_x.std()
-    return (
-        (train_x - mean) / std,
-        torch.from_numpy(arrays["train_y"].astype(np.int64)),
-        (test_x - mean) / std,
-        torch.from_numpy(arrays["test_y"].astype(np.int64)),
-    )
 
 
 def synthetic_problem(n_train: int = 20000, n_test: int = 5000, seed: int = 0):
@@ -105,16 +68,11 @@ def synthetic_problem(n_train: int = 20000, n_test: int = 5000, seed: int = 0):
 
 def get_data(data_dir: Path):
     """Fashion-MNIST if its files are there, else the synthetic problem (with a note on getting the data)."""
-    missing = [name for name in FILES.values() if not (data_dir / name).is_file()]
-    if not missing:
+    try:
         return "Fashion-MNIST", load_fashion_mnist(data_dir)
-    print(
-        f"Fashion-MNIST not found in {data_dir} (missing: {', '.join(missing)}).\n"
-        "  To get it: `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or download the four\n"
-        "  *-ubyte.gz files and point --data or FASHION_MNIST_DIR at their directory.\n"
-        "  Falling back to a synthetic 10-class problem so the demo still runs end to end.\n",
-        file=sys.stderr,
-    )
+    except DatasetNotFoundError as err:
+        print(f"{err}\n  Falling back to a synthetic 10-class problem so the demo still runs end to end.\n",
+              file=sys.stderr)
     return "synthetic (Fashion-MNIST not found)", synthetic_problem()
 
 
@@ -276,7 +234,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--data",
         type=Path,
-        default=Path(os.environ.get("FASHION_MNIST_DIR") or DEFAULT_DATA_DIR),
+        default=default_data_dir(),
         help="directory with the Fashion-MNIST *-ubyte.gz files (default: $FASHION_MNIST_DIR, else %(default)s)",
     )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")

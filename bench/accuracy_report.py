@@ -1,0 +1,236 @@
+"""The accuracy benchmark's reports, made from its JSON alone: the markdown table, the design-goal verdict, and the
+plot of accuracy vs sparsity (``python bench/accuracy.py --report-only`` rewrites them)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import optimizer_step  # noqa: E402  (the report header every runner shares)
+
+# docs/DESIGN.md, targets: "RDA at >= 95% sparsity within 0.5 point of dense, and ahead of every baseline at
+# 95/98/99%". Baselines: every method but dense and RDA itself (rda-l1 is RDA's ablation, not a baseline).
+GOAL_SPARSITY = 0.95
+GOAL_POINTS = 0.5
+GOAL_AHEAD_AT = (0.95, 0.98, 0.99)
+NOT_BASELINES = ("dense", "rda", "rda-l1")
+ZOOM_POINTS = 5.0  # the plot's second panel: accuracies down to this many points below dense
+SPARSITY_SLACK = 5e-4  # an achieved 94.96% prints as 95.0%: counts as reaching 95%
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        sys.exit("error: the accuracy plot needs matplotlib: pip install matplotlib (make accuracy installs it)")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Aggregation over seeds
+
+
+class Cell:
+    """The runs of one (method, target sparsity): mean and half the spread of accuracy, mean achieved sparsity."""
+
+    def __init__(self, runs: list[dict]):
+        accuracies = [100 * r["accuracy"] for r in runs]
+        self.seeds = len(runs)
+        self.accuracy = statistics.fmean(accuracies)
+        self.spread = (max(accuracies) - min(accuracies)) / 2
+        self.sparsity = statistics.fmean(r["sparsity"] for r in runs)
+        self.seconds_per_epoch = statistics.fmean(r["seconds_per_epoch"] for r in runs)
+
+
+def cells(results: dict) -> dict[tuple[str, float], Cell]:
+    grouped = defaultdict(list)
+    for run in results["runs"]:
+        grouped[run["method"], round(run["target_sparsity"], 6)].append(run)
+    return {key: Cell(runs) for key, runs in grouped.items()}
+
+
+def method_order(results: dict) -> list[str]:
+    """Dense first, then the methods in the order they were trained."""
+    seen = dict.fromkeys(["dense"] + [r["method"] for r in results["runs"]])
+    return [m for m in seen if any(r["method"] == m for r in results["runs"])]
+
+
+def targets(results: dict) -> list[float]:
+    return sorted({round(r["target_sparsity"], 6) for r in results["runs"] if r["method"] != "dense"})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Design goal
+
+
+def design_goal(results: dict) -> str:
+    """One line: does RDA meet docs/DESIGN.md's accuracy target in these results, and where it falls short."""
+    table = cells(results)
+    dense = table.get(("dense", 0.0))
+    rda = {t: c for (m, t), c in table.items() if m == "rda"}
+    if dense is None or not rda:
+        return "Design goal: not checked (needs the dense and rda rows)."
+
+    close = []
+    for t, c in sorted(rda.items()):
+        if c.sparsity >= GOAL_SPARSITY - SPARSITY_SLACK:
+            gap = c.accuracy - dense.accuracy
+            close.append((gap >= -GOAL_POINTS, f"{c.sparsity:.1%}: {gap:+.2f}"))
+    within = any(ok for ok, _ in close)
+
+    ahead_notes, ahead = [], True
+    checked = [t for t in GOAL_AHEAD_AT if t in rda]
+    for t in checked:
+        rivals = {m: c for (m, tt), c in table.items() if tt == t and m not in NOT_BASELINES}
+        if not rivals:
+            ahead = False
+            ahead_notes.append(f"{t:.0%}: no baselines")
+            continue
+        best_name, best = max(rivals.items(), key=lambda kv: kv[1].accuracy)
+        lead = rda[t].accuracy - best.accuracy
+        ahead &= lead > 0
+        ahead_notes.append(f"{t:.0%}: {lead:+.2f} vs {best_name}")
+    missing = [f"{t:.0%}" for t in GOAL_AHEAD_AT if t not in rda]
+    ahead &= not missing
+
+    verdict = "MET" if within and ahead else "NOT MET"
+    return (
+        f"**Design goal** (docs/DESIGN.md: RDA at >= {GOAL_SPARSITY:.0%} sparsity within {GOAL_POINTS} point of "
+        f"dense, and ahead of every baseline at {'/'.join(f'{t:.0%}' for t in GOAL_AHEAD_AT)}): **{verdict}**. "
+        f"RDA minus dense, points, at achieved sparsity "
+        f"{'; '.join(note for _, note in close) or f'(RDA never reached {GOAL_SPARSITY:.0%})'} "
+        f"({'within' if within else 'not within'} {GOAL_POINTS}). "
+        f"RDA minus the best baseline: {'; '.join(ahead_notes) or 'no column'}"
+        + (f" (no RDA runs at {', '.join(missing)})" if missing else "") + "."
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def format_cell(c: Cell | None, seeds: int, bold: bool, show_sparsity: bool = True) -> str:
+    if c is None:
+        return "—"
+    text = f"{c.accuracy:.2f} ± {c.spread:.2f}"
+    text = f"**{text}**" if bold else text
+    text += f" ({c.sparsity:.1%})" if show_sparsity else ""
+    return text + (f" [{c.seeds} seed]" if c.seeds < seeds else "")
+
+
+def is_best(c: Cell | None, best: float) -> bool:
+    return c is not None and round(c.accuracy, 2) == best  # ties, as printed, are all bold
+
+
+def table(results: dict) -> str:
+    grid, columns = cells(results), targets(results)
+    seeds = max((len({r["seed"] for r in results["runs"]}), 1))
+    best = {}  # per column, the best accuracy of a sparse method (dense is the reference, not a contender)
+    for t in columns:
+        best[t] = max(round(c.accuracy, 2) for (_, tt), c in grid.items() if tt == t)
+    lines = ["| method | " + " | ".join(f"{t:.0%}" for t in columns) + " | s/epoch |",
+             "|---|" + "--:|" * len(columns) + "--:|"]
+    for method in method_order(results):
+        if method == "dense":
+            c = grid[("dense", 0.0)]
+            row = [format_cell(c, seeds, False, show_sparsity=False)] * len(columns)
+            speed = c.seconds_per_epoch
+        else:
+            row = [format_cell(grid.get((method, t)), seeds, is_best(grid.get((method, t)), best[t]))
+                   for t in columns]
+            speeds = [c.seconds_per_epoch for (m, _), c in grid.items() if m == method]
+            speed = statistics.fmean(speeds)
+        lines.append(f"| {method} | " + " | ".join(row) + f" | {speed:.2f} |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    cfg, m = results["config"], results["machine"]
+    hyper = cfg["hyper"]
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    out = optimizer_step.report_header(f"Accuracy vs sparsity, {cfg['title']}, Fashion-MNIST", m) + [
+        f"- command: `{cfg['command']}`",
+        f"- data: {cfg['train_examples']} training / {cfg['test_examples']} test examples; epochs: {cfg['epochs']}, "
+        f"batch {hyper['batch_size']}, seeds {', '.join(map(str, seeds)) or '—'}; at a seed every method starts "
+        f"from the same weights and sees the same batches ({hyper['data_order']})",
+        f"- dense and every pruning method: SGD {fmt_kw(hyper['sgd'])}, {hyper['lr_schedule']}; "
+        f"rda: RDA {fmt_kw(hyper['rda'])}, {hyper['rda_schedule']}; rda-l1: the same with reweight=False; "
+        f"grda: GRDA {fmt_kw(hyper['grda'])}, {hyper['grda_schedule']}; rda, rda-l1 and grda get "
+        "target_sparsity = the column and steer lam / c to it",
+        "",
+        "Cells: test accuracy in %, mean over seeds ± half the spread between them, and (in parentheses) the "
+        "achieved sparsity: the fraction of exact zeros over the >= 2-D weight tensors (biases excluded), mean "
+        "over seeds. Columns are target sparsities; the dense row repeats dense SGD's accuracy in every column for "
+        "comparison. Bold: the best sparse method of the column (all of them if tied). [n seed]: only n of the "
+        "seeds are in so far. "
+        "s/epoch: mean training time per epoch of one run (evaluation excluded).",
+        "",
+        design_goal(results),
+        "",
+        table(results),
+    ]
+    if results.get("failures"):
+        out += ["", "Failed runs (a rerun retries them):", ""]
+        out += [f"- {f['method']} at {f['target_sparsity']:.0%}, seed {f['seed']}: {f['error']}"
+                for f in results["failures"]]
+    return "\n".join(out) + "\n"
+
+
+def fmt_kw(kw: dict) -> str:
+    return "(" + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in kw.items()) + ")"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot(results: dict, path: Path) -> None:
+    """Accuracy vs achieved sparsity, one line per method, dense as a horizontal line. The x axis is the fraction
+    of weights kept (1 - sparsity) on a log scale, reversed so that sparser is to the right. Two panels: every
+    point, and a zoom on the top (within ZOOM_POINTS of dense), where the methods that did not collapse differ."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    grid, columns = cells(results), targets(results)
+    dense = grid.get(("dense", 0.0))
+    methods = [m for m in method_order(results) if m != "dense"]
+    colors = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
+    kept_all = [1 - t for t in columns]
+    for i, method in enumerate(methods):
+        points = sorted((c.sparsity, c) for (m, _), c in grid.items() if m == method)
+        kept = [max(1 - s, 1e-4) for s, _ in points]  # all-zero weights would be log(0)
+        kept_all += kept
+        style = dict(label=method, marker="osD^v<>pP*XhH8d"[i % 15], markersize=5, capsize=2,
+                     color="black" if method == "rda" else colors[(2 * i) % 20 + (2 * i) // 20],
+                     linewidth=2.5 if method == "rda" else 1.2, linestyle="--" if method == "rda-l1" else "-")
+        for ax in axes:
+            ax.errorbar(kept, [c.accuracy for _, c in points], yerr=[c.spread for _, c in points], **style)
+    for ax in axes:
+        if dense is not None:
+            ax.axhline(dense.accuracy, color="gray", linestyle=":", linewidth=1.5,
+                       label=f"dense ({dense.accuracy:.2f})")
+        ax.set_xscale("log")
+        if kept_all:
+            ax.set_xlim(max(kept_all) * 1.25, min(kept_all) / 1.25)  # reversed: sparser to the right
+        if columns:
+            ax.set_xticks([1 - t for t in columns], [f"{t:.0%}" for t in columns])
+            ax.minorticks_off()
+        ax.set_xlabel("sparsity (x: fraction of weights kept, log scale)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_title("all runs")
+    if dense is not None:
+        axes[1].set_ylim(dense.accuracy - ZOOM_POINTS, dense.accuracy + 0.5)
+        axes[1].set_title(f"zoom: within {ZOOM_POINTS} points of dense")
+    cfg = results["config"]
+    fig.suptitle(f"{cfg['title']}, Fashion-MNIST, {cfg['epochs']} epochs, mean over seeds (bars: half the spread)")
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,141 @@
+"""The accuracy benchmark end to end on a tiny fake Fashion-MNIST: a ``--quick`` run of every method writes a
+well-formed JSON, markdown table and plot; a rerun resumes (trains nothing); ``--report-only`` rebuilds the
+reports from the JSON; missing data stops it with a message naming the directory and the Debian package.
+About 5 s on 2 idle cores (one thread: steady on a shared machine):
+
+    python -m pytest bench/test_bench_accuracy.py -q
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import accuracy  # noqa: E402
+
+from sparse_rda import datasets  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_idx(path, data: torch.Tensor) -> None:
+    """A gzipped unsigned-byte IDX file, the format of the Debian package's files."""
+    header = struct.pack(">HBB", 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + data.to(torch.uint8).numpy().tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_data_dir(tmp_path_factory):
+    """Random images with labels that depend on them (a learnable toy problem), as the four IDX files.
+    Exactly the quick mode's 2000 training / 1000 test examples."""
+    root = tmp_path_factory.mktemp("fashion-mnist")
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 2000), ("t10k", 1000)):
+        images = torch.randint(0, 256, (n, 28, 28), generator=gen)
+        labels = images[:, 10:18, 10:18].float().mean((1, 2)).mul(10 / 256).long().clamp(0, 9)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_reader_round_trip(fake_data_dir):
+    train_x, train_y, test_x, test_y = datasets.load_fashion_mnist(fake_data_dir)
+    assert train_x.shape == (2000, 784) and test_x.shape == (1000, 784)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert abs(float(train_x.mean())) < 1e-4 and abs(float(train_x.std()) - 1) < 1e-4  # standardized
+    assert int(train_y.min()) >= 0 and int(train_y.max()) <= 9
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(datasets.DatasetNotFoundError, match="dataset-fashion-mnist"):
+        datasets.load_fashion_mnist(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main(["--quick", "--models", "lenet", "--methods", "dense", "--data", str(tmp_path),
+                       "--out", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert str(tmp_path) in message and "dataset-fashion-mnist" in message
+    assert "train-images-idx3-ubyte.gz" in message
+
+
+def check_json(results: dict, methods: tuple[str, ...]) -> None:
+    assert results["failures"] == [], results["failures"]
+    assert {"date", "cpu", "torch", "python", "sparse_rda"} <= set(results["machine"])
+    runs = {r["method"]: r for r in results["runs"]}
+    assert sorted(runs) == sorted(methods) and len(results["runs"]) == len(methods)  # each method once
+    for method, run in runs.items():
+        assert run["seed"] == 0 and run["epochs"] == 1 and run["steps"] == 16  # 2000 examples, batch 128
+        assert 0.0 <= run["accuracy"] <= 1.0
+        assert run["train_seconds"] > 0
+        if method == "dense":
+            assert run["target_sparsity"] == 0.0 and run["sparsity"] < 0.01
+        else:
+            assert run["target_sparsity"] == 0.95
+            # every method is asked for 95% and should end close to it (gRDA's controller may overshoot a bit)
+            assert 0.85 <= run["sparsity"] <= 1.0, (method, run["sparsity"])
+
+
+def check_markdown(text: str, methods: tuple[str, ...]) -> None:
+    assert text.startswith("# Accuracy vs sparsity, LeNet-300-100, Fashion-MNIST")
+    assert "**Design goal**" in text and ("**MET**" in text or "**NOT MET**" in text)
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| method | 95% | s/epoch |"
+    assert [row.split(" | ")[0][2:] for row in rows[1:]] == list(methods)  # dense first, then in training order
+    bold = [row for row in rows[1:] if "**" in row]
+    assert bold and not any(row.startswith("| dense |") for row in bold)  # a best sparse method, never dense
+    assert all(row.count("|") == 4 for row in rows)
+
+
+def test_quick_run_writes_json_markdown_and_plot(fake_data_dir, tmp_path):
+    out = tmp_path / "results"
+    argv = ["--quick", "--models", "lenet", "--data", str(fake_data_dir), "--out", str(out), "--threads", "1"]
+    assert accuracy.main(argv) == 0
+    methods = accuracy.all_methods()
+    assert methods[:4] == ("dense", "rda", "rda-l1", "grda") and len(methods) >= 12
+
+    json_path, md_path, png_path = (out / f"accuracy-lenet-quick.{ext}" for ext in ("json", "md", "png"))
+    results = json.loads(json_path.read_text())
+    check_json(results, methods)
+    check_markdown(md_path.read_text(), methods)
+    assert png_path.read_bytes()[:8] == PNG_MAGIC and png_path.stat().st_size > 10_000
+
+    # a rerun trains nothing: every run is already in the JSON
+    assert accuracy.main(argv) == 0
+    assert json.loads(json_path.read_text())["runs"] == results["runs"]
+
+    # the reports come back from the JSON alone
+    markdown = md_path.read_text()
+    md_path.unlink()
+    png_path.unlink()
+    assert accuracy.main(argv + ["--report-only"]) == 0
+    assert md_path.read_text() == markdown and png_path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cnn_and_a_changed_config(fake_data_dir, tmp_path):
+    out = tmp_path / "results"
+    argv = ["--quick", "--models", "cnn", "--methods", "dense,rda", "--data", str(fake_data_dir), "--out", str(out),
+            "--threads", "1"]
+    assert accuracy.main(argv) == 0
+    results = json.loads((out / "accuracy-cnn-quick.json").read_text())
+    assert [r["method"] for r in results["runs"]] == ["dense", "rda"]
+    assert set(results["runs"][1]["layer_sparsity"]) == {"1", "4", "8", "10", "12"}  # 2 convs, 3 fcs
+
+    # runs of another config are never mixed into the same table
+    results["config"]["epochs"] = 7
+    (out / "accuracy-cnn-quick.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="another config"):
+        accuracy.main(argv)
