@@ -1,6 +1,6 @@
 # make demo: set up and train LeNet-300-100 on Fashion-MNIST, dense SGD vs sparse RDA.
 # make test: set up and run the test suite (CPU; Triton kernels run in the interpreter).
-# make accuracy: set up (plus matplotlib) and run the accuracy benchmark, bench/accuracy.py: every method at
+# make accuracy: set up and run the accuracy benchmark, bench/accuracy.py: every method at
 #   90/95/98/99% sparsity on Fashion-MNIST; options via ACCURACY_ARGS, e.g. ACCURACY_ARGS="--models lenet --threads 1"
 # The venv sees system packages, so a machine that already has torch (a GPU box) keeps its build;
 # otherwise it gets exactly torch==2.13.0 (a looser pin would pull GBs of CUDA wheels).
@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
-	$(PY) -m pip install -q numpy tqdm pytest pytest-benchmark hypothesis "setuptools>=77" wheel
+	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark hypothesis "setuptools>=77" wheel
 	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -33,7 +33,6 @@ demo: $(VENV)/.built
 
 ACCURACY_ARGS ?=
 accuracy: $(VENV)/.built
-	$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q matplotlib
 	$(PY) bench/accuracy.py $(ACCURACY_ARGS)
 
 # csrc: the shared math's C++ tests, the CUDA kernels compiled for sm_80 and sm_90a (warnings are errors)
@@ -45,7 +44,7 @@ native-check: $(VENV)/.installed
 	PYTHON=$(PY) bash csrc/tests/check_cuda_glue.sh
 
 test: $(VENV)/.built native-check
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests bench/test_bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) build build-cmake.log *.egg-info sparse_rda/_C*.so
