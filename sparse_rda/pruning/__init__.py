@@ -19,7 +19,7 @@ All methods share one training-loop protocol::
         pruner.before_step(opt)    # SNIP scores, RigL reads dense grads, cyclical restores dense values
         opt.step()
         pruner.after_step(opt)     # the schedule: update masks, zero pruned weights and their optimizer state
-        lr = schedule(pruner.lr_step(step))   # identity except IMP, which replays the lr schedule each round
+        lr = schedule(pruner.lr_step(step + 1))   # next step's lr; IMP replays the schedule each round
     pruner.finalize(opt)           # HALO's final prune; nothing for the others
     pruner.sparsity()              # fraction of zeros over the prunable weights
 
