@@ -15,6 +15,8 @@ Methods (``--methods``; default all of them):
 - ``rda``: ``sparse_rda.RDA`` (lr=1, lam=3.5e-6 to start, momentum_time=9.5, weight_decay=5e-4) with
   ``CosineRDA``, ``target_sparsity`` = the column's sparsity: its controller steers lam to reach it.
 - ``rda-l1``: the same with ``reweight=False`` (plain l1 RDA): the ablation that says whether reweighting helps.
+- ``rda-prox``: RDA with ``averaging=0`` throughout (proximal SGD with momentum and the reweighted penalty) and a
+  cosine lr only: the ablation that says whether the generalized dual averaging (CosineRDA's 0 -> 1) helps.
 - ``grda``: ``sparse_rda.GRDA`` (lr=0.1 constant, c=0.005 to start, mu=0.55), ``target_sparsity`` likewise.
 - every name in ``sparse_rda.pruning.METHODS`` (magnitude, gmp, cyclical, imp-weight, imp-lr, rigl, set, snip,
   halo): ``pruning.make(name, model, sparsity, total_steps)`` on the dense run's SGD and cosine lr, the lr read
@@ -74,10 +76,11 @@ HERE = Path(__file__).resolve().parent
 SGD_KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 RDA_KW = dict(lr=1.0, lam=3.5e-6, momentum_time=9.5, weight_decay=5e-4)
 RDA_L1_KW = dict(RDA_KW, reweight=False)
+RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
 GRDA_KW = dict(lr=0.1, c=0.005, mu=0.55)
 BATCH_SIZE = 128
 
-OWN_METHODS = ("dense", "rda", "rda-l1", "grda")  # the rest come from sparse_rda.pruning.METHODS
+OWN_METHODS = ("dense", "rda", "rda-l1", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
 DEFAULT_SPARSITIES = (90, 95, 98, 99)
 DEFAULT_SEEDS = (0, 1)
 QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), sparsities=(95,))
@@ -169,13 +172,17 @@ class SGDTraining:
 
 
 class RDATraining:
-    """sparse_rda.RDA with CosineRDA; its controller steers lam to reach the target sparsity."""
+    """sparse_rda.RDA with CosineRDA (or, without averaging, a cosine lr alone); its controller steers lam to reach
+    the target sparsity."""
 
-    def __init__(self, model: nn.Module, total_steps: int, target: float, reweight: bool = True):
-        kw = RDA_KW if reweight else RDA_L1_KW
+    def __init__(self, model: nn.Module, total_steps: int, target: float, kw: dict = RDA_KW):
         self.opt = sparse_rda.RDA(sparse_rda.param_groups(model), **kw, target_sparsity=target,
                                   total_steps=total_steps)
-        self.schedule = sparse_rda.schedules.CosineRDA(self.opt, total_steps=total_steps)
+        if kw is RDA_PROX_KW:  # averaging stays 0: the lr alone follows the cosine
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda k: cosine(1.0, k, total_steps))
+        else:
+            self.schedule = sparse_rda.schedules.CosineRDA(self.opt, total_steps=total_steps)
 
     def penalty(self):
         return 0.0
@@ -220,7 +227,9 @@ def make_training(method: str, model: nn.Module, total_steps: int, target: float
     if method == "rda":
         return RDATraining(model, total_steps, target)
     if method == "rda-l1":
-        return RDATraining(model, total_steps, target, reweight=False)
+        return RDATraining(model, total_steps, target, RDA_L1_KW)
+    if method == "rda-prox":
+        return RDATraining(model, total_steps, target, RDA_PROX_KW)
     if method == "grda":
         return GRDATraining(model, total_steps, target)
     from sparse_rda import pruning
@@ -230,7 +239,8 @@ def make_training(method: str, model: nn.Module, total_steps: int, target: float
 
 def hyper_parameters() -> dict:
     """What the runs were trained with: part of the config a resumed table must match."""
-    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, grda=GRDA_KW, lr_schedule="cosine per step",
+    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, rda_prox=RDA_PROX_KW, grda=GRDA_KW,
+                lr_schedule="cosine per step",
                 rda_schedule="CosineRDA per step", grda_schedule="constant lr", batch_size=BATCH_SIZE,
                 data_order="randperm per epoch, generator seeded seed * 1000 + epoch")
 

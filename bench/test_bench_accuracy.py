@@ -105,7 +105,7 @@ def test_quick_run_writes_json_markdown_and_plot(fake_data_dir, tmp_path):
     argv = ["--quick", "--models", "lenet", "--data", str(fake_data_dir), "--out", str(out), "--threads", "1"]
     assert accuracy.main(argv) == 0
     methods = accuracy.all_methods()
-    assert methods[:4] == ("dense", "rda", "rda-l1", "grda") and len(methods) >= 12
+    assert methods[:5] == ("dense", "rda", "rda-l1", "rda-prox", "grda") and len(methods) >= 13
 
     json_path, md_path, png_path = (out / f"accuracy-lenet-quick.{ext}" for ext in ("json", "md", "png"))
     results = json.loads(json_path.read_text())
