@@ -248,6 +248,22 @@ def expected_drop(keep, weight, count):
     return dropped.view(keep.shape)
 
 
+@pytest.mark.parametrize("method", ["rigl", "set"])
+def test_sparse_init_is_rescaled_by_the_layer_density(method):
+    dense = {n: p.detach().clone() for n, p in mlp().named_parameters()}
+    model = mlp()
+    pruner = pruning.make(method, model, 0.75, 100)
+    plain = pruning.make(method, mlp(), 0.75, 100, rescale_init=False)
+    for name in WEIGHTS:
+        keep = pruner.masks[name]
+        density = float(keep.float().mean())
+        assert density < 1
+        torch.testing.assert_close(pruner.params[name][keep], dense[name][keep] / density**0.5)
+        torch.testing.assert_close(plain.params[name][keep], dense[name][keep])
+        assert (pruner.params[name][~keep] == 0).all()
+    assert torch.equal(model[0].bias, dense["0.bias"]), "biases untouched"
+
+
 def test_rigl_drops_smallest_and_grows_largest_gradient():
     model, opt, pruner, grads, weights, old = drop_grow_step("rigl")
     fraction = 0.15 * (1 + math.cos(math.pi / 3))  # f(10) with T_end = 30: 0.225
