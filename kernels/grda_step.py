@@ -52,8 +52,8 @@ def _step_kernel(table, thresholds, n_tensors, chunk_tensor, chunk_start, nnz, i
 def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:
     """The reference's grda_step as one fused kernel per dtype pair; returns each param's nonzero count.
 
-    device_scalars: capturable mode, (lr, found_inf) device tensors (found_inf may be None); `thresholds` is then
-    a float32 device tensor of the params' thresholds and `lr` is unused."""
+    thresholds: floats or a float32 tensor, one per param. device_scalars: capturable mode, (lr, found_inf)
+    device tensors (found_inf may be None); `thresholds` is then a device tensor and `lr` is unused."""
     device = params[0].device
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
     lr_t, found_inf = device_scalars if device_scalars is not None else (None, None)
@@ -66,10 +66,8 @@ def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_sca
         accs = Contiguous([acc[i] for i in idx], write_back=True)
         numels = [w.numel() for w in weights.tensors]
         table = address_table([weights.tensors, flat_grads.tensors, accs.tensors], [numels], device)
-        if device_scalars is not None:
-            l1 = thresholds[idx] if len(idx) < len(params) else thresholds
-        else:
-            l1 = torch.tensor([thresholds[i] for i in idx], dtype=torch.float32).to(device, non_blocking=True)
+        l1 = torch.as_tensor(thresholds, dtype=torch.float32)
+        l1 = (l1[idx] if len(idx) < len(params) else l1).to(device, non_blocking=True)
         chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
         counts = torch.zeros(len(idx), dtype=torch.int64, device=device)
         _step_kernel[(chunk_tensor.numel(),)](

@@ -45,6 +45,8 @@ class GRDA(SparseOptimizer):
         super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable,
                                       target_sparsity=target_sparsity, total_steps=total_steps))
 
+    _HOST_SCALARS = ("step", "l1")
+
     def _check_hyper(self, group: dict) -> None:
         check_hyper_value("lr", group["lr"], self._capturable(group))
         check_number("c", group["c"])
@@ -61,31 +63,45 @@ class GRDA(SparseOptimizer):
         capturable = self._capturable(group)
         for p in params:
             if not self.state[p]:
-                zero = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else None
-                self.state[p].update(step=zero if capturable else 0, l1=zero.clone() if capturable else 0.0,
-                                     acc=p.detach().to(torch.float32, copy=True))
+                self.state[p].update(self._initial_state(p, capturable))
         states = [self.state[p] for p in params]
-        penalized = [self._is_penalized(group, p) for p in params]
-        if capturable:
-            lr = self._device_scalar(group["lr"], params[0].device)
-            thresholds = self._device_thresholds(states, penalized, lr, c, mu, found_inf)
-            options = {"lr": 0.0, "device_scalars": (lr, found_inf)}
-        else:
-            for state, pen in zip(states, penalized):
-                state["step"] += 1
-                if pen:
-                    state["l1"] += reference.grda_threshold_increment(c, float(group["lr"]), mu, state["step"])
-            thresholds = [state["l1"] for state in states]
-            options = {"lr": float(group["lr"])}
+        lr = self._device_scalar(group["lr"], params[0].device) if capturable else float(group["lr"])
+        thresholds = self._advance_thresholds(group, params, states, lr, c, mu, found_inf)
+        options = {"lr": 0.0, "device_scalars": (lr, found_inf)} if capturable else {"lr": lr}
         return dispatch.implementation(backend).grda_step(
             params, [p.grad for p in params], [s["acc"] for s in states], thresholds=thresholds,
             grad_scale=grad_scale, **options,
         )
 
+    @staticmethod
+    def _initial_state(p: torch.Tensor, capturable: bool) -> dict:
+        """acc = w; the step count n and the threshold l1 as float64 scalars, on the device in capturable mode and
+        on the host otherwise: tensors, not Python numbers, so that torch.compile traces their updates instead of
+        specializing on their values."""
+        device = p.device if capturable else torch.device("cpu")
+        return dict(step=torch.zeros((), dtype=torch.float64, device=device),
+                    l1=torch.zeros((), dtype=torch.float64, device=device),
+                    acc=p.detach().to(torch.float32, copy=True))
+
+    def _advance_thresholds(self, group, params, states, lr, c, mu, found_inf) -> torch.Tensor:
+        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops over all the
+        group's scalars at once; returns the thresholds, float32 [len(params)]."""
+        steps, l1 = [s["step"] for s in states], [s["l1"] for s in states]
+        self._count_steps(steps, found_inf)
+        n = torch.stack(steps)
+        growth = reference.grda_threshold_increment(c, lr.double() if torch.is_tensor(lr) else lr, mu, n)
+        penalized = [self._is_penalized(group, p) for p in params]
+        if not all(penalized):
+            growth = growth * torch.tensor(penalized, dtype=torch.float64, device=n.device)
+        if found_inf is not None:
+            growth = growth * (1 - found_inf).double()
+        torch._foreach_add_(l1, growth.unbind())
+        return torch.stack(l1).float()
+
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""
         state = self.state[p]
-        unit = torch.tensor(state["l1"] / group["c"], dtype=torch.float32, device=p.device)
+        unit = (state["l1"] / group["c"]).to(device=p.device, dtype=torch.float32)
         return target.zero_ratio(state["acc"].abs(), unit.expand_as(state["acc"])), None
 
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
@@ -95,17 +111,3 @@ class GRDA(SparseOptimizer):
         for p in penalized:
             self.state[p]["l1"] *= scale / group["c"]
         group["c"] = scale
-
-    def _device_thresholds(self, states, penalized, lr, c, mu, found_inf) -> torch.Tensor:
-        """The host path's threshold update, as float64 device ops: l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu)."""
-        steps = [s["step"] for s in states]
-        self._count_steps(steps, found_inf)
-        growth = torch._foreach_sub(torch._foreach_pow(steps, mu), torch._foreach_pow(torch._foreach_sub(steps, 1.0), mu))
-        scale = c * lr.double() ** (mu + 0.5)
-        if found_inf is not None:
-            scale = scale * (1 - found_inf).double()
-        torch._foreach_mul_(growth, scale)
-        l1 = [s["l1"] for s, pen in zip(states, penalized) if pen]
-        if l1:
-            torch._foreach_add_(l1, [g for g, pen in zip(growth, penalized) if pen])
-        return torch.stack([s["l1"] for s in states]).float()

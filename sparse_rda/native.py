@@ -93,10 +93,11 @@ def _tile_map(p: torch.Tensor, block, occupancy: torch.Tensor | None) -> torch.T
 
 
 def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:
-    """The reference's grda_step as one native op; returns each param's nonzero count. Capturable mode:
-    thresholds is a device tensor and device_scalars (lr tensor, found_inf or None)."""
-    if device_scalars is None:
+    """The reference's grda_step as one native op; returns each param's nonzero count. thresholds: floats, or a
+    float32 tensor (the optimizer's, on the host; on the device in capturable mode, with device_scalars = (lr
+    tensor, found_inf or None))."""
+    if not torch.is_tensor(thresholds):
         return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), list(thresholds), lr, grad_scale)
-    lr_device, found_inf = device_scalars
-    return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), [0.0] * len(params), 0.0,
+    lr_device, found_inf = device_scalars if device_scalars is not None else (None, None)
+    return torch.ops.sparse_rda.grda_step_(list(params), list(grads), list(acc), [0.0] * len(params), lr,
                                            grad_scale, thresholds, lr_device, found_inf)

@@ -14,8 +14,8 @@ from .validation import check_bool, check_grad, check_params, check_target
 class SparseOptimizer(torch.optim.Optimizer):
     """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``,
     ``_is_block(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
-    the params' nonzero counts when the backend counted them (else None). Their state is float32 (float64 for
-    capturable step counters), whatever the parameter dtype."""
+    the params' nonzero counts when the backend counted them (else None). Their elementwise state is float32
+    whatever the parameter dtype; scalar counters are float64 tensors (on the host unless capturable)."""
 
     # torch.amp.GradScaler hands us `grad_scale` and `found_inf` instead of unscaling the grads itself:
     # the kernels divide by the scale in the same pass.
@@ -160,13 +160,23 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, except state tensors keep their saved dtype (float32 or float64 state, a bool tile map):
-        torch casts them to the parameter dtype, which would round a bf16 model's optimizer state."""
+        torch casts them to the parameter dtype, which would round a bf16 model's optimizer state. They go to the
+        parameter's device, except the host-side scalars of ``_host_state_keys``."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in saved_groups)
         params = chain.from_iterable(g["params"] for g in self.param_groups)
+        group_of = {p: group for group in self.param_groups for p in group["params"]}
         for saved_id, p in zip(saved_ids, params):
+            host_keys = self._host_state_keys(group_of[p])
             for key, value in saved_state.get(saved_id, {}).items():
                 if isinstance(value, torch.Tensor):
-                    self.state[p][key] = value.to(device=p.device, copy=True)
+                    device = torch.device("cpu") if key in host_keys else p.device
+                    self.state[p][key] = value.to(device=device, copy=True)
+
+    # scalar state kept on the host (float64 tensors) outside capturable mode, whatever the parameter's device
+    _HOST_SCALARS = ("step",)
+
+    def _host_state_keys(self, group: dict) -> tuple[str, ...]:
+        return () if self._capturable(group) else self._HOST_SCALARS

@@ -117,7 +117,8 @@ class RDA(SparseOptimizer):
         also the tile occupancy map."""
         state = self.state[p]
         capturable = self._capturable(group)
-        state["step"] = torch.zeros((), dtype=torch.float64, device=p.device) if capturable else 0
+        # a float64 scalar, on the host unless capturable: a tensor, so torch.compile does not specialize on it
+        state["step"] = torch.zeros((), dtype=torch.float64, device=p.device if capturable else "cpu")
         state["T"] = p.detach().to(torch.float32, copy=True)
         for key in ("B", "A", "v"):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
@@ -169,8 +170,7 @@ class RDA(SparseOptimizer):
             lr = averaging = beta = beta_b = 0.0  # read on the device
             device_scalars = {"device_scalars": (scalars, found_inf, tau, tau_b)}
         else:
-            for state in states:
-                state["step"] += 1
+            self._count_steps([s["step"] for s in states], None)
             lr, averaging = float(group["lr"]), float(group["averaging"])
             beta, beta_b = reference.decay(lr, tau), reference.decay(lr, tau_b)
             device_scalars = {}

@@ -31,7 +31,9 @@ def sync_spec(opt, params, spec_params, spec_states):
     for p, q, st in zip(params, spec_params, spec_states):
         q.data.copy_(p.data)
         st.clear()  # (an empty state tells the spec to initialise it)
-        st.update({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in opt.state[p].items()})
+        # the spec works in Python numbers: scalar counters (gRDA's step and l1 are float64 tensors) become floats
+        st.update({k: (v.clone() if v.dim() else v.item()) if isinstance(v, torch.Tensor) else v
+                   for k, v in opt.state[p].items()})
         inputs.append({"w": p.detach().float().clone(), **{k: v for k, v in st.items() if isinstance(v, torch.Tensor)}})
     return inputs
 

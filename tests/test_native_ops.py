@@ -33,9 +33,11 @@ def test_opcheck_grda_step():
     torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default, args)
 
 
-# GRDA is left out: its per-tensor step counts and thresholds are host numbers that change every step, which
-# dynamo specializes on (torch's own optimizers keep such counters in tensors for this reason).
-@pytest.mark.parametrize("opt_cls, options", [(sparse_rda.RDA, dict(lam=1e-3, weight_decay=1e-4))])
+# gRDA's step counts and thresholds are float64 tensors, not Python numbers, so dynamo traces their updates
+# instead of specializing on values that change every step: one graph, no recompiles.
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3, weight_decay=1e-4)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
 def test_torch_compile_traces_the_step_without_graph_breaks(opt_cls, options):
     params = [torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(5))]
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
@@ -47,9 +49,12 @@ def test_torch_compile_traces_the_step_without_graph_breaks(opt_cls, options):
     compiled_opt.step()  # state exists before tracing
     eager_opt.step()
     step = torch.compile(compiled_opt.step, backend="aot_eager", fullgraph=True)
-    for _ in range(3):
-        step()
-        eager_opt.step()
+    step()
+    eager_opt.step()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            step()
+            eager_opt.step()
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
 

@@ -32,8 +32,6 @@ def check_against_spec(opt, spec_params, spec_states, inputs, rtol=1e-6):
 
 @pytest.mark.parametrize("granularity", ["element", "kernel", "channel", ("block", 4, 3)])
 def test_100_steps_with_every_feature_match_the_published_rule(granularity, backend):
-    if isinstance(granularity, tuple) and backend != "torch":
-        pytest.skip("block granularity runs on the reference backend only, for now")
     """Momentum, weight decay, reweighting, the cosine lr/averaging schedule and a manual lr change."""
     params = make_params(SHAPES)
     lam = 2e-3 if isinstance(granularity, tuple) else 2e-4  # whole tiles need a larger penalty to die

@@ -120,7 +120,7 @@ def test_grda_matches_the_reference_over_many_steps():
             scale = acc0.abs() + (ref.state[q]["acc"] - acc0).abs()
             assert fused.state[p]["l1"] == ref.state[q]["l1"]
             assert_state_close(fused.state[p]["acc"], ref.state[q]["acc"], RTOL, f"tensor {i} acc", scale)
-            assert_weights_match(p.data, q.data, ref.state[q]["acc"], torch.tensor(ref.state[q]["l1"]), RTOL,
+            assert_weights_match(p.data, q.data, ref.state[q]["acc"], torch.as_tensor(ref.state[q]["l1"]), RTOL,
                                  f"tensor {i} w", scale)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
