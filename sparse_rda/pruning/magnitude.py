@@ -77,19 +77,20 @@ class CyclicalPruner(Pruner):
     """Cyclical pruning (Srinivas et al. 2022, arXiv 2202.01290): the GMP ramp repeated over ``cycles`` cycles.
 
     Each cycle starts again at a low sparsity (``initial_sparsity`` for the first, ``restart_sparsity`` for the
-    others, default the same) and ramps to the final one, re-selecting the largest |w| of the *dense* values at
-    every prune point, so a wrongly pruned weight comes back once its dense value grows. The dense values keep
-    training: :meth:`before_step` puts them back into the pruned positions so the optimizer updates them with the
-    dense gradient, :meth:`after_step` saves them and zeroes the pruned ones again, with their optimizer state
-    (momentum): a pruned value then moves by lr * grad per step. With momentum kept, the values the forward pass
-    does not see drifted by lr / (1 - momentum) * grad per step, to many times a kept weight's size between prune
-    points, and LeNet-300-100 training diverged when magnitude selection revived them (bench/accuracy.py, 90-99%).
-    When the last cycle reaches the final sparsity the mask is fixed and the dense copy dropped.
+    others, default the same) and ramps to the final one by magnitude pruning. At a cycle's start the weights
+    pruned in the previous one are unmasked: they restart from 0 and train with the rest, so a weight pruned
+    wrongly in one cycle can grow and survive the next cycle's prunes. Pruned weights and their optimizer state
+    are zeros, as in GMP; after the last cycle the mask is fixed.
+
+    Not a dense shadow: a first version kept training the pruned weights' dense values (the forward pass saw
+    zeros) and revived them by magnitude. Values the loss does not see drift with their gradient, to many times a
+    kept weight's size between prune points, and LeNet-300-100 / LeNet-5 on Fashion-MNIST diverged when they
+    came back (10% accuracy at 90-99%, SGD lr 0.1, bench/accuracy.py); without momentum on them, LeNet-5 still did.
 
     Defaults: ``cycles=3`` (fewer when the budget has under 2 steps per cycle); the cycles share 10%..75% of the
-    budget equally (as GMP's single ramp, leaving the last 25% to train at the final sparsity); ``interval`` = 1% of the budget; ``scope="layer"``. Each cycle's
-    last prune point is at least one step before the next cycle starts, so every cycle reaches the final
-    sparsity."""
+    budget equally (as GMP's single ramp, leaving the last 25% to train at the final sparsity); ``interval`` = 1%
+    of the budget; ``scope="layer"``. Each cycle's last prune point is at least one step before the next cycle
+    starts, so every cycle reaches the final sparsity."""
 
     name = "cyclical"
 
@@ -112,7 +113,6 @@ class CyclicalPruner(Pruner):
         length = (stop - start) // cycles
         self.ramps = [fit_ramp(start + c * length, start + (c + 1) * length - 1, interval,
                                initial if c == 0 else restart, self.target) for c in range(cycles)]
-        self.dense: dict[str, torch.Tensor] | None = None  # the dense values while cycling
         self.update(0, None)
 
     def sparsity_at(self, step: int) -> float | None:
@@ -123,43 +123,8 @@ class CyclicalPruner(Pruner):
                 return target
         return None
 
-    @property
-    def fixed_from(self) -> int:
-        """The step count from which the mask is fixed (the last cycle's final prune)."""
-        return self.ramps[-1].end
-
-    @torch.no_grad()
-    def before_step(self, optimizer):
-        if self.dense is not None:
-            for name, p in self.params.items():
-                p.copy_(self.dense[name])
-
-    @torch.no_grad()
-    def after_step(self, optimizer):
-        self.step += 1
-        if self.dense is not None:
-            for name, p in self.params.items():
-                self.dense[name].copy_(p)
-        self.update(self.step, optimizer)
-        self.apply_masks(optimizer)  # also while cycling: the pruned positions' momentum (see the class docstring)
-
     @torch.no_grad()
     def update(self, step, optimizer):
         target = self.sparsity_at(step)
-        if target is None:
-            return
-        if self.dense is None and step < self.fixed_from:
-            self.dense = {n: p.detach().clone() for n, p in self.params.items()}
-        values = self.params if self.dense is None else self.dense
-        masks = magnitude_masks(values, 1 - target, self.scope)
-        if step >= self.fixed_from:
-            self.dense = None  # from here on an ordinary fixed mask
-            self.set_masks(masks, optimizer)
-        else:
-            self.set_masks(masks, optimizer, zero_state=False)
-
-    def extra_state(self):
-        return {"dense": None if self.dense is None else {n: t.clone() for n, t in self.dense.items()}}
-
-    def load_extra_state(self, state):
-        self.dense = None if state["dense"] is None else self._copy_to_params(state["dense"])
+        if target is not None:  # pruned weights are 0, below every kept one: a lower target unmasks some of them
+            self.set_masks(magnitude_masks(self.params, 1 - target, self.scope), optimizer)
