@@ -52,10 +52,16 @@ def cells(results: dict) -> dict[tuple[str, float], Cell]:
     return {key: Cell(runs) for key, runs in grouped.items()}
 
 
+# the table's row order: dense, RDA and its ablations, gRDA, then the baselines (unknown names last, as trained)
+ROW_ORDER = ("dense", "rda", "rda-l1", "rda-prox", "grda", "magnitude", "gmp", "cyclical", "imp-weight", "imp-lr",
+             "rigl", "set", "snip", "halo")
+
+
 def method_order(results: dict) -> list[str]:
-    """Dense first, then the methods in the order they were trained."""
-    seen = dict.fromkeys(["dense"] + [r["method"] for r in results["runs"]])
-    return [m for m in seen if any(r["method"] == m for r in results["runs"])]
+    """The methods present, in ROW_ORDER."""
+    present = dict.fromkeys(r["method"] for r in results["runs"])
+    rank = {m: i for i, m in enumerate(ROW_ORDER)}
+    return sorted(present, key=lambda m: rank.get(m, len(ROW_ORDER)))
 
 
 def targets(results: dict) -> list[float]:
