@@ -124,8 +124,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         """With ``target_sparsity``, on control steps set the group's threshold scale to the value that zeroes
         the scheduled fraction of its penalized elements (sparse_rda/target.py)."""
         wanted = group.get("target_sparsity")
+        if wanted is None:
+            return
         penalized = [p for p in group["params"] if self._is_penalized(group, p) and self.state[p]]
-        if wanted is None or not penalized:
+        if not penalized:
             return
         step, total = max(int(self.state[p]["step"]) for p in penalized), group["total_steps"]
         if not target.is_control_step(step, total):
