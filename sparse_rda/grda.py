@@ -42,6 +42,7 @@ class GRDA(SparseOptimizer):
 
     def __init__(self, params, lr: float = 0.01, c: float = 0.0, mu: float = 0.7, backend: str = "auto",
                  capturable: bool = False, target_sparsity: float | None = None, total_steps: int | None = None):
+        self._counters: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = {}
         super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable,
                                       target_sparsity=target_sparsity, total_steps=total_steps))
 
@@ -84,19 +85,35 @@ class GRDA(SparseOptimizer):
                     acc=p.detach().to(torch.float32, copy=True))
 
     def _advance_thresholds(self, group, params, states, lr, c, mu, found_inf) -> torch.Tensor:
-        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops over all the
-        group's scalars at once; returns the thresholds, float32 [len(params)]."""
-        steps, l1 = [s["step"] for s in states], [s["l1"] for s in states]
-        self._count_steps(steps, found_inf)
-        n = torch.stack(steps)
+        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops on one [n, 2]
+        buffer whose rows the params' "step" and "l1" entries are views of; returns the thresholds, float32."""
+        counters = self._counter_buffer(params, states)
+        n = counters[:, 0]
+        n.add_(1.0 if found_inf is None else (1 - found_inf).double())
         growth = reference.grda_threshold_increment(c, lr.double() if torch.is_tensor(lr) else lr, mu, n)
         penalized = [self._is_penalized(group, p) for p in params]
         if not all(penalized):
             growth = growth * torch.tensor(penalized, dtype=torch.float64, device=n.device)
         if found_inf is not None:
             growth = growth * (1 - found_inf).double()
-        torch._foreach_add_(l1, growth.unbind())
-        return torch.stack(l1).float()
+        counters[:, 1].add_(growth)
+        return counters[:, 1].float()
+
+    def _counter_buffer(self, params, states) -> torch.Tensor:
+        """The [len(params), 2] float64 buffer of these params' (step, l1), each state entry a view of its row:
+        one op updates them all (62 separate scalars cost ~0.14 ms a step on ResNet-18). Rebuilt from the state's
+        values when the params with gradients change or the entries were replaced (load_state_dict)."""
+        key = tuple(id(p) for p in params)
+        cached = self._counters.get(key)
+        if cached is not None and all(s["step"] is v for s, v in zip(states, cached[1])):
+            return cached[0]
+        counters = torch.stack([torch.stack([s["step"], s["l1"]]) for s in states])
+        views = []
+        for i, state in enumerate(states):
+            state["step"], state["l1"] = counters[i, 0], counters[i, 1]
+            views.append(state["step"])
+        self._counters[key] = (counters, views)
+        return counters
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""
