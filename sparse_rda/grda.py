@@ -42,7 +42,6 @@ class GRDA(SparseOptimizer):
 
     def __init__(self, params, lr: float = 0.01, c: float = 0.0, mu: float = 0.7, backend: str = "auto",
                  capturable: bool = False, target_sparsity: float | None = None, total_steps: int | None = None):
-        self._counters: dict[tuple[int, ...], tuple[torch.Tensor, list[torch.Tensor]]] = {}
         super().__init__(params, dict(lr=lr, c=c, mu=mu, backend=backend, capturable=capturable,
                                       target_sparsity=target_sparsity, total_steps=total_steps))
 
@@ -67,7 +66,7 @@ class GRDA(SparseOptimizer):
                 self.state[p].update(self._initial_state(p, capturable))
         states = [self.state[p] for p in params]
         lr = self._device_scalar(group["lr"], params[0].device) if capturable else float(group["lr"])
-        thresholds = self._advance_thresholds(group, params, states, lr, c, mu, found_inf)
+        thresholds = self._advance_thresholds(group, params, lr, c, mu, found_inf)
         options = {"lr": 0.0, "device_scalars": (lr, found_inf)} if capturable else {"lr": lr}
         return dispatch.implementation(backend).grda_step(
             params, [p.grad for p in params], [s["acc"] for s in states], thresholds=thresholds,
@@ -84,12 +83,12 @@ class GRDA(SparseOptimizer):
                     l1=torch.zeros((), dtype=torch.float64, device=device),
                     acc=p.detach().to(torch.float32, copy=True))
 
-    def _advance_thresholds(self, group, params, states, lr, c, mu, found_inf) -> torch.Tensor:
-        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops on one [n, 2]
-        buffer whose rows the params' "step" and "l1" entries are views of; returns the thresholds, float32."""
-        counters = self._counter_buffer(params, states)
+    def _advance_thresholds(self, group, params, lr, c, mu, found_inf) -> torch.Tensor:
+        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops on the group's
+        (step, l1) rows; returns the thresholds, float32."""
+        counters = self._scalar_rows(params, ("step", "l1"))
         n = counters[:, 0]
-        n.add_(1.0 if found_inf is None else (1 - found_inf).double())
+        self._count_steps(n, found_inf)
         growth = reference.grda_threshold_increment(c, lr.double() if torch.is_tensor(lr) else lr, mu, n)
         penalized = [self._is_penalized(group, p) for p in params]
         if not all(penalized):
@@ -98,22 +97,6 @@ class GRDA(SparseOptimizer):
             growth = growth * (1 - found_inf).double()
         counters[:, 1].add_(growth)
         return counters[:, 1].float()
-
-    def _counter_buffer(self, params, states) -> torch.Tensor:
-        """The [len(params), 2] float64 buffer of these params' (step, l1), each state entry a view of its row:
-        one op updates them all (62 separate scalars cost ~0.14 ms a step on ResNet-18). Rebuilt from the state's
-        values when the params with gradients change or the entries were replaced (load_state_dict)."""
-        key = tuple(id(p) for p in params)
-        cached = self._counters.get(key)
-        if cached is not None and all(s["step"] is v for s, v in zip(states, cached[1])):
-            return cached[0]
-        counters = torch.stack([torch.stack([s["step"], s["l1"]]) for s in states])
-        views = []
-        for i, state in enumerate(states):
-            state["step"], state["l1"] = counters[i, 0], counters[i, 1]
-            views.append(state["step"])
-        self._counters[key] = (counters, views)
-        return counters
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""

@@ -22,6 +22,8 @@ class SparseOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict):
+        # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
+        self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         super().__init__(params, defaults)
         self._nnz: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (params, counts) of the last step
 
@@ -69,10 +71,26 @@ class SparseOptimizer(torch.optim.Optimizer):
             return value.to(device=device, dtype=torch.float32).reshape(())
         return torch.full((), value, dtype=torch.float32, device=device)
 
+    def _scalar_rows(self, params: list[torch.Tensor], keys: tuple[str, ...]) -> torch.Tensor:
+        """A [len(params), len(keys)] float64 buffer whose rows the params' scalar state entries ``keys`` (step
+        counters, gRDA's threshold) are views of, so one op updates them all: 62 separate scalars cost ~0.14 ms a
+        step on ResNet-18. Rebuilt from the entries' values when the params with gradients change or the entries
+        were replaced (load_state_dict)."""
+        states = [self.state[p] for p in params]
+        cache_key = (tuple(id(p) for p in params), keys)
+        cached = self._scalars.get(cache_key)
+        if cached is not None and all(s[keys[0]] is view for s, view in zip(states, cached[1])):
+            return cached[0]
+        rows = torch.stack([torch.stack([s[k] for k in keys]) for s in states])
+        for i, state in enumerate(states):
+            state.update({k: rows[i, j] for j, k in enumerate(keys)})
+        self._scalars[cache_key] = (rows, [s[keys[0]] for s in states])
+        return rows
+
     @staticmethod
-    def _count_steps(steps: list[torch.Tensor], found_inf) -> None:
-        """Capturable step counters (float64 device scalars) advance unless the scaler found infs."""
-        torch._foreach_add_(steps, 1.0 if found_inf is None else (1 - found_inf).double())
+    def _count_steps(steps: torch.Tensor, found_inf) -> None:
+        """Step counters (a float64 column of _scalar_rows) advance, unless the scaler found infs."""
+        steps.add_(1.0 if found_inf is None else (1 - found_inf).double())
 
     @staticmethod
     def _capturable(group: dict) -> bool:

@@ -163,14 +163,13 @@ class RDA(SparseOptimizer):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
+        self._count_steps(self._scalar_rows(params, ("step",))[:, 0], found_inf)
         if capturable:
-            self._count_steps([s["step"] for s in states], found_inf)
             device = params[0].device
             scalars = torch.stack([self._device_scalar(group[k], device) for k in ("lr", "averaging")])
             lr = averaging = beta = beta_b = 0.0  # read on the device
             device_scalars = {"device_scalars": (scalars, found_inf, tau, tau_b)}
         else:
-            self._count_steps([s["step"] for s in states], None)
             lr, averaging = float(group["lr"]), float(group["averaging"])
             beta, beta_b = reference.decay(lr, tau), reference.decay(lr, tau_b)
             device_scalars = {}
