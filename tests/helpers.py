@@ -95,3 +95,30 @@ def compare_block_rda(fused, ref, inputs, rtol):
             assert ((p.data.float() - q.data.float()).abs() <= ulp + 1e-30).all(), f"tensor {i} w"
         if "occupancy" in ref.state[q]:
             assert torch.equal(fused.state[p]["occupancy"], ref.state[q]["occupancy"]), f"tensor {i} map"
+
+
+def check_capturable_grda_against_host(params, backend: str) -> None:
+    """gRDA with capturable=True (lr a tensor, counters and thresholds as tensors) against the host path on copies,
+    15 steps with an lr change at step 8: thresholds, step counts and weights agree (the tensor lr is float32,
+    0.03 -> 0.0299999993, the host's a double: 1e-8 apart)."""
+    import pytest
+    import sparse_rda
+
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    device = params[0].device
+    fused = sparse_rda.GRDA(params, backend=backend, capturable=True, lr=torch.tensor(0.1, device=device),
+                            c=0.05, mu=0.55)
+    ref = sparse_rda.GRDA(copies, backend=backend, lr=0.1, c=0.05, mu=0.55)
+    for k in range(15):
+        if k == 8:
+            fused.param_groups[0]["lr"].fill_(0.03)
+            ref.param_groups[0]["lr"] = 0.03
+        for p, q in zip(params, copies):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        ref.step()
+    for p, q in zip(params, copies):
+        assert float(fused.state[p]["l1"]) == pytest.approx(float(ref.state[q]["l1"]), rel=1e-6)
+        assert float(fused.state[p]["step"]) == float(ref.state[q]["step"])
+        torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)

@@ -6,7 +6,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import assert_state_close, assert_weights_match, rda_error_scales, state_copy, step_both
+from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, rda_error_scales,
+                     state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
@@ -167,19 +168,5 @@ def test_capturable_skip_on_found_inf_writes_nothing(opt_cls, options):
 
 def test_capturable_grda_matches_the_host_path():
     params = [torch.nn.Parameter(torch.randn(s)) for s in [(7, 5), (13,), (33, 17)]]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = sparse_rda.GRDA(params, backend="cpu", capturable=True, lr=torch.tensor(0.1), c=0.05, mu=0.55)
-    ref = sparse_rda.GRDA(copies, backend="cpu", lr=0.1, c=0.05, mu=0.55)
-    for k in range(15):
-        if k == 8:
-            fused.param_groups[0]["lr"].fill_(0.03)
-            ref.param_groups[0]["lr"] = 0.03
-        for p, q in zip(params, copies):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        fused.step()
-        ref.step()
-    for p, q in zip(params, copies):
-        assert float(fused.state[p]["l1"]) == pytest.approx(ref.state[q]["l1"], rel=1e-6)
-        torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)
+    check_capturable_grda_against_host(params, "cpu")
     assert any(int((p == 0).sum()) for p in params), "the thresholds prune something"

@@ -7,7 +7,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import dispatch
-from helpers import assert_state_close, assert_weights_match, compare_block_rda, rda_error_scales, state_copy, step_both
+from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, compare_block_rda,
+                     rda_error_scales, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -203,25 +204,7 @@ def test_capturable_skips_on_found_inf_without_a_host_sync(opt_cls, options, mon
 
 
 def test_capturable_grda_thresholds_match_the_host_path():
-    params = make_params(SHAPES[:6])
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = sparse_rda.GRDA(params, backend="triton", capturable=True, lr=torch.tensor(0.1, device=DEVICE),
-                            c=0.05, mu=0.55)
-    ref = sparse_rda.GRDA(copies, backend="triton", lr=0.1, c=0.05, mu=0.55)
-    for k in range(15):
-        if k == 8:
-            fused.param_groups[0]["lr"].fill_(0.03)
-            ref.param_groups[0]["lr"] = 0.03
-        for p, q in zip(params, copies):
-            p.grad = torch.randn_like(p)
-            q.grad = p.grad.clone()
-        fused.step()
-        ref.step()
-    for p, q in zip(params, copies):
-        # the device lr is a float32 tensor (0.03 -> 0.0299999993), the host's a double: 1e-8 apart
-        assert float(fused.state[p]["l1"]) == pytest.approx(ref.state[q]["l1"], rel=1e-6)
-        assert float(fused.state[p]["step"]) == ref.state[q]["step"]
-        torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)
+    check_capturable_grda_against_host(make_params(SHAPES[:6]), "triton")
 
 
 def test_capturable_needs_a_kernel_backend():
