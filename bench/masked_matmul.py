@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import statistics
@@ -613,17 +612,12 @@ def main(argv=None) -> dict:
     if device.type == "cpu":
         print("(CPU run: not the benchmark; see above)")
     if not args.no_save:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"masked_matmul-{device.type}-{optimizer_step.slug(machine.get('gpu') or machine['cpu'])}"
-        if args.shapes:
-            stem += "-" + "-".join(optimizer_step.slug(x) for x in shape_names)
-        stem += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
-        stem += "-interp" if impl.startswith("triton interpreter") else ""
-        stem += "-quick" if args.quick else ""
-        (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(markdown_report(report))
-        print(f"wrote {out / stem}.json and .md")
+        suffix = "-" + "-".join(optimizer_step.slug(x) for x in shape_names) if args.shapes else ""
+        suffix += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
+        suffix += "-interp" if impl.startswith("triton interpreter") else ""
+        suffix += "-quick" if args.quick else ""
+        optimizer_step.save_report(args.out, "masked_matmul", device, machine, suffix, report,
+                                   markdown_report(report))
     return report
 
 

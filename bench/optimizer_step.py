@@ -304,6 +304,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+def save_report(out: str | Path, kind: str, device: torch.device, machine: dict, suffix: str, report: dict,
+                markdown: str) -> None:
+    """Writes <out>/<kind>-<device>-<gpu or cpu name><suffix>.{json,md}: the naming every runner shares."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{kind}-{device.type}-{slug(machine.get('gpu') or machine['cpu'])}{suffix}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(markdown)
+    print(f"\nwrote {out / stem}.json and .md")
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -553,15 +564,10 @@ def main(argv=None) -> dict:
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     if not args.no_save:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"optimizer_step-{device.type}-{slug(machine.get('gpu') or machine['cpu'])}"
-        stem += "" if sets == default_sets.split(",") else "-" + "-".join(sets)
-        stem += "" if args.dtype == "fp32" else f"-{args.dtype}"
-        stem += (f"-threads{args.threads}" if args.threads else "") + ("-quick" if args.quick else "")
-        (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(markdown_report(report))
-        print(f"\nwrote {out / stem}.json and .md")
+        suffix = "" if sets == default_sets.split(",") else "-" + "-".join(sets)
+        suffix += "" if args.dtype == "fp32" else f"-{args.dtype}"
+        suffix += (f"-threads{args.threads}" if args.threads else "") + ("-quick" if args.quick else "")
+        save_report(args.out, "optimizer_step", device, machine, suffix, report, markdown_report(report))
     return report
 
 

@@ -44,7 +44,6 @@ Results: ``bench/results/train_step-<device>-<cpu-or-gpu-name>[-d<d>-t<tokens>][
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -386,17 +385,12 @@ def main(argv=None) -> dict:
     if device.type == "cpu":
         print("\n(CPU run: not the benchmark; see above)")
     if not args.no_save:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"train_step-{device.type}-{optimizer_step.slug(machine.get('gpu') or machine['cpu'])}"
-        stem += "" if (args.d is None and args.tokens is None) else f"-d{d}-t{tokens}"
-        stem += "" if args.sparsity == 90.0 else f"-s{args.sparsity:g}"
-        stem += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
-        stem += "-interp" if impl.startswith("triton interpreter") else ""
-        stem += "-quick" if args.quick else ""
-        (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(markdown_report(report))
-        print(f"wrote {out / stem}.json and .md")
+        suffix = "" if (args.d is None and args.tokens is None) else f"-d{d}-t{tokens}"
+        suffix += "" if args.sparsity == 90.0 else f"-s{args.sparsity:g}"
+        suffix += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
+        suffix += "-interp" if impl.startswith("triton interpreter") else ""
+        suffix += "-quick" if args.quick else ""
+        optimizer_step.save_report(args.out, "train_step", device, machine, suffix, report, markdown_report(report))
     return report
 
 
