@@ -2,6 +2,8 @@
 
 - :class:`RDA`: adaptively reweighted l1 + generalized regularized dual averaging (Siegel et al. 2020).
 - :class:`GRDA`: generalized RDA for directional pruning (Chao et al. 2020).
+- both take ``target_sparsity=`` (with ``total_steps=``) to reach a sparsity without tuning the penalty
+  (:mod:`sparse_rda.target`).
 - :mod:`sparse_rda.schedules`: the authors' cosine and step schedules for lr and averaging.
 - :func:`param_groups`, :func:`sparsity`: penalized/unpenalized groups of a model, and its zeros as a table.
 - :mod:`sparse_rda.nn`: :class:`SparseLinear` and :func:`sparsify`, linear layers whose matmul skips zero tiles.

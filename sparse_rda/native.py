@@ -64,7 +64,7 @@ def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, ave
     rest = [i for i, t in enumerate(tiled) if not t]
     tiles = [i for i, t in enumerate(tiled) if t]
     maps = [_tile_map(params[i], block, occupancy[i] if occupancy is not None else None) for i in tiles]
-    nnz = params[0].new_empty((len(params),), dtype=torch.int64, device="cpu" if params[0].is_cpu else None)
+    nnz = params[0].new_empty((len(params),), dtype=torch.int64)
     nnz[tiles] = torch.ops.sparse_rda.rda_block_step_(
         *([xs[i] for i in tiles] for xs in (params, grads, T, B, A, v)), maps, list(block), *scalars)
     if rest:
