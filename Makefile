@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu)
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh)
 
 .PHONY: setup demo accuracy test native-check clean
 
@@ -44,7 +44,7 @@ native-check: $(VENV)/.installed
 	PYTHON=$(PY) bash csrc/tests/check_cuda_glue.sh
 
 test: $(VENV)/.built native-check
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests bench/test_bench_accuracy.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests bench
 
 clean:
 	rm -rf $(VENV) build build-cmake.log *.egg-info sparse_rda/_C*.so

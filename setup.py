@@ -33,7 +33,7 @@ def native_extension():
               f"{os.environ.get('TORCH_CUDA_ARCH_LIST', 'torch default')})")
         return cpp_extension.CUDAExtension(
             "sparse_rda._C",
-            sources + ["csrc/cuda/step_kernels.cu"],
+            sources + ["csrc/cuda/step_kernels.cu", "csrc/cuda/block_step_kernels.cu"],
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],

@@ -13,26 +13,25 @@ Variants (same seed, same initial weights; the sparse ones have their dead tiles
 - ``dense + RDA block``: nn.Linear, ``RDA(granularity=("block", 64, 64))`` (backend ``--block-backend``,
   default ``auto``): the same optimizer as the sparse run.
 - ``sparse + RDA block``: ``sparsify(model)`` (SparseLinear, masked matmul, dense dW so RDA can regrow tiles)
-  at 90% dead tiles, ``RDA(granularity=("block", 64, 64))``, then ``refresh_occupancy(model)``.
+  at 90% dead tiles, ``RDA(granularity=("block", 64, 64))``; the step writes the layers' tile maps itself.
 - ``sparse + RDA block (reference)``: the same on the reference backend (``backend="torch"``), when the block
   backend above is another one (e.g. Triton on a GPU).
 - ``sparse, dW live-only`` (fwd + bwd only): SparseLinear(dw_live_only=True): the weight gradient on live tiles
   only (mask-style training without regrowth), to show what the dense dW costs.
 
 Timed per variant: fwd + bwd (``loss = mean(y^2)``; the input requires grad, as inside a network, so both
-layers compute dX), the optimizer step alone (gradients in place), the occupancy refresh alone, and the full
-step (fwd, bwd, step, refresh). The target (docs/DESIGN.md, "sparse training step, 90% block sparsity: >= 2x
+layers compute dX), the optimizer step alone (gradients in place), and the full step (fwd, bwd, step); for
+the sparse layers also ``refresh_occupancy`` alone, the pass over the weights a mask-based method without a
+map-writing step would add. The target (docs/DESIGN.md, "sparse training step, 90% block sparsity: >= 2x
 faster than the dense layer's step") is checked on the full step against the dense fused-RDA step.
 
-HONEST NOTE: RDA's block mode runs on the reference backend (pure torch, dozens of passes over the fp32 state per
-step) on CPU, and on CUDA tensors on the Triton block step (kernels/rda_block_step.py, new: not yet measured on a
-GPU when this runner was written). Wherever the backend column says ``torch``, the sparse full step is dominated by
-that slow optimizer step. The report therefore also gives the matmul part (fwd + bwd) and the optimizer part
-separately, a row with the reference block step next to the Triton one, and an ESTIMATE (not a measurement) of
-the sparse step with an optimizer as fast as the fused element-wise step.
-The refresh: with RDA's tiles equal to the layer's, the step writes the SparseLinear's tile map itself (the map
-is shared), so ``refresh_occupancy`` is redundant; it stays in the full step (one pass over the weights) and its
-cost is also shown on its own, to subtract.
+Block RDA runs on the device's native block step (csrc/cuda/block_step_kernels.cu, one thread block per tile;
+csrc/cpu/block_step_cpu.cpp) or the Triton one (kernels/rda_block_step.py) with ``--block-backend triton``; a row
+with the reference block step (pure torch, dozens of passes over the fp32 state) is added for comparison. The
+matmul part (fwd + bwd) and the optimizer part are also reported separately, with an ESTIMATE (not a measurement)
+of the sparse step with a block step as fast as the fused element-wise one.
+With RDA's tiles equal to the layer's, the step writes the SparseLinear's tile map itself (the map is shared), so
+the full step has no refresh pass.
 On CPU (no GPU) ``masked_linear`` is the dense F.linear fallback (the Triton interpreter under TRITON_INTERPRET=1,
 far slower): CPU numbers only show that the runner works; they are NOT the benchmark.
 
@@ -165,11 +164,9 @@ def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool,
     def refresh():
         refresh_occupancy(model)
 
-    def full():
+    def full():  # the step writes the SparseLinear maps (shared with RDA's state): no refresh
         fwd_bwd()
         opt.step()
-        if sparse:
-            refresh_occupancy(model)
 
     timed = lambda fn: mmb.time_fn(fn, device, quick, use_triton, slow_ms=float("inf"), min_reps=10,  # noqa: E731
                                    cpu_reps=(1, 3) if quick else (2, 10))
@@ -181,8 +178,6 @@ def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool,
     fwd_bwd()
     if opt is not None:
         opt.step()  # the first step allocates the state: keep it out of the timing
-        if sparse:
-            refresh_occupancy(model)
     row["parts"]["fwd_bwd"] = timed(fwd_bwd)
     print(f"  {name:<32} fwd+bwd   {row['parts']['fwd_bwd']['ms']:10.3f} ms")
     if opt is not None:
@@ -222,7 +217,7 @@ def summarize(rows: list[dict], sparsity: float, on_gpu: bool = True) -> dict:
         # the matmul work left with a dense dW: fwd and dX scale with the live fraction, dW does not
         matmul_speedup_bound_dense_dw=3.0 / (2.0 * (1.0 - sparsity) + 1.0),
     )
-    parts = [ms(SPARSE_BLOCK, "fwd_bwd"), ms(DENSE_ELEMENT, "opt_step"), ms(SPARSE_BLOCK, "refresh")]
+    parts = [ms(SPARSE_BLOCK, "fwd_bwd"), ms(DENSE_ELEMENT, "opt_step")]
     if all(p is not None for p in parts):
         out["estimated_sparse_step_with_fused_optimizer_ms"] = sum(parts)
         out["estimated_speedup_with_fused_optimizer"] = ratio(ms(DENSE_ELEMENT, "full_step"), sum(parts))
@@ -287,7 +282,7 @@ def markdown_table(result: dict) -> str:
         f"{_fmt(s['opt_block_vs_element'], '.1f', 'x')} the fused element-wise step"
         + (f"; on the reference backend {_fmt(s['opt_block_reference_vs_element'], '.1f', 'x')}"
            if s.get("opt_block_reference_vs_element") is not None else ""),
-        f"- ESTIMATE (not measured): sparse fwd+bwd + a block step as fast as the fused element step + refresh = "
+        f"- ESTIMATE (not measured): sparse fwd+bwd + a block step as fast as the fused element step = "
         f"{_fmt(s.get('estimated_sparse_step_with_fused_optimizer_ms'), '.3f', ' ms')}, "
         f"speed-up {_fmt(s.get('estimated_speedup_with_fused_optimizer'), '.2f', 'x')} over the dense step",
     ]

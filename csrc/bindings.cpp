@@ -94,6 +94,18 @@ std::optional<at::Tensor> device_inverse_scale(const std::optional<at::Tensor>& 
   return grad_scale->to(at::kDouble).reciprocal().to(at::kFloat);
 }
 
+// Each param's nonzero count, from step(idx) run once per dtype group idx (int64 counts in idx's order).
+template <typename Step>
+at::Tensor counts_by_dtype(at::TensorList params, at::TensorList grads, Step&& step) {
+  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
+  for (const auto& idx : by_dtype(params, grads)) {
+    const at::Tensor counts = step(idx);
+    if (idx.size() == params.size()) return counts;
+    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
+  }
+  return nnz;
+}
+
 at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                          at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
                          at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
@@ -117,8 +129,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                                                  static_cast<float>(inv_tau), static_cast<float>(inv_tau_b)}
                            : cuda::DeviceScalars{nullptr, nullptr, 0.0f, 0.0f};
   TORCH_CHECK(lr_alpha.has_value() || !found_inf.has_value(), "found_inf: only with lr_alpha (capturable mode)");
-  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
-  for (const auto& idx : by_dtype(params, grads)) {
+  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
     std::vector<Flat> flats;
     flats.reserve(idx.size() * 5);
     std::vector<at::Tensor> keep;  // grads and group means stay alive until the kernels are queued
@@ -155,10 +166,45 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                                 inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
-    if (idx.size() == params.size()) return counts;
-    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
-  }
-  return nnz;
+    return counts;
+  });
+}
+
+at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
+                               double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
+                               double max_factor, bool reweight, bool maximize,
+                               const std::optional<at::Tensor>& grad_scale) {
+  TORCH_CHECK(block.size() == 2, "block: expected (rows, cols), got ", block.size(), " values");
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto inv = device_inverse_scale(grad_scale);
+  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
+  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
+    std::vector<Flat> flats;
+    flats.reserve(idx.size() * 6);
+    std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+    std::vector<cuda::BlockTensor> tensors;
+    for (int64_t i : idx) {
+      TORCH_CHECK(params[i].dim() == 2, "params: block granularity needs 2-D weights, got shape ", params[i].sizes());
+      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
+      Flat* f = &flats[flats.size() - 6];
+      grads_read.push_back(grad_for(params[i], grads[i]));
+      tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                         f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                         f[5].flat.data_ptr<bool>(), params[i].size(0), params[i].size(1)});
+    }
+    auto max_A = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kFloat));
+    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
+    check(cuda::launch_rda_block_step(tensors.data(), static_cast<int64_t>(tensors.size()), static_cast<int>(block[0]),
+                                      static_cast<int>(block[1]), kernel_dtype(params[idx[0]].scalar_type()),
+                                      grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), s,
+                                      inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
+                                      reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
+    for (Flat& f : flats) f.finish();
+    return counts;
+  });
 }
 
 at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc,
@@ -169,8 +215,7 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto inv = device_inverse_scale(grad_scale);
-  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
-  for (const auto& idx : by_dtype(params, grads)) {
+  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
     std::vector<Flat> flats;
     flats.reserve(idx.size() * 2);
     std::vector<at::Tensor> keep;
@@ -192,7 +237,7 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
     // capturable: this dtype group's thresholds, lr and skip flag stay on the device
     const at::Tensor l1_device =
         thresholds_device.has_value()
-            ? thresholds_device->to(device, at::kFloat).index_select(0, at::tensor(idx, nnz.options())).contiguous()
+            ? thresholds_device->to(device, at::kFloat).index_select(0, at::tensor(idx).to(device)).contiguous()
             : to_device(l1, device).view(at::kFloat);
     const at::Tensor lr_f32 = lr_device.has_value() ? lr_device->to(device, at::kFloat).contiguous() : at::Tensor();
     const at::Tensor skip = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous() : at::Tensor();
@@ -205,10 +250,8 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
                                  inv ? inv->data_ptr<float>() : nullptr,
                                  reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
-    if (idx.size() == params.size()) return counts;
-    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
-  }
-  return nnz;
+    return counts;
+  });
 }
 
 }  // namespace
@@ -238,6 +281,7 @@ TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(sparse_rda, CUDA, m) {
   m.impl("rda_step_", &rda_step_cuda);
+  m.impl("rda_block_step_", &rda_block_step_cuda);
   m.impl("grda_step_", &grda_step_cuda);
 }
 #endif

@@ -73,16 +73,25 @@ SPARSE_RDA_HD float reweight_factor(float A, float max_A, float max_factor) {
   return (max_factor * m) / (m + (max_factor - 1.0f) * A);
 }
 
+// B = alpha B + s om_factor: the accumulated threshold weight (per element, or per tile in block mode).
+SPARSE_RDA_HD float new_B(float B, float om_factor, const RdaScalars& s) { return s.alpha * B + s.lr * om_factor; }
+
+// The dual average of one element, the same in every granularity: g = grad + weight_decay w,
+// T = alpha T + (1 - alpha) w, v = beta v + (1 - beta) g, T -= s v. Updates T and v in place.
+SPARSE_RDA_HD void dual_average(float w, float grad, float& T, float& v, const RdaScalars& s) {
+  const float g = grad * s.grad_factor + s.weight_decay * w;
+  T = s.alpha * T + s.one_minus_alpha * w;
+  v = s.beta * v + s.one_minus_beta * g;
+  T = T - s.lr * v;
+}
+
 // One element of the RDA step, after A: om_factor is om * sqrt(group size) for a penalized tensor (om = 1
 // without reweighting) and 0 for an unpenalized one, whose B then stays 0 and threshold 0. Updates B, T, v in
 // place and returns the new weight.
 SPARSE_RDA_HD float rda_element(float w, float grad, float om_factor, float& B, float& T, float& v,
                                 const RdaScalars& s) {
-  const float g = grad * s.grad_factor + s.weight_decay * w;
-  B = s.alpha * B + s.lr * om_factor;
-  T = s.alpha * T + s.one_minus_alpha * w;
-  v = s.beta * v + s.one_minus_beta * g;
-  T = T - s.lr * v;
+  B = new_B(B, om_factor, s);
+  dual_average(w, grad, T, v, s);
   return soft_threshold(T, s.lam * B);
 }
 

@@ -1,5 +1,5 @@
 """The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_``,
-``rda_block_step_`` (CPU only for now) and ``grda_step_``, with CPU and (when built with CUDA) CUDA kernels,
+``rda_block_step_`` and ``grda_step_``, with CPU and (when built with CUDA) CUDA kernels,
 behind the reference's function signatures.
 
 The ops are registered with schemas that declare what they mutate, and fake implementations so that

@@ -12,8 +12,8 @@ from .validation import check_bool, check_grad, check_params, check_target
 
 
 class SparseOptimizer(torch.optim.Optimizer):
-    """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``,
-    ``_is_block(group)`` and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
+    """Base class. Subclasses define ``_check_hyper(group)`` (raise on bad values), ``_warn_hyper(group)``
+    and ``_group_step(group, backend, params, grad_scale, found_inf)``, which returns
     the params' nonzero counts when the backend counted them (else None). Their elementwise state is float32
     whatever the parameter dtype; scalar counters are float64 tensors (on the host unless capturable)."""
 
@@ -47,17 +47,13 @@ class SparseOptimizer(torch.optim.Optimizer):
             check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        return dispatch.resolve(group["backend"], device, self._capturable(group), self._is_block(group))
+        return dispatch.resolve(group["backend"], device, self._capturable(group))
 
     def _check_hyper(self, group: dict) -> None:
         raise NotImplementedError
 
     def _warn_hyper(self, group: dict) -> None:
         pass
-
-    def _is_block(self, group: dict) -> bool:
-        """Whether the group uses block granularity (not every backend implements it)."""
-        return False
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         """One group's update; returns the params' nonzero counts (device int64) when the backend counts them.

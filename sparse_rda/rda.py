@@ -38,7 +38,7 @@ class RDA(SparseOptimizer):
             sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)), or for 2-D
             weights ("block", rows, cols): tiles with the RMS as magnitude and the group prox, so whole tiles
             become zero (the step writes ``state["occupancy"]``, which tiles are live); tensors of other shapes
-            use "element". Block mode runs on the reference, Triton and native CPU backends.
+            use "element". Block mode runs on every backend.
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
         backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
@@ -108,9 +108,6 @@ class RDA(SparseOptimizer):
             raise ValueError("capturable=True is not implemented for granularity ('block', ...) yet")
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
-
-    def _is_block(self, group: dict) -> bool:
-        return reference.block_shape(group["granularity"]) is not None
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype); in block mode
@@ -190,5 +187,6 @@ class RDA(SparseOptimizer):
             maximize=group["maximize"],
             grad_scale=grad_scale,
             **device_scalars,
-            **({"occupancy": [s.get("occupancy") for s in states]} if self._is_block(group) else {}),
+            **({"occupancy": [s.get("occupancy") for s in states]} if reference.block_shape(group["granularity"])
+               else {}),
         )

@@ -49,64 +49,90 @@ def test_block_rda_prunes_whole_tiles_and_the_map_follows_the_weights():
     assert "occupancy" not in opt.state[bias] and (bias.data != 0).all()
 
 
-def test_block_granularity_is_checked_and_runs_on_the_reference_or_triton():
+def test_block_granularity_is_checked():
     p = torch.nn.Parameter(torch.randn(4, 4))
     for bad in [("block", 0, 4), ("block", 2), ("tiles", 2, 2), ("block", 2.0, 2)]:
         with pytest.raises(ValueError, match="granularity"):
             sparse_rda.RDA([p], granularity=bad)
     opt = sparse_rda.RDA([p], granularity=("block", 2, 2))
     p.grad = torch.randn(4, 4)
-    opt.step()  # auto -> the native CPU step when built, else the reference (Triton on CUDA tensors)
-    if "cuda" in sparse_rda.backends():
-        with pytest.raises(ValueError, match="block granularity"):
-            sparse_rda.RDA([p], granularity=("block", 2, 2), backend="cuda")
+    opt.step()  # auto -> the native CPU step when built, else the reference
 
 
-@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+NATIVE_DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not native.has_kernels("cuda"),
+                                                                    reason="extension built without CUDA kernels")]),
+]
+
+
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("block", [(4, 8), (3, 5)])
-def test_native_cpu_block_step_matches_the_reference(block, dtype):
-    """csrc/cpu/block_step_cpu.cpp for the 2-D weights (ragged tiles, a transposed one), the element step for
-    the rest, teacher-forced against the reference for 30 steps."""
-    shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24)]
-    params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(dtype)) for s in shapes]
-    params.append(torch.nn.Parameter((torch.randn(11, 6) * 0.5).to(dtype).t()))
+@pytest.mark.parametrize("block", [(4, 8), (3, 5), (64, 64)])
+def test_native_block_step_matches_the_reference(block, dtype, device):
+    """csrc/cpu/block_step_cpu.cpp and csrc/cuda/block_step_kernels.cu for the 2-D weights (ragged tiles, a
+    transposed one; rows a multiple of 4 or not, which the CUDA kernel reads as 16-byte packs or one by one),
+    the element step for the rest, teacher-forced against the reference for 30 steps."""
+    shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24), (130, 72)]
+    params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(device=device, dtype=dtype)) for s in shapes]
+    params.append(torch.nn.Parameter((torch.randn(11, 6) * 0.5).to(device=device, dtype=dtype).t()))
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     options = dict(lr=0.8, lam=3e-2, averaging=0.3, weight_decay=1e-3, granularity=("block", *block))
-    fused = sparse_rda.RDA(params, backend="cpu", **options)
+    fused = sparse_rda.RDA(params, backend=device, **options)
     ref = sparse_rda.RDA(copies, backend="torch", **options)
     for k in range(30):
-        grads = [torch.randn_like(p) for p in params]
+        # gradients growing down the rows (1e-2 to 1), so that tiles of every size both die and live
+        grads = [torch.randn_like(p) * (torch.logspace(-2, 0, p.shape[0], device=device, dtype=p.dtype)[:, None] if p.dim() == 2
+                                        else 1.0) for p in params]
         compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params), "nnz counted in the step"
-    assert not fused.state[params[2]]["occupancy"].all() and fused.state[params[2]]["occupancy"].any()
+    maps = [fused.state[p]["occupancy"] for p in params if "occupancy" in fused.state[p]]
+    assert any(not m.all() for m in maps) and any(m.any() for m in maps), "some tiles die, some live"
     assert not params[-1].is_contiguous()
 
 
-@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
+def test_native_block_step_over_more_tensors_than_one_launch_takes(device):
+    """80 weights: the CUDA launcher passes 36 tensors per launch (csrc/cuda/block_step_kernels.cu), so the
+    tensors, their per-tensor max of A and their counts are split over three launches."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [tuple(int(x) for x in torch.randint(1, 40, (2,), generator=gen)) for _ in range(80)]
+    params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(device)) for s in shapes]
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    options = dict(lr=0.8, lam=2e-2, averaging=0.3, granularity=("block", 8, 8))
+    fused = sparse_rda.RDA(params, backend=device, **options)
+    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    for _ in range(5):
+        grads = [torch.randn_like(p) * (1 + i % 7) / 7 for i, p in enumerate(params)]
+        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+    nnz = fused.nnz()
+    assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+
+
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
 @pytest.mark.parametrize("options", [dict(reweight=False), dict(maximize=True, momentum_time=None)])
-def test_native_cpu_block_options_and_grad_scale(options):
-    params = [torch.nn.Parameter(torch.randn(9, 10) * 0.5)]
+def test_native_block_options_and_grad_scale(options, device):
+    params = [torch.nn.Parameter(torch.randn(9, 10, device=device) * 0.5)]
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     options = dict(lr=0.5, lam=2e-2, granularity=("block", 4, 4), **options)
-    fused = sparse_rda.RDA(params, backend="cpu", **options)
+    fused = sparse_rda.RDA(params, backend=device, **options)
     ref = sparse_rda.RDA(copies, backend="torch", **options)
     for opt in (fused, ref):
-        opt.grad_scale = torch.tensor(1024.0)  # as torch.amp.GradScaler hands it over
+        opt.grad_scale = torch.tensor(1024.0, device=device)  # as torch.amp.GradScaler hands it over
     for _ in range(10):
         grads = [torch.randn_like(p) * 1024 for p in params]
         compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
 
 
-@pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
-def test_opcheck_rda_block_step():
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
+def test_opcheck_rda_block_step(device):
     shapes = [(5, 7), (9, 4)]
-    params = [torch.randn(s) for s in shapes]
-    args = (params, [torch.randn(s) for s in shapes], [p.clone() for p in params],
-            *([torch.rand(s) for s in shapes] for _ in range(3)),
-            [torch.zeros(2, 4, dtype=torch.bool), torch.zeros(3, 2, dtype=torch.bool)], [3, 2],
-            0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, torch.tensor(2.0))
+    params = [torch.randn(s, device=device) for s in shapes]
+    args = (params, [torch.randn(s, device=device) for s in shapes], [p.clone() for p in params],
+            *([torch.rand(s, device=device) for s in shapes] for _ in range(3)),
+            [torch.zeros(2, 4, dtype=torch.bool, device=device), torch.zeros(3, 2, dtype=torch.bool, device=device)],
+            [3, 2], 0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, torch.tensor(2.0, device=device))
     torch.library.opcheck(torch.ops.sparse_rda.rda_block_step_.default, args)
 
 

@@ -5,7 +5,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import assert_state_close
+from helpers import assert_state_close, assert_within_rounding_step
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not native.has_kernels("cuda"), reason="extension built without CUDA kernels")]
@@ -64,8 +64,7 @@ def test_cuda_low_precision_params(dtype):
     for p, q in zip(params, copies):
         assert p.dtype == dtype and fused.state[p]["T"].dtype == torch.float32
         assert_state_close(fused.state[p]["T"], ref.state[q]["T"], 1e-5, "T")
-        ulp = torch.finfo(dtype).eps * q.float().abs()
-        assert ((p.float() - q.float()).abs() <= ulp + 1e-30).all(), "weights within one rounding step"
+        assert_within_rounding_step(p.detach(), q.detach())
 
 
 def test_cuda_op_reads_device_scalars_and_skips_on_found_inf():

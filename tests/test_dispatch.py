@@ -14,15 +14,7 @@ def test_auto_prefers_native_kernels_then_triton_then_the_reference():
         cuda = torch.device("cuda")
         expected = "cuda" if native.has_kernels("cuda") else "triton"
         assert dispatch.resolve("auto", cuda) == expected
-        assert dispatch.resolve("auto", cuda, capturable=True) == "triton"
-        assert dispatch.resolve("auto", cuda, block=True) == "triton"  # no native CUDA block step yet
-
-
-def test_block_granularity_runs_natively_on_cpu_and_is_refused_by_native_cuda():
-    cpu = torch.device("cpu")
-    assert dispatch.resolve("auto", cpu, block=True) == ("cpu" if native.has_kernels("cpu") else "torch")
-    with pytest.raises(ValueError, match="backend='cuda' does not implement block granularity"):
-        dispatch.resolve("cuda", torch.device("cuda"), block=True)
+        assert dispatch.resolve("auto", cuda, capturable=True) == "triton"  # no graph-safe native CUDA tables yet
 
 
 def test_capturable_needs_a_kernel_backend_that_implements_it():

@@ -7,8 +7,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import dispatch
-from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, compare_block_rda,
-                     rda_error_scales, state_copy, step_both)
+from helpers import (assert_state_close, assert_weights_match, assert_within_rounding_step,
+                     check_capturable_grda_against_host, compare_block_rda, rda_error_scales, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -264,6 +264,4 @@ def test_low_precision_params_on_gpu(dtype):
         for p, q in zip(params, copies):
             for key in ("T", "B", "A", "v"):
                 assert fused.state[p][key].dtype == torch.float32
-            # weights within one rounding step of the reference's
-            ulp = torch.finfo(dtype).eps * q.data.float().abs()
-            assert ((p.data.float() - q.data.float()).abs() <= ulp + 1e-30).all()
+            assert_within_rounding_step(p.data, q.data)

@@ -63,10 +63,9 @@ SPARSE_RDA_CPU_CLONES float row_update(const param_t* __restrict__ w, const grad
     const float A_next = new_A(A[i], a, s);
     A[i] = A_next;
     const float om = REWEIGHT ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f;
-    float Bi = B[i], Ti = T[i], vi = v[i];
-    // the elementwise prox rda_element returns is unused: block mode applies the group prox to the whole tile
-    (void)rda_element(static_cast<float>(w[i]), static_cast<float>(g[i]), om, Bi, Ti, vi, s);
-    B[i] = Bi;
+    B[i] = new_B(B[i], om, s);  // the tile's B, stored on each element (the state keeps the weight's shape)
+    float Ti = T[i], vi = v[i];
+    dual_average(static_cast<float>(w[i]), static_cast<float>(g[i]), Ti, vi, s);
     T[i] = Ti;
     v[i] = vi;
     sum += Ti * Ti;

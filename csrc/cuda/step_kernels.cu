@@ -3,78 +3,18 @@
 // per block for the per-tensor max of A and the nonzero counts. Each thread handles 4 consecutive elements
 // with 16-byte loads and stores of the fp32 state (8-byte ones of bf16/fp16 params) when the tensor's arrays
 // are aligned for it (torch's allocations are), element by element otherwise and for a chunk's tail.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "step_kernels.h"
+#include "device_common.cuh"
 
 namespace sparse_rda {
 namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kVec = 4;  // elements per vector access: 16 bytes of fp32 state
-
-// kVec consecutive elements, aligned to their size, so that one load / store instruction moves them.
-template <typename T>
-struct alignas(kVec * sizeof(T)) Pack {
-  T x[kVec];
-};
-
-template <typename T>
-__device__ __forceinline__ Pack<T> load_pack(const T* p, int64_t i) {
-  return *reinterpret_cast<const Pack<T>*>(p + i);
-}
-
-template <typename T>
-__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T>& value) {
-  *reinterpret_cast<Pack<T>*>(p + i) = value;
-}
-
-template <typename T>
-__device__ __forceinline__ bool pack_aligned(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T>) == 0;
-}
 
 // Where this chunk's vectorized part ends: its start when the arrays are misaligned, else the last multiple of
 // kVec elements (chunk starts are multiples of the chunk size, itself a multiple of kVec).
 __device__ __forceinline__ int64_t vector_end(bool aligned, int64_t start, int64_t end) {
   return aligned && start % kVec == 0 ? start + (end - start) / kVec * kVec : start;
-}
-
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
-
-template <typename T>
-__device__ __forceinline__ T block_reduce(T value, T (*op)(T, T)) {
-  __shared__ T partial[kThreads / 32];
-  for (int offset = 16; offset > 0; offset >>= 1) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) partial[warp] = value;
-  __syncthreads();
-  if (warp == 0) {
-    value = lane < kThreads / 32 ? partial[lane] : partial[0];
-    for (int offset = 16; offset > 0; offset >>= 1) value = op(value, __shfl_down_sync(0xffffffffu, value, offset));
-  }
-  return value;  // valid in thread 0
-}
-
-__device__ float max_op(float a, float b) { return fmaxf(a, b); }
-__device__ unsigned long long add_op(unsigned long long a, unsigned long long b) { return a + b; }
-
-// A >= 0, so its float bits order like ints.
-__device__ __forceinline__ void atomic_max_nonnegative(float* address, float value) {
-  atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
 }
 
 // The step's scalars: the host's, or read from the device in capturable mode.
@@ -118,7 +58,7 @@ __global__ void rda_max_A_kernel(const RdaTensor* tensors, ChunkTable chunks, Rd
     const float wi = to_float(w[i]);
     running = fmaxf(running, new_A(t.A[i], magnitude(t, w, i, wi), r.s));
   }
-  running = block_reduce(running, max_op);
+  running = block_all_reduce(running, MaxOp{});
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + ti, running);
 }
 
@@ -187,7 +127,7 @@ __global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, Rda
       count += to_float(stored) != 0.0f;
     }
   }
-  count = block_reduce(count, add_op);
+  count = block_all_reduce(count, AddOp{});
   if (threadIdx.x == 0) atomicAdd(nnz + ti, count);
 }
 
@@ -230,19 +170,8 @@ __global__ void grda_step_kernel(const GrdaTensor* tensors, ChunkTable chunks, f
       count += to_float(stored) != 0.0f;
     }
   }
-  count = block_reduce(count, add_op);
+  count = block_all_reduce(count, AddOp{});
   if (threadIdx.x == 0) atomicAdd(nnz + ti, count);
-}
-
-// Calls f with a value of the C++ type of the parameter dtype.
-template <typename F>
-cudaError_t with_param_type(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(float{});
-    case DType::kBFloat16: return f(__nv_bfloat16{});
-    case DType::kFloat16: return f(__half{});
-  }
-  return cudaErrorInvalidValue;
 }
 
 }  // namespace

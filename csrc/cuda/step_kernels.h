@@ -65,5 +65,26 @@ cudaError_t launch_grda_step(const GrdaTensor* tensors, ChunkTable chunks, DType
                              float lr, const float* lr_device, const float* found_inf, const float* l1,
                              const float* inv_scale, unsigned long long* nnz, cudaStream_t stream);
 
+// Block granularity (block_step_kernels.cu): one contiguous rows x cols weight, tiled in block_rows x block_cols
+// tiles (the last row / column of tiles ragged), its occupancy map [tile rows, tile cols] written by the step.
+struct BlockTensor {
+  void* w;
+  const void* g;
+  float* T;
+  float* B;
+  float* A;
+  float* v;
+  bool* occupancy;
+  int64_t rows;
+  int64_t cols;
+};
+
+// The block-mode RDA step of n tensors (a host array: the launcher passes the tensors to the kernels by value,
+// so nothing is copied to the device and a CUDA graph can capture it). max_A (n floats) and nnz (n counts) are
+// zeroed by the caller; inv_scale as in launch_rda_step.
+cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                  DType w_dtype, bool grad_is_float32, RdaScalars s, const float* inv_scale,
+                                  bool reweight, float* max_A, unsigned long long* nnz, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace sparse_rda

@@ -1,0 +1,227 @@
+// CUDA RDA step in block granularity (docs/ALGORITHMS.md section 3), the native counterpart of
+// kernels/rda_block_step.py and csrc/cpu/block_step_cpu.cpp: one thread block per tile.
+//   1. block_max_A_kernel (with reweighting only): the tile's RMS, its A = beta_b A + (1 - beta_b) RMS and the
+//      per-tensor max of A (atomic); om needs that max over all tiles before any tile is shrunk.
+//   2. block_step_kernel: per element the dual average (T, v) while summing w^2 and T^2; then the tile's A, om,
+//      B and group prox factor; then w = T * shrink with A and B stored on every element (the state keeps the
+//      weight's shape), and the tile's occupancy bit. The prox pass re-reads the T this same thread just wrote
+//      (from cache), so a tile costs one pass over memory.
+// The tensors travel by value in the kernel arguments, kMaxTensors per launch, each with the index of its first
+// tile (as apex's multi-tensor apply passes its lists): nothing is copied to the device per step, so a CUDA
+// graph can capture the launches.
+#include <limits.h>
+
+#include "device_common.cuh"
+
+namespace sparse_rda {
+namespace cuda {
+namespace {
+
+constexpr int kMaxTensors = 36;  // keeps a Batch (~2.8 KB) plus the other arguments under the 4 KB limit
+constexpr int kMaxThreads = 256;
+
+struct Batch {
+  BlockTensor tensors[kMaxTensors];
+  int32_t first_tile[kMaxTensors + 1];  // tensor k's tiles are thread blocks first_tile[k] .. first_tile[k + 1] - 1
+  bool vectorized[kMaxTensors];         // every tile row is whole aligned packs of kVec elements
+  int32_t block_rows, block_cols;
+};
+
+// One tile, as its thread block sees it.
+struct Tile {
+  int64_t first;  // index of its top-left element
+  int64_t cols;   // the weight's row stride
+  int height, width;  // block_rows x block_cols, less at the ragged edges
+  int64_t index;  // in the occupancy map
+  __device__ float count() const { return static_cast<float>(height) * static_cast<float>(width); }
+};
+
+// This thread block's tensor (k) and tile.
+__device__ __forceinline__ Tile locate(const Batch& b, int& k) {
+  k = 0;
+  while (static_cast<int32_t>(blockIdx.x) >= b.first_tile[k + 1]) ++k;
+  const BlockTensor& t = b.tensors[k];
+  const int64_t tile = blockIdx.x - b.first_tile[k];
+  const int64_t tile_cols = (t.cols + b.block_cols - 1) / b.block_cols;
+  const int64_t r0 = tile / tile_cols * b.block_rows, c0 = tile % tile_cols * b.block_cols;
+  return {r0 * t.cols + c0, t.cols, static_cast<int>(min(static_cast<int64_t>(b.block_rows), t.rows - r0)),
+          static_cast<int>(min(static_cast<int64_t>(b.block_cols), t.cols - c0)), tile};
+}
+
+// Calls f(i) with the first element index i of each of this thread's N-element packs of the tile (N divides
+// the tile's width when N > 1).
+template <int N, typename F>
+__device__ __forceinline__ void for_each_pack(const Tile& tile, F&& f) {
+  const int per_row = tile.width / N;
+  const int packs = tile.height * per_row;
+  for (int u = threadIdx.x; u < packs; u += blockDim.x) {
+    const int r = u / per_row;
+    f(tile.first + r * tile.cols + static_cast<int64_t>(u - r * per_row) * N);
+  }
+}
+
+template <int N, typename param_t>
+__device__ __forceinline__ float sum_squares(const param_t* w, const Tile& tile) {
+  float sum = 0.0f;
+  for_each_pack<N>(tile, [&](int64_t i) {
+    const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
+#pragma unroll
+    for (int k = 0; k < N; ++k) sum += to_float(wp.x[k]) * to_float(wp.x[k]);
+  });
+  return sum;
+}
+
+// The tile's RMS of w, summed over the whole thread block.
+template <typename param_t>
+__device__ __forceinline__ float tile_rms(const BlockTensor& t, const Tile& tile, bool vectorized) {
+  const auto* w = static_cast<const param_t*>(t.w);
+  const float sum = vectorized ? sum_squares<kVec>(w, tile) : sum_squares<1>(w, tile);
+  return sqrtf(block_all_reduce(sum, AddOp{}) / tile.count());
+}
+
+template <typename param_t>
+__global__ void block_max_A_kernel(const Batch b, RdaScalars s, float* max_A) {
+  int k;
+  const Tile tile = locate(b, k);
+  const BlockTensor& t = b.tensors[k];
+  const float rms = tile_rms<param_t>(t, tile, b.vectorized[k]);
+  if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, new_A(t.A[tile.first], rms, s));
+}
+
+// T and v of the tile's elements, stored; adds the tile's sums of w^2 and of the new T^2.
+template <int N, typename param_t, typename grad_t>
+__device__ __forceinline__ void dual_average_pass(const BlockTensor& t, const Tile& tile, const RdaScalars& s,
+                                                  float& sum_w2, float& sum_T2) {
+  const auto* w = static_cast<const param_t*>(t.w);
+  const auto* g = static_cast<const grad_t*>(t.g);
+  for_each_pack<N>(tile, [&](int64_t i) {
+    const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
+    const Pack<grad_t, N> gp = load_pack<grad_t, N>(g, i);
+    Pack<float, N> Tp = load_pack<float, N>(t.T, i), vp = load_pack<float, N>(t.v, i);
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float wi = to_float(wp.x[k]);
+      sum_w2 += wi * wi;
+      dual_average(wi, to_float(gp.x[k]), Tp.x[k], vp.x[k], s);
+      sum_T2 += Tp.x[k] * Tp.x[k];
+    }
+    store_pack<float, N>(t.T, i, Tp);
+    store_pack<float, N>(t.v, i, vp);
+  });
+}
+
+// w = T * shrink and the tile's A and B on every element; returns this thread's nonzero count.
+template <int N, typename param_t>
+__device__ __forceinline__ unsigned long long prox_pass(const BlockTensor& t, const Tile& tile, float A, float B,
+                                                        float shrink) {
+  auto* w = static_cast<param_t*>(t.w);
+  Pack<float, N> Ap, Bp;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    Ap.x[k] = A;
+    Bp.x[k] = B;
+  }
+  unsigned long long count = 0;
+  for_each_pack<N>(tile, [&](int64_t i) {
+    const Pack<float, N> Tp = load_pack<float, N>(t.T, i);
+    Pack<param_t, N> wp;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      wp.x[k] = from_float<param_t>(Tp.x[k] * shrink);
+      count += to_float(wp.x[k]) != 0.0f;
+    }
+    store_pack<float, N>(t.A, i, Ap);
+    store_pack<float, N>(t.B, i, Bp);
+    store_pack<param_t, N>(w, i, wp);
+  });
+  return count;
+}
+
+template <typename param_t, typename grad_t>
+__global__ void block_step_kernel(const Batch b, RdaScalars s, const float* inv_scale, bool reweight,
+                                  const float* max_A, unsigned long long* nnz) {
+  int k;
+  const Tile tile = locate(b, k);
+  const BlockTensor& t = b.tensors[k];
+  const bool vectorized = b.vectorized[k];
+  if (inv_scale != nullptr) s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
+  // the tile's A and B, read before the barriers of the sums: the prox pass overwrites them
+  const float A_old = t.A[tile.first], B_old = t.B[tile.first];
+  float sum_w2 = 0.0f, sum_T2 = 0.0f;
+  if (vectorized) {
+    dual_average_pass<kVec, param_t, grad_t>(t, tile, s, sum_w2, sum_T2);
+  } else {
+    dual_average_pass<1, param_t, grad_t>(t, tile, s, sum_w2, sum_T2);
+  }
+  sum_w2 = block_all_reduce(sum_w2, AddOp{});
+  sum_T2 = block_all_reduce(sum_T2, AddOp{});
+  const float A = new_A(A_old, sqrtf(sum_w2 / tile.count()), s);
+  const float om = reweight ? reweight_factor(A, max_A[k], s.max_factor) : 1.0f;
+  const float B = new_B(B_old, om, s);
+  const float shrink = group_shrink(sqrtf(sum_T2), s.lam * B, sqrtf(tile.count()));
+  unsigned long long count = vectorized ? prox_pass<kVec, param_t>(t, tile, A, B, shrink)
+                                        : prox_pass<1, param_t>(t, tile, A, B, shrink);
+  count = block_all_reduce(count, AddOp{});
+  if (threadIdx.x == 0) {
+    t.occupancy[tile.index] = shrink > 0.0f;
+    atomicAdd(nnz + k, count);
+  }
+}
+
+bool aligned(const void* p, size_t element_size) { return reinterpret_cast<uintptr_t>(p) % (kVec * element_size) == 0; }
+
+// Threads per tile: one per pack of kVec elements, a warp at least.
+int threads_for(int64_t tile_elements) {
+  int threads = 32;
+  while (threads < kMaxThreads && threads * static_cast<int64_t>(kVec) < tile_elements) threads *= 2;
+  return threads;
+}
+
+}  // namespace
+
+cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                  DType w_dtype, bool grad_is_float32, RdaScalars s, const float* inv_scale,
+                                  bool reweight, float* max_A, unsigned long long* nnz, cudaStream_t stream) {
+  if (block_rows < 1 || block_cols < 1 || static_cast<int64_t>(block_rows) * block_cols > INT_MAX) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t w_size = w_dtype == DType::kFloat32 ? 4 : 2;
+  const size_t g_size = grad_is_float32 ? 4 : w_size;
+  const int threads = threads_for(static_cast<int64_t>(block_rows) * block_cols);
+  for (int64_t begin = 0; begin < n; begin += kMaxTensors) {
+    Batch b{};
+    b.block_rows = block_rows;
+    b.block_cols = block_cols;
+    const int count = static_cast<int>(n - begin < kMaxTensors ? n - begin : kMaxTensors);
+    int64_t tiles = 0;
+    for (int k = 0; k < count; ++k) {
+      const BlockTensor& t = tensors[begin + k];
+      b.tensors[k] = t;
+      b.first_tile[k] = static_cast<int32_t>(tiles);
+      tiles += (t.rows + block_rows - 1) / block_rows * ((t.cols + block_cols - 1) / block_cols);
+      if (tiles > INT_MAX) return cudaErrorInvalidValue;
+      b.vectorized[k] = t.cols % kVec == 0 && block_cols % kVec == 0 && aligned(t.w, w_size) && aligned(t.g, g_size) &&
+                        aligned(t.T, 4) && aligned(t.B, 4) && aligned(t.A, 4) && aligned(t.v, 4);
+    }
+    for (int k = count; k <= kMaxTensors; ++k) b.first_tile[k] = static_cast<int32_t>(tiles);
+    if (tiles == 0) continue;
+    const cudaError_t status = with_param_type(w_dtype, [&](auto param) {
+      using param_t = decltype(param);
+      const unsigned grid = static_cast<unsigned>(tiles);
+      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, s, max_A + begin);
+      if (grad_is_float32) {
+        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, s, inv_scale, reweight, max_A + begin,
+                                                                        nnz + begin);
+      } else {
+        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, s, inv_scale, reweight,
+                                                                          max_A + begin, nnz + begin);
+      }
+      return cudaGetLastError();
+    });
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace cuda
+}  // namespace sparse_rda

@@ -1,0 +1,89 @@
+// Device helpers shared by the CUDA steps: dtype conversion, vector access to aligned arrays, block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#include "step_kernels.h"
+
+namespace sparse_rda {
+namespace cuda {
+
+constexpr int kVec = 4;  // elements per vector access: 16 bytes of fp32 state
+
+// N consecutive elements, aligned to their size, so that one load / store instruction moves them.
+template <typename T, int N = kVec>
+struct alignas(N * sizeof(T)) Pack {
+  T x[N];
+};
+
+template <typename T, int N = kVec>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p, int64_t i) {
+  return *reinterpret_cast<const Pack<T, N>*>(p + i);
+}
+
+template <typename T, int N = kVec>
+__device__ __forceinline__ void store_pack(T* p, int64_t i, const Pack<T, N>& value) {
+  *reinterpret_cast<Pack<T, N>*>(p + i) = value;
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ bool pack_aligned(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % sizeof(Pack<T>) == 0;
+}
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct AddOp {
+  template <typename T>
+  __device__ T operator()(T a, T b) const { return a + b; }
+};
+
+// The block-wide reduction of value (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+// Ends with a barrier, so calls may follow each other.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_all_reduce(T value, Op op) {
+  __shared__ T partial[32];
+  for (int offset = 16; offset > 0; offset >>= 1) value = op(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  if (lane == 0) partial[warp] = value;
+  __syncthreads();
+  value = partial[0];
+  for (int k = 1; k < warps; ++k) value = op(value, partial[k]);
+  __syncthreads();
+  return value;
+}
+
+// A >= 0, so its float bits order like ints.
+__device__ __forceinline__ void atomic_max_nonnegative(float* address, float value) {
+  atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
+}
+
+// Calls f with a value of the C++ type of the parameter dtype.
+template <typename F>
+cudaError_t with_param_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+    case DType::kFloat16: return f(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace sparse_rda
