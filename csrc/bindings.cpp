@@ -9,7 +9,7 @@
 #ifdef WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/tensor.h>
+#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -40,33 +40,13 @@ cuda::DType kernel_dtype(at::ScalarType t) {
   }
 }
 
-// Copies a host array of plain structs to the device (one copy from pinned memory).
+// Copies a host array of plain structs to the device (one copy from pinned memory). Not for capturable mode: a
+// CUDA graph would replay the copy from host memory freed after capture.
 template <typename T>
 at::Tensor to_device(const std::vector<T>& items, const at::Device& device) {
   auto host = at::empty({static_cast<int64_t>(items.size() * sizeof(T))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   std::memcpy(host.data_ptr(), items.data(), items.size() * sizeof(T));
   return host.to(device, /*non_blocking=*/true);
-}
-
-struct Chunks {
-  at::Tensor tensor_ids, starts;
-  cuda::ChunkTable table(int64_t chunk) const {
-    return {tensor_ids.data_ptr<int32_t>(), starts.data_ptr<int64_t>(), tensor_ids.numel(), chunk};
-  }
-};
-
-constexpr int64_t kChunk = 1 << 16;
-
-Chunks chunk_table(const std::vector<int64_t>& numels, const at::Device& device) {
-  std::vector<int32_t> ids;
-  std::vector<int64_t> starts;
-  for (size_t t = 0; t < numels.size(); ++t) {
-    for (int64_t s = 0; s < numels[t]; s += kChunk) {
-      ids.push_back(static_cast<int32_t>(t));
-      starts.push_back(s);
-    }
-  }
-  return {to_device(ids, device).view(at::kInt), to_device(starts, device).view(at::kLong)};
 }
 
 void check(cudaError_t status) { TORCH_CHECK(status == cudaSuccess, "sparse_rda CUDA kernel: ", cudaGetErrorString(status)); }
@@ -94,16 +74,25 @@ std::optional<at::Tensor> device_inverse_scale(const std::optional<at::Tensor>& 
   return grad_scale->to(at::kDouble).reciprocal().to(at::kFloat);
 }
 
+// The rows idx of a device vector, gathered on the device (no index tensor copied from the host).
+at::Tensor rows(const at::Tensor& t, const std::vector<int64_t>& idx) {
+  if (static_cast<int64_t>(idx.size()) == t.size(0)) return t;  // a single dtype group: all rows, in order
+  std::vector<at::Tensor> picked;
+  for (int64_t i : idx) picked.push_back(t.select(0, i));
+  return at::stack(picked);
+}
+
 // Each param's nonzero count, from step(idx) run once per dtype group idx (int64 counts in idx's order).
 template <typename Step>
 at::Tensor counts_by_dtype(at::TensorList params, at::TensorList grads, Step&& step) {
-  auto nnz = at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kLong));
-  for (const auto& idx : by_dtype(params, grads)) {
-    const at::Tensor counts = step(idx);
-    if (idx.size() == params.size()) return counts;
-    nnz.index_copy_(0, at::tensor(idx, nnz.options()), counts);
+  const auto groups = by_dtype(params, grads);
+  if (groups.size() == 1) return step(groups[0]);
+  std::vector<at::Tensor> counts(params.size());
+  for (const auto& idx : groups) {
+    const at::Tensor group_counts = step(idx);
+    for (size_t j = 0; j < idx.size(); ++j) counts[idx[j]] = group_counts.select(0, static_cast<int64_t>(j));
   }
-  return nnz;
+  return at::stack(counts);
 }
 
 at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
@@ -134,7 +123,6 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
     flats.reserve(idx.size() * 5);
     std::vector<at::Tensor> keep;  // grads and group means stay alive until the kernels are queued
     std::vector<cuda::RdaTensor> tensors;
-    std::vector<int64_t> numels;
     for (int64_t i : idx) {
       for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
       Flat* f = &flats[flats.size() - 5];
@@ -149,20 +137,16 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                          f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
                          means.defined() ? means.data_ptr<float>() : nullptr, f[0].flat.numel(), group_sizes[i],
                          static_cast<float>(factors[i])});
-      numels.push_back(f[0].flat.numel());
     }
-    const Chunks chunks = chunk_table(numels, device);
-    const at::Tensor table = to_device(tensors, device);
-    const auto* dev_tensors = reinterpret_cast<const cuda::RdaTensor*>(table.data_ptr());
+    const int64_t n = static_cast<int64_t>(tensors.size());
     auto max_A = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kFloat));
     auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
     const cuda::DType w_dtype = kernel_dtype(params[idx[0]].scalar_type());
     const bool grad_f32 = grads[idx[0]].scalar_type() != params[idx[0]].scalar_type();
     if (reweight) {
-      check(cuda::launch_rda_max_A(dev_tensors, chunks.table(kChunk), w_dtype, s, scalars, max_A.data_ptr<float>(),
-                                   stream));
+      check(cuda::launch_rda_max_A(tensors.data(), n, w_dtype, s, scalars, max_A.data_ptr<float>(), stream));
     }
-    check(cuda::launch_rda_step(dev_tensors, chunks.table(kChunk), w_dtype, grad_f32, s, scalars,
+    check(cuda::launch_rda_step(tensors.data(), n, w_dtype, grad_f32, s, scalars,
                                 inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
     for (Flat& f : flats) f.finish();
@@ -220,7 +204,6 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
     flats.reserve(idx.size() * 2);
     std::vector<at::Tensor> keep;
     std::vector<cuda::GrdaTensor> tensors;
-    std::vector<int64_t> numels;
     std::vector<float> l1;
     for (int64_t i : idx) {
       flats.emplace_back(params[i]);
@@ -229,20 +212,16 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
       keep.push_back(g);
       Flat* f = &flats[flats.size() - 2];
       tensors.push_back({f[0].flat.data_ptr(), g.data_ptr(), f[1].flat.data_ptr<float>(), f[0].flat.numel()});
-      numels.push_back(f[0].flat.numel());
       l1.push_back(static_cast<float>(thresholds[i]));
     }
-    const Chunks chunks = chunk_table(numels, device);
-    const at::Tensor table = to_device(tensors, device);
     // capturable: this dtype group's thresholds, lr and skip flag stay on the device
-    const at::Tensor l1_device =
-        thresholds_device.has_value()
-            ? thresholds_device->to(device, at::kFloat).index_select(0, at::tensor(idx).to(device)).contiguous()
-            : to_device(l1, device).view(at::kFloat);
+    const at::Tensor l1_device = thresholds_device.has_value()
+                                     ? rows(thresholds_device->to(device, at::kFloat), idx).contiguous()
+                                     : to_device(l1, device).view(at::kFloat);
     const at::Tensor lr_f32 = lr_device.has_value() ? lr_device->to(device, at::kFloat).contiguous() : at::Tensor();
     const at::Tensor skip = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous() : at::Tensor();
     auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
-    check(cuda::launch_grda_step(reinterpret_cast<const cuda::GrdaTensor*>(table.data_ptr()), chunks.table(kChunk),
+    check(cuda::launch_grda_step(tensors.data(), static_cast<int64_t>(tensors.size()),
                                  kernel_dtype(params[idx[0]].scalar_type()),
                                  grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), static_cast<float>(lr),
                                  lr_f32.defined() ? lr_f32.data_ptr<float>() : nullptr,

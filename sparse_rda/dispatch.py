@@ -2,9 +2,8 @@
 
 Backends: "torch" (the reference, any device), "triton" (kernels/, CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1), "cpu" and "cuda" (the native extension, csrc/). "auto" picks, for CUDA tensors, the native
-CUDA kernels, else Triton (always Triton for capturable groups, which the native CUDA path does not implement
-yet); for CPU tensors the native CPU kernels; else the reference. Capturable groups need a kernel backend (the
-reference reads its scalars on the host).
+CUDA kernels, else Triton; for CPU tensors the native CPU kernels; else the reference. Capturable groups need a
+kernel backend (the reference reads its scalars on the host).
 """
 
 from __future__ import annotations
@@ -49,15 +48,8 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return True
 
 
-# native backends that implement capturable groups. The CUDA glue (csrc/bindings.cpp) passes device scalars to its
-# element kernels, but builds their tensor tables on the host every step: a captured CUDA graph would replay a
-# copy from freed host memory, so capturable CUDA groups run on Triton, whose tables are cached on the device.
-_NATIVE_CAPTURABLE = ("cpu",)
-
-
-def _auto(device: torch.device, capturable: bool) -> str:
-    native_cuda = [] if capturable and "cuda" not in _NATIVE_CAPTURABLE else ["cuda"]
-    preference = {"cuda": native_cuda + ["triton"], "cpu": ["cpu"]}.get(device.type, [])
+def _auto(device: torch.device) -> str:
+    preference = {"cuda": ["cuda", "triton"], "cpu": ["cpu"]}.get(device.type, [])
     return next((name for name in preference if name in _IMPLEMENTATIONS), "torch")
 
 
@@ -66,10 +58,8 @@ def resolve(name: str, device: torch.device, capturable: bool = False) -> str:
     capturable: the group's option (not every backend implements it)."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}; got {name!r}")
-    if capturable and name in ("cpu", "cuda") and name not in _NATIVE_CAPTURABLE:
-        raise ValueError(f"backend={name!r} does not implement capturable=True yet; use 'triton' or 'auto'")
     if name == "auto":
-        name = _auto(device, capturable)
+        name = _auto(device)
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"backend={name!r} is not available in this installation (available: {', '.join(backends())})")
     if not _runs_on(name, device):

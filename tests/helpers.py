@@ -66,6 +66,19 @@ def rda_error_scales(group: dict, before: dict, grad: torch.Tensor | None) -> tu
     return T_scale, v_scale
 
 
+def native_devices():
+    """pytest params for the native backends' devices: "cpu" where the extension is built, "cuda" (marked gpu)
+    where it has CUDA kernels."""
+    import pytest
+    from sparse_rda import native
+
+    return [
+        pytest.param("cpu", marks=pytest.mark.skipif(not native.has_kernels("cpu"), reason="extension not built")),
+        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not native.has_kernels("cuda"),
+                                                                        reason="extension built without CUDA kernels")]),
+    ]
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Two optimizers stepped side by side from the same inputs
 

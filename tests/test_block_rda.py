@@ -8,7 +8,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import native, reference
-from helpers import compare_block_rda, step_both
+from helpers import compare_block_rda, native_devices, step_both
 
 RTOL = 1e-5  # docs/ALGORITHMS.md section 5: fused kernel vs the fp32 reference
 
@@ -59,11 +59,7 @@ def test_block_granularity_is_checked():
     opt.step()  # auto -> the native CPU step when built, else the reference
 
 
-NATIVE_DEVICES = [
-    pytest.param("cpu", marks=pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")),
-    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not native.has_kernels("cuda"),
-                                                                    reason="extension built without CUDA kernels")]),
-]
+NATIVE_DEVICES = native_devices()
 
 
 @pytest.mark.parametrize("device", NATIVE_DEVICES)

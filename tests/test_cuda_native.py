@@ -68,9 +68,8 @@ def test_cuda_low_precision_params(dtype):
 
 
 def test_cuda_op_reads_device_scalars_and_skips_on_found_inf():
-    """The op's capturable arguments (eager: the optimizer routes capturable CUDA groups to Triton, see
-    sparse_rda/dispatch.py): lr and averaging from a device tensor give the host path's step; found_inf set
-    writes nothing."""
+    """The op's capturable arguments: lr and averaging from a device tensor give the host path's step;
+    found_inf set writes nothing."""
     shapes = [(300, 251), (13,)]
     params = make(shapes, torch.float32)
     grads = [torch.randn_like(p) for p in params]

@@ -14,14 +14,12 @@ def test_auto_prefers_native_kernels_then_triton_then_the_reference():
         cuda = torch.device("cuda")
         expected = "cuda" if native.has_kernels("cuda") else "triton"
         assert dispatch.resolve("auto", cuda) == expected
-        assert dispatch.resolve("auto", cuda, capturable=True) == "triton"  # no graph-safe native CUDA tables yet
+        assert dispatch.resolve("auto", cuda, capturable=True) == expected
 
 
 def test_capturable_needs_a_kernel_backend_that_implements_it():
     with pytest.raises(ValueError, match="capturable=True needs a kernel backend"):
         dispatch.resolve("torch", torch.device("cpu"), capturable=True)
-    with pytest.raises(ValueError, match="backend='cuda' does not implement capturable"):
-        dispatch.resolve("cuda", torch.device("cuda"), capturable=True)
     if native.has_kernels("cpu"):
         assert dispatch.resolve("auto", torch.device("cpu"), capturable=True) == "cpu"
 

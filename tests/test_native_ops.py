@@ -6,8 +6,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, rda_error_scales,
-                     state_copy, step_both)
+from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, native_devices,
+                     rda_error_scales, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
@@ -106,8 +106,8 @@ def test_nnz_comes_from_the_step():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Capturable mode through the ops: lr / averaging / found_inf / gRDA thresholds as tensors (on CPU the op reads
-# them directly; on CUDA the kernels do, which tests/test_cuda_native.py checks on a GPU)
+# Capturable mode through the ops: lr / averaging / found_inf / gRDA thresholds as tensors, read by the CPU op
+# or by the CUDA kernels (on a GPU)
 
 
 def test_opcheck_capturable_arguments():
@@ -121,14 +121,15 @@ def test_opcheck_capturable_arguments():
                            torch.tensor(0.05), torch.zeros(())))
 
 
-def test_capturable_rda_matches_the_host_path_under_a_schedule():
+@pytest.mark.parametrize("device", native_devices())
+def test_capturable_rda_matches_the_host_path_under_a_schedule(device):
     shapes = [(7, 5), (13,), (4, 3, 3, 3), (33, 17)]
-    params = [torch.nn.Parameter(torch.randn(s) * 0.5) for s in shapes]
+    params = [torch.nn.Parameter(torch.randn(s, device=device) * 0.5) for s in shapes]
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     options = dict(lam=5e-4, weight_decay=1e-3, granularity="kernel")
-    fused = sparse_rda.RDA(params, backend="cpu", capturable=True, lr=torch.tensor(0.8),
-                           averaging=torch.tensor(0.0), **options)
-    ref = sparse_rda.RDA(copies, backend="cpu", lr=0.8, **options)
+    fused = sparse_rda.RDA(params, backend=device, capturable=True, lr=torch.tensor(0.8, device=device),
+                           averaging=torch.tensor(0.0, device=device), **options)
+    ref = sparse_rda.RDA(copies, backend=device, lr=0.8, **options)
     schedules = [sparse_rda.schedules.CosineRDA(opt, total_steps=30) for opt in (fused, ref)]
     for _ in range(12):
         inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
@@ -146,17 +147,18 @@ def test_capturable_rda_matches_the_host_path_under_a_schedule():
     assert float(fused.state[params[0]]["step"]) == 12
 
 
+@pytest.mark.parametrize("device", native_devices())
 @pytest.mark.parametrize("opt_cls, options", [
     (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
 ])
-def test_capturable_skip_on_found_inf_writes_nothing(opt_cls, options):
-    params = [torch.nn.Parameter(torch.randn(s)) for s in [(6, 5), (4,)]]
-    opt = opt_cls(params, backend="cpu", capturable=True, **options)
+def test_capturable_skip_on_found_inf_writes_nothing(opt_cls, options, device):
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in [(6, 5), (4,)]]
+    opt = opt_cls(params, backend=device, capturable=True, **options)
     for p in params:
         p.grad = torch.randn_like(p)
     opt.step()
     before = [state_copy(opt.state[p]) for p in params], [p.detach().clone() for p in params]
-    opt.found_inf, opt.grad_scale = torch.ones(()), torch.full((), 8.0)
+    opt.found_inf, opt.grad_scale = torch.ones((), device=device), torch.full((), 8.0, device=device)
     opt.step()
     for p, state, w in zip(params, *before):
         assert torch.equal(p.data, w)
@@ -166,7 +168,8 @@ def test_capturable_skip_on_found_inf_writes_nothing(opt_cls, options):
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
 
 
-def test_capturable_grda_matches_the_host_path():
-    params = [torch.nn.Parameter(torch.randn(s)) for s in [(7, 5), (13,), (33, 17)]]
-    check_capturable_grda_against_host(params, "cpu")
+@pytest.mark.parametrize("device", native_devices())
+def test_capturable_grda_matches_the_host_path(device):
+    params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in [(7, 5), (13,), (33, 17)]]
+    check_capturable_grda_against_host(params, device)
     assert any(int((p == 0).sum()) for p in params), "the thresholds prune something"

@@ -6,10 +6,8 @@
 //      B and group prox factor; then w = T * shrink with A and B stored on every element (the state keeps the
 //      weight's shape), and the tile's occupancy bit. The prox pass re-reads the T this same thread just wrote
 //      (from cache), so a tile costs one pass over memory.
-// The tensors travel by value in the kernel arguments, kMaxTensors per launch, each with the index of its first
-// tile (as apex's multi-tensor apply passes its lists): nothing is copied to the device per step, so a CUDA
-// graph can capture the launches.
-#include <limits.h>
+// The tensors travel by value in the kernel arguments (TensorBatch), one thread block per tile.
+#include <vector>
 
 #include "device_common.cuh"
 
@@ -17,14 +15,16 @@ namespace sparse_rda {
 namespace cuda {
 namespace {
 
-constexpr int kMaxTensors = 36;  // keeps a Batch (~2.8 KB) plus the other arguments under the 4 KB limit
 constexpr int kMaxThreads = 256;
 
-struct Batch {
-  BlockTensor tensors[kMaxTensors];
-  int32_t first_tile[kMaxTensors + 1];  // tensor k's tiles are thread blocks first_tile[k] .. first_tile[k + 1] - 1
-  bool vectorized[kMaxTensors];         // every tile row is whole aligned packs of kVec elements
-  int32_t block_rows, block_cols;
+struct TiledTensor {
+  BlockTensor t;
+  bool vectorized;  // every tile row is whole aligned packs of kVec elements
+};
+using Batch = TensorBatch<TiledTensor>;
+
+struct TileShape {
+  int rows, cols;
 };
 
 // One tile, as its thread block sees it.
@@ -36,16 +36,12 @@ struct Tile {
   __device__ float count() const { return static_cast<float>(height) * static_cast<float>(width); }
 };
 
-// This thread block's tensor (k) and tile.
-__device__ __forceinline__ Tile locate(const Batch& b, int& k) {
-  k = 0;
-  while (static_cast<int32_t>(blockIdx.x) >= b.first_tile[k + 1]) ++k;
-  const BlockTensor& t = b.tensors[k];
-  const int64_t tile = blockIdx.x - b.first_tile[k];
-  const int64_t tile_cols = (t.cols + b.block_cols - 1) / b.block_cols;
-  const int64_t r0 = tile / tile_cols * b.block_rows, c0 = tile % tile_cols * b.block_cols;
-  return {r0 * t.cols + c0, t.cols, static_cast<int>(min(static_cast<int64_t>(b.block_rows), t.rows - r0)),
-          static_cast<int>(min(static_cast<int64_t>(b.block_cols), t.cols - c0)), tile};
+// Tile number `tile` (row-major over the tiles) of t.
+__device__ __forceinline__ Tile tile_of(const BlockTensor& t, int64_t tile, TileShape shape) {
+  const int64_t tile_cols = (t.cols + shape.cols - 1) / shape.cols;
+  const int64_t r0 = tile / tile_cols * shape.rows, c0 = tile % tile_cols * shape.cols;
+  return {r0 * t.cols + c0, t.cols, static_cast<int>(min(static_cast<int64_t>(shape.rows), t.rows - r0)),
+          static_cast<int>(min(static_cast<int64_t>(shape.cols), t.cols - c0)), tile};
 }
 
 // Calls f(i) with the first element index i of each of this thread's N-element packs of the tile (N divides
@@ -80,11 +76,12 @@ __device__ __forceinline__ float tile_rms(const BlockTensor& t, const Tile& tile
 }
 
 template <typename param_t>
-__global__ void block_max_A_kernel(const Batch b, RdaScalars s, float* max_A) {
-  int k;
-  const Tile tile = locate(b, k);
-  const BlockTensor& t = b.tensors[k];
-  const float rms = tile_rms<param_t>(t, tile, b.vectorized[k]);
+__global__ void block_max_A_kernel(const Batch b, TileShape shape, RdaScalars s, float* max_A) {
+  int64_t tile_index;
+  const int k = b.locate(tile_index);
+  const BlockTensor& t = b.tensors[k].t;
+  const Tile tile = tile_of(t, tile_index, shape);
+  const float rms = tile_rms<param_t>(t, tile, b.tensors[k].vectorized);
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, new_A(t.A[tile.first], rms, s));
 }
 
@@ -138,12 +135,13 @@ __device__ __forceinline__ unsigned long long prox_pass(const BlockTensor& t, co
 }
 
 template <typename param_t, typename grad_t>
-__global__ void block_step_kernel(const Batch b, RdaScalars s, const float* inv_scale, bool reweight,
+__global__ void block_step_kernel(const Batch b, TileShape shape, RdaScalars s, const float* inv_scale, bool reweight,
                                   const float* max_A, unsigned long long* nnz) {
-  int k;
-  const Tile tile = locate(b, k);
-  const BlockTensor& t = b.tensors[k];
-  const bool vectorized = b.vectorized[k];
+  int64_t tile_index;
+  const int k = b.locate(tile_index);
+  const BlockTensor& t = b.tensors[k].t;
+  const Tile tile = tile_of(t, tile_index, shape);
+  const bool vectorized = b.tensors[k].vectorized;
   if (inv_scale != nullptr) s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
   // the tile's A and B, read before the barriers of the sums: the prox pass overwrites them
   const float A_old = t.A[tile.first], B_old = t.B[tile.first];
@@ -185,42 +183,34 @@ cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int blo
   if (block_rows < 1 || block_cols < 1 || static_cast<int64_t>(block_rows) * block_cols > INT_MAX) {
     return cudaErrorInvalidValue;
   }
+  const TileShape shape{block_rows, block_cols};
   const size_t w_size = w_dtype == DType::kFloat32 ? 4 : 2;
   const size_t g_size = grad_is_float32 ? 4 : w_size;
+  std::vector<TiledTensor> tiled;
+  tiled.reserve(n);
+  for (int64_t k = 0; k < n; ++k) {
+    const BlockTensor& t = tensors[k];
+    tiled.push_back({t, t.cols % kVec == 0 && block_cols % kVec == 0 && aligned(t.w, w_size) && aligned(t.g, g_size) &&
+                            aligned(t.T, 4) && aligned(t.B, 4) && aligned(t.A, 4) && aligned(t.v, 4)});
+  }
+  const auto tiles_of = [&](const TiledTensor& x) {
+    return (x.t.rows + block_rows - 1) / block_rows * ((x.t.cols + block_cols - 1) / block_cols);
+  };
   const int threads = threads_for(static_cast<int64_t>(block_rows) * block_cols);
-  for (int64_t begin = 0; begin < n; begin += kMaxTensors) {
-    Batch b{};
-    b.block_rows = block_rows;
-    b.block_cols = block_cols;
-    const int count = static_cast<int>(n - begin < kMaxTensors ? n - begin : kMaxTensors);
-    int64_t tiles = 0;
-    for (int k = 0; k < count; ++k) {
-      const BlockTensor& t = tensors[begin + k];
-      b.tensors[k] = t;
-      b.first_tile[k] = static_cast<int32_t>(tiles);
-      tiles += (t.rows + block_rows - 1) / block_rows * ((t.cols + block_cols - 1) / block_cols);
-      if (tiles > INT_MAX) return cudaErrorInvalidValue;
-      b.vectorized[k] = t.cols % kVec == 0 && block_cols % kVec == 0 && aligned(t.w, w_size) && aligned(t.g, g_size) &&
-                        aligned(t.T, 4) && aligned(t.B, 4) && aligned(t.A, 4) && aligned(t.v, 4);
-    }
-    for (int k = count; k <= kMaxTensors; ++k) b.first_tile[k] = static_cast<int32_t>(tiles);
-    if (tiles == 0) continue;
-    const cudaError_t status = with_param_type(w_dtype, [&](auto param) {
-      using param_t = decltype(param);
-      const unsigned grid = static_cast<unsigned>(tiles);
-      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, s, max_A + begin);
+  return with_param_type(w_dtype, [&](auto param) {
+    using param_t = decltype(param);
+    return for_each_batch(tiled.data(), n, tiles_of, [&](const Batch& b, int64_t begin, unsigned grid) {
+      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, shape, s, max_A + begin);
       if (grad_is_float32) {
-        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, s, inv_scale, reweight, max_A + begin,
-                                                                        nnz + begin);
+        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, shape, s, inv_scale, reweight,
+                                                                        max_A + begin, nnz + begin);
       } else {
-        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, s, inv_scale, reweight,
+        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, shape, s, inv_scale, reweight,
                                                                           max_A + begin, nnz + begin);
       }
       return cudaGetLastError();
     });
-    if (status != cudaSuccess) return status;
-  }
-  return cudaSuccess;
+  });
 }
 
 }  // namespace cuda

@@ -3,6 +3,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <limits.h>
 #include <stdint.h>
 
 #include "step_kernels.h"
@@ -72,6 +73,47 @@ __device__ __forceinline__ T block_all_reduce(T value, Op op) {
 // A >= 0, so its float bits order like ints.
 __device__ __forceinline__ void atomic_max_nonnegative(float* address, float value) {
   atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
+}
+
+// Up to kBatchTensors tensors passed by value in a launch's arguments, each with the index of its first thread
+// block (as apex's multi-tensor apply passes its lists): nothing is copied to the device per step, so a CUDA graph
+// can capture the launches. 36 descriptors of <= 80 bytes keep the arguments under the 4 KB limit.
+constexpr int kBatchTensors = 36;
+
+template <typename Tensor>
+struct TensorBatch {
+  Tensor tensors[kBatchTensors];
+  int32_t first_block[kBatchTensors + 1];  // tensor k has thread blocks first_block[k] .. first_block[k + 1] - 1
+
+  // This thread block's tensor, and its block index within that tensor.
+  __device__ __forceinline__ int locate(int64_t& block) const {
+    int k = 0;
+    while (static_cast<int32_t>(blockIdx.x) >= first_block[k + 1]) ++k;
+    block = blockIdx.x - first_block[k];
+    return k;
+  }
+};
+
+// Calls launch(batch, begin, grid) for tensors[begin, begin + kBatchTensors) (a host array), batch by batch,
+// with blocks_of(tensor) thread blocks per tensor; stops at the first error.
+template <typename Tensor, typename BlocksOf, typename Launch>
+cudaError_t for_each_batch(const Tensor* tensors, int64_t n, BlocksOf&& blocks_of, Launch&& launch) {
+  for (int64_t begin = 0; begin < n; begin += kBatchTensors) {
+    TensorBatch<Tensor> batch{};
+    const int count = static_cast<int>(n - begin < kBatchTensors ? n - begin : kBatchTensors);
+    int64_t blocks = 0;
+    for (int k = 0; k < count; ++k) {
+      batch.tensors[k] = tensors[begin + k];
+      batch.first_block[k] = static_cast<int32_t>(blocks);
+      blocks += blocks_of(tensors[begin + k]);
+      if (blocks > INT_MAX) return cudaErrorInvalidValue;
+    }
+    for (int k = count; k <= kBatchTensors; ++k) batch.first_block[k] = static_cast<int32_t>(blocks);
+    if (blocks == 0) continue;
+    const cudaError_t status = launch(batch, begin, static_cast<unsigned>(blocks));
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
 }
 
 // Calls f with a value of the C++ type of the parameter dtype.

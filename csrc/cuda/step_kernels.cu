@@ -1,4 +1,5 @@
-// CUDA multi-tensor RDA / gRDA steps: one block per chunk of one tensor (the chunk table), fp32 math on
+// CUDA multi-tensor RDA / gRDA steps: one block per chunk of one tensor (the tensors by value in the kernel
+// arguments, TensorBatch), fp32 math on
 // fp32/bf16/fp16 parameters, fp32 state, per-element math from rda_math.h. Block reductions then one atomic
 // per block for the per-tensor max of A and the nonzero counts. Each thread handles 4 consecutive elements
 // with 16-byte loads and stores of the fp32 state (8-byte ones of bf16/fp16 params) when the tensor's arrays
@@ -10,6 +11,22 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int64_t kChunk = 1 << 16;  // elements per thread block
+
+using RdaBatch = TensorBatch<RdaTensor>;
+using GrdaBatch = TensorBatch<GrdaTensor>;
+
+int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+
+// This thread block's tensor and its chunk [start, end) of the tensor's elements.
+template <typename Tensor>
+__device__ __forceinline__ int locate_chunk(const TensorBatch<Tensor>& b, int64_t& start, int64_t& end) {
+  int64_t chunk;
+  const int k = b.locate(chunk);
+  start = chunk * kChunk;
+  end = min(start + kChunk, b.tensors[k].numel);
+  return k;
+}
 
 // Where this chunk's vectorized part ends: its start when the arrays are misaligned, else the last multiple of
 // kVec elements (chunk starts are multiples of the chunk size, itself a multiple of kVec).
@@ -34,14 +51,12 @@ __device__ __forceinline__ float magnitude(const RdaTensor& t, const param_t* w,
 }
 
 template <typename param_t>
-__global__ void rda_max_A_kernel(const RdaTensor* tensors, ChunkTable chunks, RdaScalars host, DeviceScalars d,
-                                 float* max_A) {
-  const int32_t ti = chunks.chunk_tensor[blockIdx.x];
-  const RdaTensor t = tensors[ti];
+__global__ void rda_max_A_kernel(const RdaBatch b, RdaScalars host, DeviceScalars d, float* max_A) {
+  int64_t start, end;
+  const int ti = locate_chunk(b, start, end);
+  const RdaTensor& t = b.tensors[ti];
   const Resolved r = resolve(host, d);
   if (t.factor == 0.0f || r.skip) return;  // block-uniform
-  const int64_t start = chunks.chunk_start[blockIdx.x];
-  const int64_t end = min(start + chunks.chunk, t.numel);
   const auto* w = static_cast<const param_t*>(t.w);
   float running = 0.0f;
   const int64_t vec_end = vector_end(pack_aligned(w) && pack_aligned(t.A), start, end);
@@ -76,15 +91,14 @@ __device__ __forceinline__ param_t rda_values(const RdaTensor& t, int64_t i, flo
 }
 
 template <typename param_t, typename grad_t>
-__global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, RdaScalars host, DeviceScalars d,
-                                const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz) {
-  const int32_t ti = chunks.chunk_tensor[blockIdx.x];
-  const RdaTensor t = tensors[ti];
+__global__ void rda_step_kernel(const RdaBatch b, RdaScalars host, DeviceScalars d, const float* inv_scale,
+                                bool reweight, const float* max_A, unsigned long long* nnz) {
+  int64_t start, end;
+  const int ti = locate_chunk(b, start, end);
+  const RdaTensor& t = b.tensors[ti];
   Resolved r = resolve(host, d);
   if (inv_scale != nullptr) r.s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
   const float m = max_A[ti];
-  const int64_t start = chunks.chunk_start[blockIdx.x];
-  const int64_t end = min(start + chunks.chunk, t.numel);
   auto* w = static_cast<param_t*>(t.w);
   const auto* g = static_cast<const grad_t*>(t.g);
   const bool penalized = t.factor > 0.0f;  // block-uniform
@@ -132,17 +146,15 @@ __global__ void rda_step_kernel(const RdaTensor* tensors, ChunkTable chunks, Rda
 }
 
 template <typename param_t, typename grad_t>
-__global__ void grda_step_kernel(const GrdaTensor* tensors, ChunkTable chunks, float lr, const float* lr_device,
-                                 const float* found_inf, const float* l1, const float* inv_scale,
-                                 unsigned long long* nnz) {
-  const int32_t ti = chunks.chunk_tensor[blockIdx.x];
-  const GrdaTensor t = tensors[ti];
+__global__ void grda_step_kernel(const GrdaBatch b, float lr, const float* lr_device, const float* found_inf,
+                                 const float* l1, const float* inv_scale, unsigned long long* nnz) {
+  int64_t start, end;
+  const int ti = locate_chunk(b, start, end);
+  const GrdaTensor& t = b.tensors[ti];
   if (lr_device != nullptr) lr = *lr_device;
   const bool skip = found_inf != nullptr && *found_inf != 0.0f;
   const float scale = inv_scale != nullptr ? *inv_scale : 1.0f;
   const float threshold = l1[ti];
-  const int64_t start = chunks.chunk_start[blockIdx.x];
-  const int64_t end = min(start + chunks.chunk, t.numel);
   auto* w = static_cast<param_t*>(t.w);
   const auto* g = static_cast<const grad_t*>(t.g);
   unsigned long long count = 0;
@@ -176,47 +188,53 @@ __global__ void grda_step_kernel(const GrdaTensor* tensors, ChunkTable chunks, f
 
 }  // namespace
 
-cudaError_t launch_rda_max_A(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, RdaScalars s,
-                             DeviceScalars d, float* max_A, cudaStream_t stream) {
-  if (chunks.n_chunks == 0) return cudaSuccess;
+cudaError_t launch_rda_max_A(const RdaTensor* tensors, int64_t n, DType w_dtype, RdaScalars s, DeviceScalars d,
+                             float* max_A, cudaStream_t stream) {
+  const auto blocks = [](const RdaTensor& t) { return chunks_of(t.numel); };
   return with_param_type(w_dtype, [&](auto param) {
     using param_t = decltype(param);
-    rda_max_A_kernel<param_t><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, s, d, max_A);
-    return cudaGetLastError();
+    return for_each_batch(tensors, n, blocks, [&](const RdaBatch& b, int64_t begin, unsigned grid) {
+      rda_max_A_kernel<param_t><<<grid, kThreads, 0, stream>>>(b, s, d, max_A + begin);
+      return cudaGetLastError();
+    });
   });
 }
 
-cudaError_t launch_rda_step(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                            RdaScalars s, DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
+cudaError_t launch_rda_step(const RdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, RdaScalars s,
+                            DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream) {
-  if (chunks.n_chunks == 0) return cudaSuccess;
+  const auto blocks = [](const RdaTensor& t) { return chunks_of(t.numel); };
   return with_param_type(w_dtype, [&](auto param) {
     using param_t = decltype(param);
-    if (grad_is_float32) {
-      rda_step_kernel<param_t, float><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, s, d, inv_scale,
-                                                                              reweight, max_A, nnz);
-    } else {
-      rda_step_kernel<param_t, param_t><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, s, d, inv_scale,
-                                                                                reweight, max_A, nnz);
-    }
-    return cudaGetLastError();
+    return for_each_batch(tensors, n, blocks, [&](const RdaBatch& b, int64_t begin, unsigned grid) {
+      if (grad_is_float32) {
+        rda_step_kernel<param_t, float><<<grid, kThreads, 0, stream>>>(b, s, d, inv_scale, reweight, max_A + begin,
+                                                                       nnz + begin);
+      } else {
+        rda_step_kernel<param_t, param_t><<<grid, kThreads, 0, stream>>>(b, s, d, inv_scale, reweight,
+                                                                         max_A + begin, nnz + begin);
+      }
+      return cudaGetLastError();
+    });
   });
 }
 
-cudaError_t launch_grda_step(const GrdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                             float lr, const float* lr_device, const float* found_inf, const float* l1,
-                             const float* inv_scale, unsigned long long* nnz, cudaStream_t stream) {
-  if (chunks.n_chunks == 0) return cudaSuccess;
+cudaError_t launch_grda_step(const GrdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, float lr,
+                             const float* lr_device, const float* found_inf, const float* l1, const float* inv_scale,
+                             unsigned long long* nnz, cudaStream_t stream) {
+  const auto blocks = [](const GrdaTensor& t) { return chunks_of(t.numel); };
   return with_param_type(w_dtype, [&](auto param) {
     using param_t = decltype(param);
-    if (grad_is_float32) {
-      grda_step_kernel<param_t, float><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, lr, lr_device,
-                                                                               found_inf, l1, inv_scale, nnz);
-    } else {
-      grda_step_kernel<param_t, param_t><<<chunks.n_chunks, kThreads, 0, stream>>>(tensors, chunks, lr, lr_device,
-                                                                                 found_inf, l1, inv_scale, nnz);
-    }
-    return cudaGetLastError();
+    return for_each_batch(tensors, n, blocks, [&](const GrdaBatch& b, int64_t begin, unsigned grid) {
+      if (grad_is_float32) {
+        grda_step_kernel<param_t, float><<<grid, kThreads, 0, stream>>>(b, lr, lr_device, found_inf, l1 + begin,
+                                                                        inv_scale, nnz + begin);
+      } else {
+        grda_step_kernel<param_t, param_t><<<grid, kThreads, 0, stream>>>(b, lr, lr_device, found_inf, l1 + begin,
+                                                                          inv_scale, nnz + begin);
+      }
+      return cudaGetLastError();
+    });
   });
 }
 

@@ -33,14 +33,6 @@ struct GrdaTensor {
   int64_t numel;
 };
 
-// Chunks: program c handles elements [chunk_start[c], chunk_start[c] + chunk) of tensor chunk_tensor[c].
-struct ChunkTable {
-  const int32_t* chunk_tensor;
-  const int64_t* chunk_start;
-  int64_t n_chunks;
-  int64_t chunk;
-};
-
 // Capturable mode: lr and averaging come from device memory and the momentum decays are computed on the device;
 // a nonzero *found_inf makes the kernels write nothing (nonzeros are still counted). All null when unused.
 struct DeviceScalars {
@@ -50,20 +42,23 @@ struct DeviceScalars {
   float inv_tau_b;         // 1 / reweight_time, 0 for none
 };
 
-// The per-tensor max of this step's A, into max_A (zeroed by the caller), for penalized tensors.
-cudaError_t launch_rda_max_A(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, RdaScalars s,
-                             DeviceScalars d, float* max_A, cudaStream_t stream);
+// The launchers take the n tensors as a host array and pass them to the kernels by value (no device table), so
+// a CUDA graph can capture them. Per-tensor outputs (max_A, nnz) are device arrays of n, zeroed by the caller.
 
-// The RDA step; counts each tensor's nonzeros into nnz (zeroed by the caller). max_A from launch_rda_max_A
-// (unused without reweighting); inv_scale: 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
-cudaError_t launch_rda_step(const RdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                            RdaScalars s, DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
+// The per-tensor max of this step's A, into max_A, for penalized tensors.
+cudaError_t launch_rda_max_A(const RdaTensor* tensors, int64_t n, DType w_dtype, RdaScalars s, DeviceScalars d,
+                             float* max_A, cudaStream_t stream);
+
+// The RDA step; counts each tensor's nonzeros into nnz. max_A from launch_rda_max_A (unused without
+// reweighting); inv_scale: 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
+cudaError_t launch_rda_step(const RdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, RdaScalars s,
+                            DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream);
 
-// The gRDA step with per-tensor thresholds l1 (device), and lr from *lr_device when not null.
-cudaError_t launch_grda_step(const GrdaTensor* tensors, ChunkTable chunks, DType w_dtype, bool grad_is_float32,
-                             float lr, const float* lr_device, const float* found_inf, const float* l1,
-                             const float* inv_scale, unsigned long long* nnz, cudaStream_t stream);
+// The gRDA step with per-tensor thresholds l1 (device, n floats), and lr from *lr_device when not null.
+cudaError_t launch_grda_step(const GrdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, float lr,
+                             const float* lr_device, const float* found_inf, const float* l1, const float* inv_scale,
+                             unsigned long long* nnz, cudaStream_t stream);
 
 // Block granularity (block_step_kernels.cu): one contiguous rows x cols weight, tiled in block_rows x block_cols
 // tiles (the last row / column of tiles ragged), its occupancy map [tile rows, tile cols] written by the step.
@@ -79,9 +74,7 @@ struct BlockTensor {
   int64_t cols;
 };
 
-// The block-mode RDA step of n tensors (a host array: the launcher passes the tensors to the kernels by value,
-// so nothing is copied to the device and a CUDA graph can capture it). max_A (n floats) and nnz (n counts) are
-// zeroed by the caller; inv_scale as in launch_rda_step.
+// The block-mode RDA step; max_A is scratch for the per-tensor max of A; inv_scale as in launch_rda_step.
 cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
                                   DType w_dtype, bool grad_is_float32, RdaScalars s, const float* inv_scale,
                                   bool reweight, float* max_A, unsigned long long* nnz, cudaStream_t stream);
