@@ -1,5 +1,6 @@
-"""Smoke tests of the masked-matmul and train-step runners (bench/masked_matmul.py, bench/train_step.py) on CPU:
-tiny shapes, one or two reps, results files written. Run on demand (not part of the suite in tests/):
+"""Smoke tests of the masked-matmul, launch-parameter sweep and train-step runners (bench/masked_matmul.py,
+bench/tune_masked_matmul.py, bench/train_step.py) on CPU: tiny shapes, one or two reps, results files written.
+`make test` runs them with the suite:
 
     python -m pytest bench/test_bench_masked_matmul.py -q
 
@@ -107,3 +108,18 @@ def test_train_step_runner_smoke(tmp_path):
     assert s["matmul_speedup_bound_dense_dw"] == pytest.approx(2.5)
     (js,) = tmp_path.glob("train_step-cpu-*-d128-t64*-quick.json")  # "-interp" under TRITON_INTERPRET=1
     assert "NOT the benchmark" in js.with_suffix(".md").read_text()
+
+
+def test_tuning_sweep_in_the_interpreter(tmp_path):
+    """bench/tune_masked_matmul.py: each candidate checked against the dense products, timed, the best reported
+    as a HOPPER_CONFIGS entry (interpreter: the times mean nothing)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, str(HERE / "tune_masked_matmul.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=600)
+    (js,) = tmp_path.glob("tune_masked_matmul-cpu-*-quick.json")
+    (sweep,) = json.loads(js.read_text())["sweeps"]
+    assert (sweep["side"], sweep["dtype"], sweep["key"]) == (16, "float32", [16, 4])
+    assert len(sweep["rows"]) == 2 and not sweep["skipped"]
+    assert all(r["rel_err"] <= 1e-4 and r["fwd_ms"] > 0 and r["dx_ms"] > 0 for r in sweep["rows"])
+    assert sweep["best"] in sweep["rows"]
+    assert "(16, 4): (" in js.with_suffix(".md").read_text()

@@ -44,7 +44,8 @@ DEFAULT_BLOCK = (64, 64)
 # (BLOCK_M, num_warps, num_stages). One pipeline buffer holds (BLOCK_M + BN) * BK elements. In the gather loop the
 # tile index is loaded a stage ahead of the tiles, and Triton 3.9 then makes 2 buffers for num_stages 2-4 and 3 for
 # 5-6: bf16 64 x 64 uses 3 x 24 KB. tests/masked_matmul_aot.py compiles every entry and checks it fits. Not yet
-# measured on a GPU: bench before trusting them. Tiles larger than 128 use the 128 row.
+# measured on a GPU: bench/tune_masked_matmul.py sweeps the candidates and prints the entries to put here.
+# Tiles larger than 128 use the 128 row.
 HOPPER_CONFIGS = {
     (16, 2): (64, 4, 5), (16, 4): (64, 4, 3),
     (32, 2): (128, 4, 5), (32, 4): (64, 4, 3),
