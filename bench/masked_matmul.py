@@ -132,16 +132,8 @@ def time_fn(fn, device: torch.device, quick: bool = False, use_triton: bool = Tr
             except Exception as e:  # fall back to events
                 print(f"  do_bench failed ({type(e).__name__}: {e}); using CUDA events", file=sys.stderr)
         reps = 3 if est_ms > slow_ms else (10 if quick else 30)
-        for _ in range(1 if est_ms > slow_ms else 3):
-            fn()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for s, e in zip(starts, ends):
-            s.record()
-            fn()
-            e.record()
-        torch.cuda.synchronize(device)
-        return dict(_stats([s.elapsed_time(e) for s, e in zip(starts, ends)]), timer="CUDA events")
+        times = optimizer_step.cuda_event_times(fn, 1 if est_ms > slow_ms else 3, reps)
+        return dict(_stats(times), timer="CUDA events")
     warmup, reps = cpu_reps or ((0, 3) if quick else (1, 7))
     if est_ms > 2000:  # the interpreter on a larger shape: keep the smoke run short
         warmup, reps = 0, min(reps, 2)

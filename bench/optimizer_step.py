@@ -124,6 +124,11 @@ def time_cuda(fn, warmup: int, reps: int, use_triton: bool = True) -> dict:
             return dict(ms=q50, ms_q20=q20, ms_q80=q80, timer="triton.testing.do_bench")
         except Exception as e:  # fall back to events
             print(f"  do_bench failed ({type(e).__name__}: {e}); using CUDA events", file=sys.stderr)
+    return dict(_stats(cuda_event_times(fn, warmup, reps)), timer="cuda events")
+
+
+def cuda_event_times(fn, warmup: int, reps: int) -> list[float]:
+    """Milliseconds of each of `reps` calls, timed with CUDA events after `warmup` calls."""
     for _ in range(warmup):
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -133,7 +138,7 @@ def time_cuda(fn, warmup: int, reps: int, use_triton: bool = True) -> dict:
         fn()
         e.record()
     torch.cuda.synchronize()
-    return dict(_stats([s.elapsed_time(e) for s, e in zip(starts, ends)]), timer="cuda events")
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
 def time_fn(fn, device: torch.device, warmup: int, reps: int, use_triton: bool = True) -> dict:

@@ -12,6 +12,28 @@ def soft_threshold(x, threshold):
 
 
 @triton.jit
+def reweight_factor(A, max_A, max_factor):
+    """om = M / (1 + (M - 1) A / max A); M when max A is 0 (every A is then 0)."""
+    om = max_factor / (1.0 + (max_factor - 1.0) * (A / tl.where(max_A > 0, max_A, 1.0)))
+    return tl.where(max_A > 0, om, max_factor)
+
+
+@triton.jit
+def dual_average(w, g, T, v, inv_scale, lr, alpha, beta, weight_decay,
+                 HAS_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr):
+    """(T, v) after one step, the same in every granularity: g = +-grad (unscaled) + weight_decay w,
+    T = alpha T + (1 - alpha) w, v = beta v + (1 - beta) g, T -= lr v."""
+    if HAS_SCALE:
+        g = g * tl.load(inv_scale)
+    if MAXIMIZE:
+        g = -g
+    g = g + weight_decay * w
+    T = alpha * T + (1.0 - alpha) * w
+    v = beta * v + (1.0 - beta) * g
+    return T - lr * v, v
+
+
+@triton.jit
 def load_f32(table, row, n_tensors, t, offs, mask, DTYPE: tl.constexpr):
     """Element offs of tensor t, whose address sits at table[row, t], as float32."""
     ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))

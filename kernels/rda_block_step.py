@@ -19,7 +19,7 @@ import triton.language as tl
 
 from sparse_rda import reference
 
-from .math import count_nonzero, load_f32, store
+from .math import count_nonzero, dual_average, load_f32, reweight_factor, store
 from .tensor_table import TORCH_TO_TL, address_table
 
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
@@ -70,22 +70,16 @@ def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
     A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
     if REWEIGHT:
         m = tl.load(max_A + t)
-        om = max_factor / (1.0 + (max_factor - 1.0) * (A_new / tl.where(m > 0, m, 1.0)))
-        om = tl.where(m > 0, om, max_factor)
+        om = reweight_factor(A_new, m, max_factor)
     else:
         om = 1.0
     B_ptr = tl.load(table + ROW_B * n_tensors + t).to(tl.pointer_type(tl.float32))
     B_new = alpha * tl.load(B_ptr + first) + lr * om
 
-    g = load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
-    if HAS_SCALE:
-        g = g * tl.load(inv_scale)
-    if MAXIMIZE:
-        g = -g
-    g = g + weight_decay * w
-    T_new = alpha * load_f32(table, ROW_T, n_tensors, t, offs, mask, tl.float32) + (1.0 - alpha) * w
-    v_new = beta * load_f32(table, ROW_V, n_tensors, t, offs, mask, tl.float32) + (1.0 - beta) * g
-    T_new = T_new - lr * v_new
+    T_new, v_new = dual_average(w, load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE),
+                                load_f32(table, ROW_T, n_tensors, t, offs, mask, tl.float32),
+                                load_f32(table, ROW_V, n_tensors, t, offs, mask, tl.float32),
+                                inv_scale, lr, alpha, beta, weight_decay, HAS_SCALE, MAXIMIZE)
     T_new = tl.where(mask, T_new, 0.0)
     norm = tl.sqrt(tl.sum(T_new * T_new))
     shrink = tl.maximum(1.0 - (lam * B_new) * tl.sqrt(count) / tl.where(norm > 0, norm, 1.0), 0.0)

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from sparse_rda import reference
 
-from .math import count_nonzero, load_f32, soft_threshold, store
+from .math import count_nonzero, dual_average, load_f32, reweight_factor, soft_threshold, store
 from .rda_block_step import rda_block_step
 from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, float_table, per_dtype_pair
 
@@ -102,27 +102,21 @@ def _step_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, nn
         mask = offs < numel
         write = mask & (not skip)  # a skipped step still counts the nonzeros of the unchanged weights
         w = load_f32(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
-        g = load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE)
-        if HAS_SCALE:
-            g = g * tl.load(inv_scale)
-        if MAXIMIZE:
-            g = -g
-        g = g + weight_decay * w
         threshold = tl.zeros([BLOCK], tl.float32)
         if factor > 0:
             A_new = _new_A(table, n_tensors, t, offs, mask, w, beta_b)
             store(table, ROW_A, n_tensors, t, offs, write, A_new, tl.float32)
             if REWEIGHT:
-                om = max_factor / (1.0 + (max_factor - 1.0) * (A_new / tl.where(m > 0, m, 1.0)))
-                om = tl.where(m > 0, om, max_factor)
+                om = reweight_factor(A_new, m, max_factor)
             else:
                 om = tl.full([BLOCK], 1.0, tl.float32)
             B_new = alpha * load_f32(table, ROW_B, n_tensors, t, offs, mask, tl.float32) + lr * (om * factor)
             store(table, ROW_B, n_tensors, t, offs, write, B_new, tl.float32)
             threshold = lam * B_new
-        T_new = alpha * load_f32(table, ROW_T, n_tensors, t, offs, mask, tl.float32) + (1.0 - alpha) * w
-        v_new = beta * load_f32(table, ROW_V, n_tensors, t, offs, mask, tl.float32) + (1.0 - beta) * g
-        T_new = T_new - lr * v_new
+        T_new, v_new = dual_average(w, load_f32(table, ROW_G, n_tensors, t, offs, mask, G_DTYPE),
+                                    load_f32(table, ROW_T, n_tensors, t, offs, mask, tl.float32),
+                                    load_f32(table, ROW_V, n_tensors, t, offs, mask, tl.float32),
+                                    inv_scale, lr, alpha, beta, weight_decay, HAS_SCALE, MAXIMIZE)
         w_new = soft_threshold(T_new, threshold)
         store(table, ROW_T, n_tensors, t, offs, write, T_new, tl.float32)
         store(table, ROW_V, n_tensors, t, offs, write, v_new, tl.float32)

@@ -556,14 +556,9 @@ def live_tiles(mask):
     return tile_sums(mask.float(), (16, 16)) > 0
 
 
-def test_sparse_linear_occupancy_follows_the_mask():
-    model = sparse_mlp()
-    layer = model[0]
-    assert layer.occupancy.all()
-    pruner = pruning.make("magnitude", model, 0.25, 4, prune_at=0.0, prunable=["0.weight"])
-    assert torch.equal(layer.occupancy, torch.tensor([[False, True], [True, True]]))
-    opt = sgd(model)
-    for step in range(2):
+def sparse_steps(model, pruner, opt, steps):
+    """The protocol on sparse_mlp with random batches; yields after each step."""
+    for step in range(steps):
         x, y = torch.randn(8, 32), torch.randint(0, 4, (8,))
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
@@ -571,6 +566,18 @@ def test_sparse_linear_occupancy_follows_the_mask():
         pruner.before_step(opt)
         opt.step()
         pruner.after_step(opt)
+        yield step
+
+
+def test_sparse_linear_occupancy_follows_the_mask():
+    model = sparse_mlp()
+    layer = model[0]
+    assert layer.occupancy.all()
+    pruner = pruning.make("magnitude", model, 0.25, 4, prune_at=0.0, prunable=["0.weight"])
+    assert torch.equal(layer.occupancy, torch.tensor([[False, True], [True, True]]))
+    opt = sgd(model)
+    for _ in sparse_steps(model, pruner, opt, 2):
+        pass
     assert torch.equal(layer.occupancy, live_tiles(pruner.masks["0.weight"]))
     assert (layer.weight[:16, :16] == 0).all()
 
@@ -599,14 +606,7 @@ def test_rigl_keeps_sparse_linear_maps_in_step():
     pruner = pruning.make("rigl", model, 0.9, 8, update_every=2, prunable=["0.weight"])
     opt = sgd(model)
     initial = pruner.masks["0.weight"].clone()
-    for step in range(6):
-        x, y = torch.randn(8, 32), torch.randint(0, 4, (8,))
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        pruner.before_step(opt)
-        opt.step()
-        pruner.after_step(opt)
+    for _ in sparse_steps(model, pruner, opt, 6):
         assert torch.equal(model[0].occupancy, live_tiles(pruner.masks["0.weight"]))
     assert not torch.equal(initial, pruner.masks["0.weight"])  # the updates did move weights
 
