@@ -1,5 +1,6 @@
 # make demo: set up and train LeNet-300-100 on Fashion-MNIST, dense SGD vs sparse RDA.
-# make test: set up and run the test suite (CPU; Triton kernels run in the interpreter).
+# make test: set up and run the test suite (CPU; Triton kernels run in the interpreter), then every install
+#   route in fresh venvs (make install-check: tests/installs/routes.py, which also runs the CPU tests without triton).
 # make accuracy: set up and run the accuracy benchmark, bench/accuracy.py: every method at
 #   90/95/98/99% sparsity on Fashion-MNIST; options via ACCURACY_ARGS, e.g. ACCURACY_ARGS="--models lenet --threads 1"
 # The venv sees system packages, so a machine that already has torch (a GPU box) keeps its build;
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 
 NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: setup demo accuracy test native-check clean
+.PHONY: setup demo accuracy test native-check install-check clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +25,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
-	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark hypothesis "setuptools>=77" wheel
+	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark hypothesis "setuptools>=77" ninja build
 	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -43,8 +44,14 @@ native-check: $(VENV)/.installed
 	ctest --test-dir build/cmake --output-on-failure
 	PYTHON=$(PY) bash csrc/tests/check_cuda_glue.sh
 
+# pip install ., -e ., sdist -> wheel -> install, and builds that must refuse, each from a clean copy of the tree
+# into a fresh venv with torch; then the CPU tests and both examples in a venv without triton
+install-check:
+	$(PYTHON) tests/installs/routes.py
+
 test: $(VENV)/.built native-check
 	TRITON_INTERPRET=1 $(PY) -m pytest -q tests bench
+	$(MAKE) install-check
 
 clean:
 	rm -rf $(VENV) build build-cmake.log *.egg-info sparse_rda/_C*.so

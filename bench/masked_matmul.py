@@ -56,7 +56,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import optimizer_step  # noqa: E402  (machine info, names: the house conventions)
 
-from sparse_rda.kernels import masked_matmul as mm  # noqa: E402
+import sparse_rda.nn as snn  # noqa: E402  (what SparseLinear runs: the Triton kernels, or without triton the dense math)
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -148,12 +148,12 @@ def free(device: torch.device) -> None:
 
 
 def masked_impl(device: torch.device, dtype: torch.dtype) -> str:
-    """What masked_linear runs here (see kernels/masked_matmul.py)."""
-    if device.type == "cuda":
-        return "triton"
-    if device.type == "cpu" and dtype == torch.float32 and mm.INTERPRETED:
-        return "triton interpreter (TRITON_INTERPRET=1)"
-    return "dense F.linear fallback (no GPU; TRITON_INTERPRET unset)"
+    """What masked_linear runs here (sparse_rda.nn.matmul_kernel; the interpreter takes fp32 only)."""
+    kind = snn.matmul_kernel(device)
+    if kind == "triton-interpreter" and dtype != torch.float32:
+        kind = "dense"
+    return {"triton": "triton", "triton-interpreter": "triton interpreter (TRITON_INTERPRET=1)",
+            "dense": "dense F.linear fallback (no GPU and no TRITON_INTERPRET, or no triton)"}[kind]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -269,10 +269,10 @@ def bench_shape(name: str, mkn: tuple[int, int, int], sparsities, device: torch.
         occ_cpu = random_occupancy(n, k, BLOCK, s, gen)
         live_frac = occ_cpu.float().mean().item()
         occ = occ_cpu.to(device)
-        mask = mm.expand_occupancy(occ, BLOCK, (n, k))
+        mask = snn.expand_occupancy(occ, BLOCK, (n, k))
         w = (w_dense * mask).contiguous()
         wt = w.t().contiguous()
-        assert torch.equal(mm.tile_occupancy(w, BLOCK), occ), "a live tile of the random weight is all zero"
+        assert torch.equal(snn.tile_occupancy(w, BLOCK), occ), "a live tile of the random weight is all zero"
         with torch.no_grad():
             want_y = F.linear(x, w)
             want_dx = dy @ w
@@ -303,15 +303,15 @@ def bench_shape(name: str, mkn: tuple[int, int, int], sparsities, device: torch.
             y = want_dw = None
             try:  # a forward that fails outside record() (building a graph) must not end the shape
                 with torch.no_grad():
-                    record("masked", "fwd", lambda: mm.masked_linear(x, w, None, occ, BLOCK),
-                           want_y, lambda: mm.masked_linear(x, w, None, occ, BLOCK))
-                y = mm.masked_linear(xr, w, None, occ, BLOCK)
+                    record("masked", "fwd", lambda: snn.masked_linear(x, w, None, occ, BLOCK),
+                           want_y, lambda: snn.masked_linear(x, w, None, occ, BLOCK))
+                y = snn.masked_linear(xr, w, None, occ, BLOCK)
                 record("masked", "dx", lambda: torch.autograd.grad(y, xr, dy, retain_graph=True),
                        want_dx, lambda: torch.autograd.grad(y, xr, dy, retain_graph=True)[0])
-                y = mm.masked_linear(xr, wr, None, occ, BLOCK)
+                y = snn.masked_linear(xr, wr, None, occ, BLOCK)
                 record("masked", "bwd", lambda: torch.autograd.grad(y, (xr, wr), dy, retain_graph=True),
                        impl="dX masked + dW dense")
-                y = mm.masked_linear(x, wr, None, occ, BLOCK, dw_live_only=True)
+                y = snn.masked_linear(x, wr, None, occ, BLOCK, dw_live_only=True)
                 with torch.no_grad():
                     want_dw = (dy.t() @ x) * mask
                 record("masked", "dw_live", lambda: torch.autograd.grad(y, wr, dy, retain_graph=True),

@@ -11,6 +11,7 @@ or the Triton interpreter in the subprocess test).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,6 +25,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import masked_matmul  # noqa: E402
 import train_step  # noqa: E402
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 def test_random_occupancy_has_exactly_the_dead_fraction():
@@ -77,6 +80,7 @@ def test_masked_matmul_runner_smoke(tmp_path):
     assert "NOT the benchmark" in md and "| 50% |" in md
 
 
+@needs_triton
 def test_masked_matmul_runner_in_the_interpreter(tmp_path):
     """The Triton kernels themselves (interpreter, fp32), checked against the dense products by the runner."""
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -110,6 +114,7 @@ def test_train_step_runner_smoke(tmp_path):
     assert "NOT the benchmark" in js.with_suffix(".md").read_text()
 
 
+@needs_triton
 def test_tuning_sweep_in_the_interpreter(tmp_path):
     """bench/tune_masked_matmul.py: each candidate checked against the dense products, timed, the best reported
     as a HOPPER_CONFIGS entry (interpreter: the times mean nothing)."""

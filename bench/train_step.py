@@ -106,7 +106,7 @@ def live_tiles(model: nn.Module) -> tuple[int, int]:
             live += int(module.occupancy.sum())
             total += module.occupancy.numel()
         elif isinstance(module, nn.Linear):
-            occ = mmb.mm.tile_occupancy(module.weight, BLOCK)
+            occ = mmb.snn.tile_occupancy(module.weight, BLOCK)
             live += int(occ.sum())
             total += occ.numel()
     return live, total

@@ -29,7 +29,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import masked_matmul as mmb  # noqa: E402  (timing, operands, tolerances)
 import optimizer_step  # noqa: E402  (machine info, runner options, result files)
 
-from sparse_rda.kernels import masked_matmul as mm  # noqa: E402
+try:
+    from sparse_rda.kernels import masked_matmul as mm  # noqa: E402
+except ImportError as err:  # the sweep tunes the Triton kernels' launch parameters: nothing to do without them
+    sys.exit(f"tune_masked_matmul.py tunes the Triton kernels, which need triton ({err}): pip install triton")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CANDIDATES = list(itertools.product((32, 64, 128, 256), (4, 8), (2, 3, 4, 5)))  # BLOCK_M, num_warps, num_stages

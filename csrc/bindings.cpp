@@ -7,7 +7,7 @@
 #include "cpu/step_cpu.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>  // the stream alone: ATen/cuda/CUDAContext.h would need cuBLAS/cuSPARSE headers
 #include <ATen/ops/empty.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
@@ -103,7 +103,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                          const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto inv = device_inverse_scale(grad_scale);
   const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
   // capturable: lr and averaging (and the skip flag) read by the kernels from the device
@@ -162,7 +162,7 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
   TORCH_CHECK(block.size() == 2, "block: expected (rows, cols), got ", block.size(), " values");
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto inv = device_inverse_scale(grad_scale);
   const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
   return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
@@ -197,7 +197,7 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
                           const std::optional<at::Tensor>& found_inf) {
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const auto inv = device_inverse_scale(grad_scale);
   return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
     std::vector<Flat> flats;

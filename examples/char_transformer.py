@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparse_rda
+from machine_load import LoadMonitor  # examples/machine_load.py, beside this script
 from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify
 
 try:
@@ -262,6 +263,7 @@ def train(name: str, model, data: CharData, cfg: dict, args, device, sparse: boo
     if tqdm is not None:
         bar = tqdm(bar, desc=name, dynamic_ncols=True, mininterval=0.5, file=sys.stdout)
     model.train()
+    load = LoadMonitor().start()
     for step in bar:
         x, y = data.batch("train", cfg["batch"], cfg["context"], gen, device)
         sync(device)
@@ -296,12 +298,13 @@ def train(name: str, model, data: CharData, cfg: dict, args, device, sparse: boo
                 live, total = tiles(model)
                 msg += f", dead tiles {1 - live / total:.1%}"
             (tqdm.write if tqdm is not None else print)(msg)
+    load.stop()
     if tqdm is not None:
         bar.close()
     ev = evaluate(model, data, cfg, device, args.eval_batches, args.seed)
     warm = step_ms[min(10, len(step_ms) - 1):]  # leave out the first steps (allocation, kernel compiles)
     return dict(name=name, model=model, eval=ev, ms=statistics.median(warm), ms_mean=sum(warm) / len(warm),
-                seconds=sum(step_ms) / 1e3, history=history, optimizer=optimizer)
+                seconds=sum(step_ms) / 1e3, history=history, optimizer=optimizer, load=load)
 
 
 @torch.no_grad()
@@ -381,11 +384,8 @@ def main(argv=None):
     text = args.text.read_text(encoding="utf-8")
     data = CharData(text)
     block = tile_block(cfg["d"])
-    from sparse_rda.kernels.masked_matmul import INTERPRETED
-
-    matmul = ("Triton masked matmul" if device.type == "cuda" else
-              "Triton interpreter (TRITON_INTERPRET=1: very slow)" if INTERPRETED else
-              "dense F.linear fallback (no GPU: same math, no skipping)")
+    matmul = {"triton": "Triton masked matmul", "triton-interpreter": "Triton interpreter (TRITON_INTERPRET=1: very slow)",
+              "dense": "dense F.linear fallback (same math, no skipping)"}[sparse_rda.nn.matmul_kernel(device)]
     print(f"{args.text.name}: {len(text):,} chars, vocab {data.vocab} | {cfg['layers']} layers, d={cfg['d']}, "
           f"{cfg['heads']} heads, context {cfg['context']}, batch {cfg['batch']}, {cfg['steps']} steps | "
           f"device {device} ({torch.get_num_threads()} threads) | sparse MLP: RDA block {block[0]}x{block[1]}, "
@@ -402,18 +402,22 @@ def main(argv=None):
         results.append(train(label, model, data, cfg, args, device, sparse, optimizer))
         r = results[-1]
         print(f"{label}: train loss {r['eval']['train']:.3f}, val loss {r['eval']['val']:.3f}, "
-              f"{r['ms']:.1f} ms/step (median), {r['seconds']:.1f} s")
+              f"{r['ms']:.1f} ms/step (median), {r['seconds']:.1f} s ({r['load'].describe()})")
 
     print(f"\n{'run':<22} {'train loss':>10} {'val loss':>9} {'MLP dead tiles':>15} {'MLP zero weights':>17} "
-          f"{'all zero':>9} {'ms/step':>8} {'vs dense':>9}")
-    dense_ms = results[0]["ms"] if not args.skip_dense else None
+          f"{'all zero':>9} {'ms/step':>8} {'time vs dense':>13}")
+    busy = [r for r in results if r["load"].loaded]
+    dense_ms = results[0]["ms"] if not args.skip_dense and not busy else None
     for r in results:
         dead, zero = mlp_sparsity(r["model"])
         total = sparse_rda.sparsity(r["model"]).total
         has_tiles = any(isinstance(m, SparseLinear) for m in r["model"].modules())
         vs = f"{r['ms'] / dense_ms:.2f}x" if dense_ms else "—"
         print(f"{r['name']:<22} {r['eval']['train']:>10.3f} {r['eval']['val']:>9.3f} "
-              f"{(f'{dead:.1%}' if has_tiles else '—'):>15} {zero:>17.1%} {total:>9.1%} {r['ms']:>8.1f} {vs:>9}")
+              f"{(f'{dead:.1%}' if has_tiles else '—'):>15} {zero:>17.1%} {total:>9.1%} {r['ms']:>8.1f} {vs:>13}")
+    if busy:
+        print("warning: the step times are not comparable: " + "; ".join(
+            f"while {r['name']} trained, {r['load'].describe()}" for r in busy) + ". Rerun on an idle machine.")
     if device.type != "cuda":
         print("(step time on CPU: the masked matmul is the dense F.linear fallback here, so the sparse step cannot be "
               "faster; " + ("both runs use the same optimizers, so the difference is the occupancy refresh and noise)"

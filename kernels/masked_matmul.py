@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..validation import check_matmul_block
 from .tensor_table import TORCH_TO_TL
 
 try:
@@ -66,17 +67,9 @@ def _config(block: tuple[int, int], dtype: torch.dtype, m: int) -> tuple[int, in
 # ------------------------------------------------------------------------------------------ occupancy, lists
 
 
-def _check_block(block) -> tuple[int, int]:
-    bn, bk = (int(b) for b in block)
-    for b in (bn, bk):
-        if b < 16 or b & (b - 1):
-            raise ValueError(f"block sides must be powers of two >= 16 (tl.dot's minimum); got block={tuple(block)}")
-    return bn, bk
-
-
 def tile_occupancy(weight: torch.Tensor, block=DEFAULT_BLOCK) -> torch.Tensor:
     """Bool [ceil(N/BN), ceil(K/BK)]: True where the BN x BK tile of weight [N, K] has a nonzero (NaN counts)."""
-    bn, bk = _check_block(block)
+    bn, bk = check_matmul_block(block)
     n, k = weight.shape
     nb, kb = triton.cdiv(n, bn), triton.cdiv(k, bk)
     nonzero = torch.zeros((nb * bn, kb * bk), dtype=torch.bool, device=weight.device)
@@ -261,7 +254,7 @@ class MaskedLinearFunction(torch.autograd.Function):
 
 
 def _check(x, weight, bias, occupancy, block) -> tuple[int, int]:
-    bn, bk = _check_block(block)
+    bn, bk = check_matmul_block(block)
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D [out, in]; got shape {tuple(weight.shape)}")
     n, k = weight.shape

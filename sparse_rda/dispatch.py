@@ -19,25 +19,36 @@ BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpu")
 
 # name -> module with rda_step(...) and grda_step(...) of the reference's signatures
 _IMPLEMENTATIONS: dict[str, ModuleType] = {"torch": reference}
+# name -> why this installation lacks it (for the error that names `backend`)
+_MISSING: dict[str, str] = {}
 
 try:
     from . import kernels as _triton_kernels
-except ImportError:  # no triton: the reference (and native backends) still work
-    _triton_kernels = None
+except ImportError as err:  # no triton: the reference (and native backends) still work
+    _MISSING["triton"] = f"triton cannot be imported ({err}); pip install triton"
 else:
     _IMPLEMENTATIONS["triton"] = _triton_kernels
 for _device_type in ("cpu", "cuda"):
     if native.has_kernels(_device_type):
         _IMPLEMENTATIONS[_device_type] = native
+    else:
+        _MISSING[_device_type] = native.missing_reason(_device_type)
 
 
 def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def backends() -> list[str]:
-    """The backends this installation can run (besides "auto")."""
+def installed() -> list[str]:
+    """The backends this installation has, whether or not this machine can run them now."""
     return list(_IMPLEMENTATIONS)
+
+
+def backends() -> list[str]:
+    """The backends (besides "auto") that can run on this machine now: installed, with a device to run on
+    (triton: a CUDA device, or CPU tensors under TRITON_INTERPRET=1; cuda: a CUDA device)."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    return [name for name in _IMPLEMENTATIONS if any(_runs_on(name, device) for device in devices)]
 
 
 def _runs_on(name: str, device: torch.device) -> bool:
@@ -61,9 +72,12 @@ def resolve(name: str, device: torch.device, capturable: bool = False) -> str:
     if name == "auto":
         name = _auto(device)
     if name not in _IMPLEMENTATIONS:
-        raise ValueError(f"backend={name!r} is not available in this installation (available: {', '.join(backends())})")
+        raise ValueError(f"backend={name!r} is not available in this installation (available here: "
+                         f"{', '.join(backends())}): {_MISSING[name]}")
     if not _runs_on(name, device):
-        raise ValueError(f"backend={name!r} cannot run on {device.type} tensors")
+        where = {"triton": "CUDA tensors, or CPU tensors under TRITON_INTERPRET=1", "cpu": "CPU tensors",
+                 "cuda": "CUDA tensors"}[name]
+        raise ValueError(f"backend={name!r} cannot run on {device.type} tensors (it runs {where})")
     if capturable and name == "torch":
         raise ValueError("capturable=True needs a kernel backend ('triton', 'cuda' or 'cpu'); the reference "
                          "(backend='torch') reads its scalars on the host")

@@ -9,15 +9,23 @@ The ops are registered with schemas that declare what they mutate, and fake impl
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 from . import reference
 
+_LOAD_ERROR: ImportError | None = None
 try:
     from . import _C  # noqa: F401  (loading it registers the ops)
-except ImportError:  # built without the extension: the reference and Triton backends still work
+except ModuleNotFoundError:  # built without the extension: the reference and Triton backends still work
     _C = None
+except ImportError as err:  # built, but it does not load: most often compiled against another torch
+    _C, _LOAD_ERROR = None, err
+    warnings.warn(f"sparse_rda's native extension does not load ({err}), so the native backends are off. It must "
+                  f"be built against the installed torch ({torch.__version__}): rebuild it with pip install "
+                  "--no-build-isolation --no-cache-dir --force-reinstall --no-deps sparse_rda (or . in a checkout)",
+                  RuntimeWarning, stacklevel=2)
 
 
 def has_kernels(device_type: str) -> bool:
@@ -26,6 +34,16 @@ def has_kernels(device_type: str) -> bool:
         return False
     key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
     return torch._C._dispatch_has_kernel_for_dispatch_key("sparse_rda::rda_step_", key)
+
+
+def missing_reason(device_type: str) -> str:
+    """Why this installation has no native kernels for the device type."""
+    if _LOAD_ERROR is not None:
+        return f"the native extension does not load ({_LOAD_ERROR})"
+    if _C is None:
+        return "sparse_rda was installed without its native extension (SPARSE_RDA_NO_EXTENSION=1, or not built)"
+    return (f"the native extension was built without {device_type.upper()} kernels (CUDA kernels need a CUDA "
+            "torch and nvcc at build time)")
 
 
 if _C is not None:

@@ -21,22 +21,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
+from .validation import check_matmul_block
 
 try:
-    from .kernels.masked_matmul import DEFAULT_BLOCK, expand_occupancy, masked_linear, tile_occupancy
+    from .kernels.masked_matmul import DEFAULT_BLOCK, INTERPRETED, expand_occupancy, masked_linear, tile_occupancy
 except ImportError:  # installed without triton: the same layer on dense math, tiles from the reference
-    DEFAULT_BLOCK = (64, 64)
+    HAS_TRITON, INTERPRETED, DEFAULT_BLOCK = False, False, (64, 64)
 
     def tile_occupancy(weight, block=DEFAULT_BLOCK):
-        return reference.tile_sums((weight.detach() != 0).float(), block) > 0
+        return reference.tile_sums((weight.detach() != 0).float(), check_matmul_block(block)) > 0
 
     def expand_occupancy(occupancy, block, shape):
-        return reference.tile_broadcast(occupancy != 0, shape, block)
+        return reference.tile_broadcast(occupancy != 0, shape, check_matmul_block(block))
 
     def masked_linear(x, weight, bias, occupancy, block=DEFAULT_BLOCK, dw_live_only=False):
         if dw_live_only and weight.requires_grad:
             weight = torch.where(expand_occupancy(occupancy, block, weight.shape), weight, weight.detach())
         return F.linear(x, weight, bias)
+else:
+    HAS_TRITON = True
+
+
+def matmul_kernel(device: torch.device | str) -> str:
+    """What SparseLinear's matmul runs on this device: "triton" (CUDA: dead tiles skipped), "triton-interpreter"
+    (CPU fp32 under TRITON_INTERPRET=1: the kernels' logic, very slow) or "dense" (F.linear: the same result,
+    no skipping; no triton, or a CPU without the interpreter)."""
+    device = torch.device(device)
+    if HAS_TRITON and device.type == "cuda":
+        return "triton"
+    return "triton-interpreter" if HAS_TRITON and INTERPRETED and device.type == "cpu" else "dense"
 
 
 class SparseLinear(nn.Linear):

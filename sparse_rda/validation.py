@@ -99,3 +99,15 @@ def check_grad(p: torch.Tensor) -> None:
         raise TypeError(f"grad: complex gradients are not supported (shape {tuple(p.shape)})")
     if g.device != p.device:
         raise ValueError(f"grad: gradient on {g.device} for a parameter on {p.device}")
+
+
+def check_matmul_block(block, name: str = "block") -> tuple[int, int]:
+    """A masked-matmul tile (BN, BK): sides powers of two >= 16 (tl.dot's minimum), with or without triton."""
+    try:
+        bn, bk = (int(b) for b in block)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be two tile sides (BN, BK); got {name}={block!r}") from None
+    for b in (bn, bk):
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"{name} sides must be powers of two >= 16 (tl.dot's minimum); got {name}={tuple(block)}")
+    return bn, bk

@@ -50,10 +50,15 @@ def test_grda_in_range_does_not_warn():
 
 
 def test_unavailable_backend_is_named():
-    missing = [b for b in ("triton", "cuda", "cpu") if b not in sparse_rda.backends()]
-    for name in missing:
-        with pytest.raises(ValueError, match=f"backend='{name}' is not available"):
-            sparse_rda.RDA([fresh()], backend=name)
+    from sparse_rda import dispatch
+
+    for name in ("triton", "cuda", "cpu"):
+        if name not in dispatch.installed():
+            with pytest.raises(ValueError, match=f"backend='{name}' is not available in this installation"):
+                sparse_rda.RDA([fresh()], backend=name)
+        elif not dispatch._runs_on(name, torch.device("cpu")):
+            with pytest.raises(ValueError, match=f"backend='{name}' cannot run on cpu tensors"):
+                sparse_rda.RDA([fresh()], backend=name)
 
 
 @pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])

@@ -1,5 +1,9 @@
 """Backend choice: every backend reachable by name, "auto" picking the fastest one built for the device."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -24,10 +28,26 @@ def test_capturable_needs_a_kernel_backend_that_implements_it():
         assert dispatch.resolve("auto", torch.device("cpu"), capturable=True) == "cpu"
 
 
-def test_backends_lists_what_this_install_has():
+def test_backends_lists_what_this_install_has_and_this_machine_runs():
     names = sparse_rda.backends()
     assert names[0] == "torch"
     assert ("cpu" in names) == native.has_kernels("cpu")
+    assert ("cuda" in names) == (native.has_kernels("cuda") and torch.cuda.is_available())
+    triton_runs = torch.cuda.is_available() or dispatch.triton_interpreted()
+    assert ("triton" in names) == ("triton" in dispatch.installed() and triton_runs)
+
+
+def test_triton_is_listed_only_where_it_can_run():
+    """Installed but with neither a CUDA device nor the interpreter, triton is not offered (the demo's step
+    table would otherwise print 'cannot run on cpu tensors')."""
+    if "triton" not in dispatch.installed():
+        pytest.skip("triton is not installed")
+    code = "import sparse_rda; print(','.join(sparse_rda.backends()))"
+    for interpret, listed in (("0", torch.cuda.is_available()), ("1", True)):
+        env = {**os.environ, "TRITON_INTERPRET": interpret}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        assert ("triton" in out.stdout.strip().split(",")) == listed, (interpret, out.stdout)
 
 
 @pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
@@ -37,9 +57,6 @@ def test_backends_refuse_a_device_they_cannot_run_on():
 
 
 def test_the_package_works_without_the_native_extension():
-    import subprocess
-    import sys
-
     code = (
         "import sys; sys.modules['sparse_rda._C'] = None\n"  # makes `from . import _C` raise ImportError
         "import torch, sparse_rda\n"
@@ -51,3 +68,31 @@ def test_the_package_works_without_the_native_extension():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "torch" in out.stdout
+
+
+def test_an_extension_that_does_not_load_says_so():
+    """An extension built against another torch fails with an ImportError (undefined symbol): a warning says
+    what to rebuild, and the backend error names it, instead of a silent fall back to the reference."""
+    code = (
+        "import importlib.abc, sys, warnings\n"
+        "class Broken(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'sparse_rda._C':\n"
+        "            raise ImportError('_C.so: undefined symbol: _ZN3c10fake')\n"
+        "sys.meta_path.insert(0, Broken())\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, sparse_rda\n"
+        "print([str(w.message) for w in caught if w.category is RuntimeWarning])\n"
+        "print(sparse_rda.backends())\n"
+        "try:\n"
+        "    sparse_rda.RDA([torch.nn.Parameter(torch.ones(2, 2))], backend='cpu')\n"
+        "except ValueError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    warned, listed, error = out.stdout.strip().splitlines()
+    assert "native extension does not load" in warned and "--no-build-isolation" in warned, warned
+    assert "'cpu'" not in listed, listed
+    assert "backend='cpu' is not available" in error and "undefined symbol" in error, error

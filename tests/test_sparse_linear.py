@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify
+from sparse_rda.nn import SparseLinear, matmul_kernel, refresh_occupancy, sparsify
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BLOCK = (16, 16)
@@ -162,6 +162,14 @@ def test_float64_and_moves_use_dense_math():
     assert layer.occupancy.dtype == torch.bool  # .double() leaves the bool map alone
 
 
+def test_matmul_kernel_names_what_the_layer_runs():
+    pytest.importorskip("sparse_rda.kernels.masked_matmul")
+    assert matmul_kernel("cuda") == "triton"
+    from sparse_rda.kernels.masked_matmul import INTERPRETED
+
+    assert matmul_kernel("cpu") == ("triton-interpreter" if INTERPRETED else "dense")
+
+
 def test_dense_path_without_the_interpreter(monkeypatch):
     mm = pytest.importorskip("sparse_rda.kernels.masked_matmul")
     monkeypatch.setattr(mm, "INTERPRETED", False)
@@ -177,6 +185,13 @@ import torch
 from torch import nn
 import sparse_rda.nn as snn
 assert "sparse_rda.kernels.masked_matmul" not in sys.modules
+assert snn.matmul_kernel("cpu") == snn.matmul_kernel("cuda") == "dense"
+try:
+    snn.SparseLinear(40, 100, block=(16, 10))  # the same tile rule as with triton
+except ValueError as err:
+    assert "powers of two" in str(err), err
+else:
+    raise AssertionError("block=(16, 10) accepted without triton")
 dense = nn.Linear(40, 100)
 with torch.no_grad():
     dense.weight[16:32, :32] = 0

@@ -1,8 +1,11 @@
 #!/bin/bash
 # Compiles csrc/bindings.cpp's CUDA glue (-DWITH_CUDA) for syntax and warnings on a machine without a CUDA build
-# of torch: torch's CPU wheel ships the ATen/c10 CUDA headers, the CUDA toolkit gives cuda_runtime.h, and
-# stub_include/ stands in for the cuBLAS/cuSPARSE/cuSOLVER headers they mention. Catches what only a GPU build
-# would otherwise find (a missing include, a wrong signature). Needs: python with torch, g++, a CUDA toolkit.
+# of torch: torch's CPU wheel ships the c10 CUDA headers, the CUDA toolkit gives cuda_runtime.h, and
+# stub_include/ stands in for the one header only a CUDA torch generates (c10/cuda/impl/cuda_cmake_macros.h).
+# bindings.cpp includes no cuBLAS/cuSPARSE header (nor ATen/cuda/CUDAContext.h, which pulls them in), so a
+# toolkit with nvcc and cudart builds it. Catches what only a GPU build would otherwise find (a missing include,
+# a wrong signature); tests/installs/routes.py --routes cuda-build builds it for real against a CUDA torch.
+# Needs: python with torch, g++, a CUDA toolkit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}

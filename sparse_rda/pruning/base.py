@@ -67,8 +67,8 @@ def steps_at(fraction: float, total_steps: int) -> int:
 def prunable_parameters(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
     """The parameters a pruner masks, by name, in ``model.named_parameters()`` order.
 
-    Default: what ``sparse_rda.param_groups`` penalizes (trainable tensors of 2+ dims outside norm layers: the
-    weights of Linear and Conv layers). ``names`` picks them explicitly."""
+    Default: what ``sparse_rda.param_groups`` penalizes by default (the trainable weights of Linear, Conv,
+    attention and RNN layers; not embeddings or norms). ``names`` picks them explicitly."""
     named = dict(model.named_parameters())
     if names is None:
         wanted = penalized_names(model)
