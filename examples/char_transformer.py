@@ -384,7 +384,8 @@ def main(argv=None):
     text = args.text.read_text(encoding="utf-8")
     data = CharData(text)
     block = tile_block(cfg["d"])
-    matmul = {"triton": "Triton masked matmul", "triton-interpreter": "Triton interpreter (TRITON_INTERPRET=1: very slow)",
+    matmul = {"triton": "Triton masked matmul",
+              "triton-interpreter": "Triton interpreter (TRITON_INTERPRET=1: very slow)",
               "dense": "dense F.linear fallback (same math, no skipping)"}[sparse_rda.nn.matmul_kernel(device)]
     print(f"{args.text.name}: {len(text):,} chars, vocab {data.vocab} | {cfg['layers']} layers, d={cfg['d']}, "
           f"{cfg['heads']} heads, context {cfg['context']}, batch {cfg['batch']}, {cfg['steps']} steps | "

@@ -340,7 +340,8 @@ def print_benchmark(rows, load):
         else:
             print(f"{name:<28}  {ms:>8.3f}  {ms / sgd_ms:>10.2f}x  {note}")
     if load.loaded:
-        print(f"warning: {load.describe()} during these timings: the ratios are not reliable. Rerun on an idle machine.")
+        print(f"warning: {load.describe()} during these timings: the ratios are not reliable. "
+              "Rerun on an idle machine.")
 
 
 if __name__ == "__main__":

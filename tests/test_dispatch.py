@@ -11,6 +11,13 @@ import sparse_rda
 from sparse_rda import dispatch, native
 
 
+def run_python(code: str, env: dict | None = None) -> str:
+    """Runs code in a fresh interpreter (import-time behaviour); returns its stdout, failing on a non-zero exit."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_auto_prefers_native_kernels_then_triton_then_the_reference():
     cpu = torch.device("cpu")
     assert dispatch.resolve("auto", cpu) == ("cpu" if native.has_kernels("cpu") else "torch")
@@ -44,10 +51,8 @@ def test_triton_is_listed_only_where_it_can_run():
         pytest.skip("triton is not installed")
     code = "import sparse_rda; print(','.join(sparse_rda.backends()))"
     for interpret, listed in (("0", torch.cuda.is_available()), ("1", True)):
-        env = {**os.environ, "TRITON_INTERPRET": interpret}
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
-        assert out.returncode == 0, out.stderr
-        assert ("triton" in out.stdout.strip().split(",")) == listed, (interpret, out.stdout)
+        printed = run_python(code, env={**os.environ, "TRITON_INTERPRET": interpret})
+        assert ("triton" in printed.strip().split(",")) == listed, (interpret, printed)
 
 
 @pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
@@ -65,9 +70,7 @@ def test_the_package_works_without_the_native_extension():
         "opt = sparse_rda.RDA([p], lam=1e-3); opt.step()\n"
         "print(sparse_rda.backends())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "torch" in out.stdout
+    assert "torch" in run_python(code)
 
 
 def test_an_extension_that_does_not_load_says_so():
@@ -90,9 +93,7 @@ def test_an_extension_that_does_not_load_says_so():
         "except ValueError as err:\n"
         "    print(err)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    warned, listed, error = out.stdout.strip().splitlines()
+    warned, listed, error = run_python(code).strip().splitlines()
     assert "native extension does not load" in warned and "--no-build-isolation" in warned, warned
     assert "'cpu'" not in listed, listed
     assert "backend='cpu' is not available" in error and "undefined symbol" in error, error

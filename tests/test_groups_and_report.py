@@ -23,8 +23,9 @@ def test_param_groups_split_weights_from_biases_and_norms():
     groups = sparse_rda.param_groups(net, lr=0.5, unpenalized={"weight_decay": 0.0})
     penalized, rest = groups
     assert {id(p) for p in penalized["params"]} == {id(net.conv.weight), id(net.fc.weight)}
-    assert {id(p) for p in rest["params"]} == {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias), id(net.emb.weight),
-                                                id(net.fc.bias), id(net.norm.weight), id(net.norm.bias)}
+    assert {id(p) for p in rest["params"]} == {id(net.conv.bias), id(net.bn.weight), id(net.bn.bias),
+                                                id(net.emb.weight), id(net.fc.bias), id(net.norm.weight),
+                                                id(net.norm.bias)}
     assert rest["penalize"] is False and rest["weight_decay"] == 0.0 and rest["lr"] == 0.5
     assert "penalize" not in penalized and penalized["lr"] == 0.5
     sparse_rda.RDA(groups)  # accepted as is

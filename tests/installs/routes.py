@@ -7,8 +7,8 @@ test (tests/installs/smoke.py) from a directory outside the source:
               into a venv with torch only (no compiler tools, no triton)
   isolation   pip install SRC with build isolation (no torch in the build env) and with old setuptools: each
               must stop with one message saying what to run, not a traceback
-  no-triton   in the wheel's venv (torch, no triton): the test suite from the unpacked sdist, bench/'s tests, and
-              both examples' --quick runs
+  no-triton   in the wheel's venv (torch, no triton): the test suite from the unpacked sdist, bench/'s tests, both
+              examples' --quick runs and the optimizer-step benchmark's
   cuda-build  a wheel built from the sdist against a CUDA torch (TORCH_CUDA_SPEC, default torch==2.14.1, ~5 GB in
               its venv) with TORCH_CUDA_ARCH_LIST="8.0;9.0a" and the CUDA toolkit at CUDA_HOME (default
               /usr/local/cuda; skipped, saying so, without one): its extension must hold sm_80 and sm_90a code
@@ -196,11 +196,15 @@ def main() -> None:
         if "no-triton" in routes:
             print("route no-triton: the CPU tests and the examples in the wheel's venv (no triton)", flush=True)
             wheel_venv.pip("pip install the test tools", "install", "-q", *TEST_TOOLS)
-            for what, tree, folder in (("pytest tests (the sdist's)", unpacked, "tests"), ("pytest bench", sdist_src, "bench")):
+            suites = (("pytest tests (the sdist's)", unpacked, "tests"), ("pytest bench", sdist_src, "bench"))
+            for what, tree, folder in suites:
                 wheel_venv.run(what, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", tree / "pyproject.toml",
                                tree / folder, cwd=outside)
             for example in ("fashion_mnist_demo.py", "char_transformer.py"):
-                wheel_venv.run(f"{example} --quick", sdist_src / "examples" / example, "--quick", cwd=outside)
+                wheel_venv.run(f"{example} --quick", unpacked / "examples" / example, "--quick", cwd=outside)
+            # the runner bench's tests do not call (the others' tests run theirs)
+            wheel_venv.run("bench/optimizer_step.py --quick", sdist_src / "bench" / "optimizer_step.py", "--quick",
+                           "--no-save", cwd=outside)
         if "cuda-build" in routes:
             cuda_build(work, outside)
     finally:

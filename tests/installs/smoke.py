@@ -50,7 +50,8 @@ def check_backends(sparse_rda, has_triton: bool) -> None:
     from sparse_rda.dispatch import triton_interpreted
 
     triton_runs = has_triton and (torch.cuda.is_available() or triton_interpreted())
-    assert ("triton" in listed) == triton_runs, f"backends() = {listed} with triton {'' if has_triton else 'not '}installed"
+    installed = "installed" if has_triton else "not installed"
+    assert ("triton" in listed) == triton_runs, f"backends() = {listed} with triton {installed}"
 
 
 def run(opt_class, backend: str, steps: int, **options):
