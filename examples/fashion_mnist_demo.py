@@ -9,7 +9,7 @@ Trains the same network twice (same seed, same data order, same number of steps)
 Then prints test accuracy, sparsity and training time side by side, the RDA model's per-tensor sparsity,
 and how long one optimizer step takes for each available backend compared with torch's SGD.
 
-    python examples/fashion_mnist_demo.py            # the full demo (2-3 minutes on 2 idle CPU cores)
+    python examples/fashion_mnist_demo.py            # the full demo (about 3 minutes on 2 idle CPU cores)
     python examples/fashion_mnist_demo.py --quick    # smoke test: 1 epoch on a subset, seconds
 
 Data: the four IDX files of Fashion-MNIST (``train-images-idx3-ubyte.gz`` ...) in ``--data``, else
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparse_rda
-from machine_load import LoadMonitor, load_average_note  # examples/machine_load.py, beside this script
+from machine_load import LoadMonitor, busy_now_note  # examples/machine_load.py, beside this script
 from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist
 
 try:
@@ -275,7 +275,7 @@ def main(argv=None):
         args.epochs = 1
         args.bench_runs = min(args.bench_runs, 20)
         data = (data[0][:6000], data[1][:6000], data[2], data[3])
-    if note := load_average_note():
+    if note := busy_now_note():
         print(note)
     print(
         f"{dataset}: {len(data[0])} train / {len(data[2])} test examples | LeNet-300-100 | {args.epochs} epochs, "

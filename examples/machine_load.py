@@ -64,12 +64,12 @@ class LoadMonitor:
         return f"other processes used {self.others_cores:.2f} of {cpu_count()} CPU cores"
 
 
-def load_average_note() -> str | None:
-    """A warning when the machine is already busy before we start, else None."""
-    if not hasattr(os, "getloadavg"):
-        return None
-    load, cpus = os.getloadavg()[0], cpu_count()
-    if load > 0.5 * cpus:
-        return (f"warning: load average {load:.1f} on {cpus} CPUs before training: other work competes for the "
-                "CPU, so times may not be comparable (the demo says so after each timing)")
+def busy_now_note(seconds: float = 0.5) -> str | None:
+    """A warning when other processes take the CPU right now (measured over `seconds`, not the load average,
+    which still counts the compile that `make demo` ran a moment ago), else None."""
+    with LoadMonitor() as probe:
+        time.sleep(seconds)
+    if probe.loaded:
+        return (f"warning: before training, {probe.describe()}: other work competes for the CPU, so times may "
+                "not be comparable (the demo says so after each timing)")
     return None
