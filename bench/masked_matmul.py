@@ -56,7 +56,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import optimizer_step  # noqa: E402  (machine info, names: the house conventions)
 
-import sparse_rda.nn as snn  # noqa: E402  (what SparseLinear runs: the Triton kernels, or without triton the dense math)
+import sparse_rda.nn as snn  # noqa: E402  (what SparseLinear runs: the Triton kernels, or the dense math)
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

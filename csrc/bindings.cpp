@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "check_args.h"
 #include "cuda/step_kernels.h"
 #include "flat.h"
 #endif
@@ -101,6 +102,8 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
                          double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
                          const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
                          const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
+  TORCH_CHECK(!params.empty(), "rda_step_: params is empty");
+  check_rda_args("rda_step_", params, grads, T, B, A, v, factors, group_sizes, grad_scale, lr_alpha, found_inf);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -159,7 +162,8 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
                                double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
                                double max_factor, bool reweight, bool maximize,
                                const std::optional<at::Tensor>& grad_scale) {
-  TORCH_CHECK(block.size() == 2, "block: expected (rows, cols), got ", block.size(), " values");
+  TORCH_CHECK(!params.empty(), "rda_block_step_: params is empty");
+  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, grad_scale);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -171,7 +175,6 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
     std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
     std::vector<cuda::BlockTensor> tensors;
     for (int64_t i : idx) {
-      TORCH_CHECK(params[i].dim() == 2, "params: block granularity needs 2-D weights, got shape ", params[i].sizes());
       for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
       Flat* f = &flats[flats.size() - 6];
       grads_read.push_back(grad_for(params[i], grads[i]));
@@ -195,6 +198,9 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
                           at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
                           const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
                           const std::optional<at::Tensor>& found_inf) {
+  TORCH_CHECK(!params.empty(), "grda_step_: params is empty");
+  check_grda_args("grda_step_", params, grads, acc, thresholds, grad_scale, thresholds_device, lr_device,
+                  found_inf);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../check_args.h"
 #include "../flat.h"
 #include "../rda_math.h"
 #include "step_cpu.h"
@@ -162,6 +163,7 @@ at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::T
                               double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
                               double max_factor, bool reweight, bool maximize,
                               const std::optional<at::Tensor>& grad_scale) {
+  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, grad_scale);
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();

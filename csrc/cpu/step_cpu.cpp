@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../check_args.h"
 #include "../flat.h"
 #include "../rda_math.h"
 
@@ -143,6 +144,7 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
                         const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
+  check_rda_args("rda_step_", params, grads, T, B, A, v, factors, group_sizes, grad_scale, lr_alpha, found_inf);
   if (found_inf_set(found_inf)) return count_nonzeros(params);
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
@@ -150,7 +152,7 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
   RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, inverse_scale(grad_scale),
                                   maximize);
   if (lr_alpha.has_value()) {
-    const at::Tensor values = lr_alpha->to(at::kFloat).contiguous();
+    const at::Tensor values = lr_alpha->to(at::kCPU, at::kFloat).contiguous();
     s = with_device_values(s, values.data_ptr<float>()[0], values.data_ptr<float>()[1], static_cast<float>(inv_tau),
                            static_cast<float>(inv_tau_b));
   }
@@ -183,10 +185,12 @@ at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
                          const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
                          const std::optional<at::Tensor>& found_inf) {
+  check_grda_args("grda_step_", params, grads, acc, thresholds, grad_scale, thresholds_device, lr_device,
+                  found_inf);
   if (found_inf_set(found_inf)) return count_nonzeros(params);
   if (lr_device.has_value()) lr = lr_device->item<double>();
   at::Tensor l1s;  // capturable: the thresholds as a tensor (float32 on the host here)
-  if (thresholds_device.has_value()) l1s = thresholds_device->to(at::kFloat).contiguous();
+  if (thresholds_device.has_value()) l1s = thresholds_device->to(at::kCPU, at::kFloat).contiguous();
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();

@@ -1,0 +1,136 @@
+"""The native ops check their own arguments (csrc/check_args.h): a bad call from Python raises an error naming
+the argument and index, before any tensor changes; it never reads or writes outside a tensor."""
+
+import copy
+
+import pytest
+import torch
+
+from sparse_rda import native
+
+pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+
+SHAPES = [(8, 16), (5,), (16, 32)]
+SCALARS = (0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, None)  # lr ... maximize, grad_scale
+
+
+def rda_lists():
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(s, generator=gen) for s in SHAPES]
+    grads = [torch.randn(s, generator=gen) for s in SHAPES]
+    T = [p.clone() for p in params]
+    B, A, v = ([torch.rand(s, generator=gen) for s in SHAPES] for _ in range(3))
+    return dict(params=params, grads=grads, T=T, B=B, A=A, v=v, factors=[1.0, 0.0, 1.0], group_sizes=[1, 1, 1])
+
+
+def call_rda(a, **extra):
+    return torch.ops.sparse_rda.rda_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["factors"],
+                                          a["group_sizes"], *SCALARS, **extra)
+
+
+def refused(call, args, match, **extra):
+    """The call raises naming `match`, and every tensor it was given keeps its values."""
+    before = copy.deepcopy(args)
+    with pytest.raises(RuntimeError, match=match):
+        call(args, **extra)
+    for key, value in before.items():
+        if isinstance(value, list) and value and torch.is_tensor(value[0]):
+            for got, want in zip(args[key], value):
+                assert torch.equal(got, want), f"{key} changed by a refused call"
+
+
+def with_item(a, key, index, value):
+    a[key] = list(a[key])
+    a[key][index] = value
+    return a
+
+
+RDA_CASES = {
+    "T of another size": (lambda a: with_item(a, "T", 2, torch.zeros(2, 2)), r"T\[2\] has 4 elements"),
+    "grad of another size": (lambda a: with_item(a, "grads", 0, torch.ones(2, 2)), r"grads\[0\] has 4 elements"),
+    "state in float64": (lambda a: with_item(a, "B", 1, torch.zeros(5, dtype=torch.float64)),
+                         r"B\[1\] must be float32"),
+    "a state list too short": (lambda a: {**a, "v": a["v"][:2]}, "v has 2 tensors for 3 params"),
+    "grads too short": (lambda a: {**a, "grads": a["grads"][:1]}, "grads has 1 tensors for 3 params"),
+    "factors too short": (lambda a: {**a, "factors": [1.0]}, "factors has 1 values for 3 params"),
+    "group size not a divisor": (lambda a: {**a, "group_sizes": [1, 1, 3]}, r"group_sizes\[2\] = 3 does not divide"),
+    "expanded state": (lambda a: with_item(a, "A", 1, torch.zeros(1).expand(5)), r"A\[1\] has elements that share"),
+    "expanded param": (lambda a: with_item(a, "params", 1, torch.zeros(1).expand(5)), r"params\[1\] has elements"),
+    "integer param": (lambda a: with_item(a, "params", 1, torch.zeros(5, dtype=torch.int32)), r"params\[1\] has dtype"),
+}
+
+
+@pytest.mark.parametrize("case", list(RDA_CASES))
+def test_rda_step_refuses(case):
+    make_bad, match = RDA_CASES[case]
+    refused(call_rda, make_bad(rda_lists()), match)
+
+
+def test_rda_step_refuses_short_capturable_scalars():
+    refused(call_rda, rda_lists(), "lr_alpha must hold at least 2 values", lr_alpha=torch.tensor([0.5]))
+
+
+def test_a_good_call_still_steps():
+    a = rda_lists()
+    before = [p.clone() for p in a["params"]]
+    nnz = call_rda(a)
+    assert nnz.shape == (3,) and not torch.equal(a["params"][0], before[0])
+
+
+def block_lists(block=(8, 8)):
+    a = rda_lists()
+    shapes = [(8, 16), (16, 32)]
+    a = {k: [v[0], v[2]] for k, v in a.items()}
+    a["occupancy"] = [torch.zeros(-(-r // block[0]), -(-c // block[1]), dtype=torch.bool) for r, c in shapes]
+    a["block"] = list(block)
+    return a
+
+
+def call_block(a):
+    return torch.ops.sparse_rda.rda_block_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
+                                                a["occupancy"], a["block"], *SCALARS)
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda a: with_item(a, "occupancy", 1, torch.zeros(2, 2, dtype=torch.bool)),
+     r"occupancy\[1\] must be a bool map of 8"),
+    (lambda a: with_item(a, "occupancy", 0, torch.zeros(1, 2)), r"occupancy\[0\] must be a bool map"),
+    (lambda a: {**a, "block": [0, 8]}, "block must be two positive tile sides"),
+    (lambda a: {**a, "occupancy": a["occupancy"][:1]}, "occupancy has 1 tensors for 2 params"),
+    (lambda a: with_item(a, "T", 0, torch.zeros(3)), r"T\[0\] has 3 elements"),
+], ids=["map of the wrong size", "map not bool", "zero tile side", "maps too few", "T of another size"])
+def test_block_step_refuses(make_bad, match):
+    refused(call_block, make_bad(block_lists()), match)
+
+
+def test_block_step_refuses_a_1d_param():
+    a = block_lists()
+    for key in ("params", "grads", "T", "B", "A", "v"):
+        a[key][0] = a[key][0].flatten()
+    refused(call_block, a, r"params\[0\]: block granularity needs 2-D weights")
+
+
+def grda_lists():
+    a = rda_lists()
+    return dict(params=a["params"], grads=a["grads"], acc=a["T"], thresholds=[0.1, 0.0, 0.1])
+
+
+def call_grda(a, **extra):
+    if extra:
+        return torch.ops.sparse_rda.grda_step_(a["params"], a["grads"], a["acc"], a["thresholds"], 0.1, None,
+                                               extra["thresholds_device"], None, None)
+    return torch.ops.sparse_rda.grda_step_(a["params"], a["grads"], a["acc"], a["thresholds"], 0.1, None)
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda a: with_item(a, "acc", 0, torch.zeros(3)), r"acc\[0\] has 3 elements"),
+    (lambda a: {**a, "thresholds": [0.1]}, "thresholds has 1 values for 3 params"),
+    (lambda a: with_item(a, "grads", 2, torch.zeros(16, 31)), r"grads\[2\] has 496 elements"),
+], ids=["acc of another size", "thresholds too few", "grad of another size"])
+def test_grda_step_refuses(make_bad, match):
+    refused(call_grda, make_bad(grda_lists()), match)
+
+
+def test_grda_step_refuses_short_device_thresholds():
+    refused(call_grda, grda_lists(), "thresholds_device must hold at least 3 values",
+            thresholds_device=torch.zeros(2))
