@@ -58,6 +58,9 @@ class GRDA(SparseOptimizer):
         if not 0.5 < group["mu"] <= 1.0:
             warnings.warn(f"mu={group['mu']} is outside the paper's range (0.5, 1]", stacklevel=4)
 
+    def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        return {"acc": (tuple(p.shape), torch.float32)}
+
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
         c, mu = float(group["c"]), float(group["mu"])
         capturable = self._capturable(group)

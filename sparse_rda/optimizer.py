@@ -8,7 +8,7 @@ from itertools import chain
 import torch
 
 from . import dispatch, target
-from .validation import check_bool, check_grad, check_params, check_target
+from .validation import check_bool, check_grad, check_params, check_state, check_target
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -48,6 +48,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         return dispatch.resolve(group["backend"], device, self._capturable(group))
+
+    def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The state tensors a step reads and writes for ``p``: key -> (shape, dtype), on ``p``'s device."""
+        raise NotImplementedError
 
     def _check_hyper(self, group: dict) -> None:
         raise NotImplementedError
@@ -180,6 +184,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         parameter's device, except the host-side scalars of ``_host_state_keys``."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
+        self._check_saved_state(saved_groups, saved_state)
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in saved_groups)
         params = chain.from_iterable(g["params"] for g in self.param_groups)
@@ -190,6 +195,17 @@ class SparseOptimizer(torch.optim.Optimizer):
                 if isinstance(value, torch.Tensor):
                     device = torch.device("cpu") if key in host_keys else p.device
                     self.state[p][key] = value.to(device=device, copy=True)
+
+    def _check_saved_state(self, saved_groups: list[dict], saved_state: dict) -> None:
+        """Before anything is loaded: each saved state fits its parameter (tensors of the shapes and dtypes the
+        step reads and writes, the scalar entries present), so a checkpoint from elsewhere cannot feed a kernel
+        a mis-shaped tensor. The error names the group, the index and the key; the optimizer stays as it was."""
+        for g, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
+            options = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
+            for i, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
+                if saved_state.get(saved_id):
+                    check_state(f"state_dict: param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})",
+                                saved_state[saved_id], self._state_layout(options, p), self._HOST_SCALARS)
 
     # scalar state kept on the host (float64 tensors) outside capturable mode, whatever the parameter's device
     _HOST_SCALARS = ("step",)

@@ -109,6 +109,13 @@ class RDA(SparseOptimizer):
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
+    def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        layout = {key: (tuple(p.shape), torch.float32) for key in ("T", "B", "A", "v")}
+        block = reference.block_shape(group["granularity"])
+        if block and p.dim() == 2 and self._is_penalized(group, p):
+            layout["occupancy"] = ((-(-p.shape[0] // block[0]), -(-p.shape[1] // block[1])), torch.bool)
+        return layout
+
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         """First step of a tensor: T = w, B = A = v = 0 (float32 whatever the parameter dtype); in block mode
         also the tile occupancy map."""

@@ -99,6 +99,26 @@ def check_grad(p: torch.Tensor) -> None:
         raise TypeError(f"grad: complex gradients are not supported (shape {tuple(p.shape)})")
     if g.device != p.device:
         raise ValueError(f"grad: gradient on {g.device} for a parameter on {p.device}")
+    if g.shape != p.shape:
+        raise ValueError(f"grad: gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
+    if not g.is_floating_point():
+        raise TypeError(f"grad: gradient of dtype {g.dtype} (shape {tuple(p.shape)}); it must be floating")
+
+
+def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, ...]) -> None:
+    """A parameter's state holds what the step reads and writes: each tensor of ``layout`` (key -> (shape, dtype))
+    with that shape and dtype, and the scalar entries. Else an error naming ``where`` and the key. (Devices are
+    the loader's business: it moves each tensor to its parameter's.)"""
+    for key in scalar_keys:
+        if key not in state:
+            raise ValueError(f"{where}: state[{key!r}] is missing (state keys: {sorted(state)})")
+    for key, (shape, dtype) in layout.items():
+        value = state.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{where}: state[{key!r}] is missing or not a tensor (state keys: {sorted(state)})")
+        if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+            raise ValueError(f"{where}: state[{key!r}] is {value.dtype} of shape {tuple(value.shape)}; the step "
+                             f"needs {dtype} of shape {tuple(shape)}")
 
 
 def check_matmul_block(block, name: str = "block") -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Bad input: a clear error naming the parameter, raised before any tensor changes."""
 
+import copy
 import math
 import warnings
 
@@ -76,14 +77,92 @@ def test_mixed_devices_in_a_group_are_rejected(opt_cls):
 
 
 def snapshot(opt, params):
-    return [p.detach().clone() for p in params], {id(p): dict(opt.state[p]) for p in params}
+    """Values (not references) of the params, their grads and their state."""
+    def copy(v):
+        return v.clone() if isinstance(v, torch.Tensor) else v
+
+    return ([copy(p.detach()) for p in params], [copy(p.grad) for p in params],
+            {id(p): {k: copy(v) for k, v in opt.state[p].items()} for p in params})
 
 
 def assert_untouched(opt, params, snap):
-    weights, states = snap
-    for p, w in zip(params, weights):
-        assert torch.equal(p.data, w)
-        assert {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in opt.state[p].items()}.keys() == states[id(p)].keys()
+    """Every param, grad and state value as in `snap` (compared by value; no key added or dropped)."""
+    weights, grads, states = snap
+    for i, p in enumerate(params):
+        assert torch.equal(p.detach(), weights[i]), f"params[{i}] changed"
+        assert (p.grad is None) == (grads[i] is None) and (p.grad is None or torch.equal(p.grad, grads[i]))
+        state = opt.state[p]
+        assert state.keys() == states[id(p)].keys(), f"params[{i}]: state keys {sorted(state)}"
+        for key, value in states[id(p)].items():
+            same = torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value
+            assert same, f"params[{i}]: state[{key!r}] changed"
+
+
+def two_stepped(opt_cls, backend, **options):
+    """An optimizer over a 2-D weight and a bias, after one step (state exists), with new grads."""
+    w, b = fresh((6, 8)), fresh((8,))
+    opt = opt_cls([{"params": [w]}, {"params": [b], "penalize": False}], lr=0.1, backend=backend, **options)
+    opt.step()
+    w.grad, b.grad = torch.randn(6, 8), torch.randn(8)
+    return opt, [w, b]
+
+
+BAD_STATE = {
+    "wrong shape": lambda state, key: state.__setitem__(key, torch.zeros(2, 2)),
+    "float64": lambda state, key: state.__setitem__(key, state[key].double()),
+    "missing": lambda state, key: state.pop(key),
+    "not a tensor": lambda state, key: state.__setitem__(key, [0.0]),
+}
+
+
+@pytest.mark.parametrize("damage", list(BAD_STATE))
+@pytest.mark.parametrize("opt_cls, key", [(sparse_rda.RDA, "T"), (sparse_rda.RDA, "v"), (sparse_rda.GRDA, "acc")])
+def test_a_checkpoint_whose_state_does_not_fit_is_refused_before_any_change(opt_cls, key, damage, backend):
+    """The heap corruption of issue 12: a checkpoint's mis-shaped state reached the native kernel. Now
+    load_state_dict refuses it, and the optimizer keeps its own state and steps on."""
+    opt, params = two_stepped(opt_cls, backend)
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() shares the live per-param dicts
+    BAD_STATE[damage](saved["state"][0], key)
+    snap = snapshot(opt, params)
+    where = r"state_dict: param_groups\[0\]\['params'\]\[0\] \(shape \(6, 8\)\)"
+    with pytest.raises(ValueError, match=rf"{where}: state\['{key}'\]"):
+        opt.load_state_dict(saved)
+    assert_untouched(opt, params, snap)
+    opt.step()
+
+
+def test_a_checkpoint_without_a_step_counter_is_refused(backend):
+    opt, params = two_stepped(sparse_rda.RDA, backend)
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() shares the live per-param dicts
+    del saved["state"][1]["step"]
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"param_groups\[1\]\['params'\]\[0\] \(shape \(8,\)\): state\['step'\]"):
+        opt.load_state_dict(saved)
+    assert_untouched(opt, params, snap)
+
+
+def test_a_checkpoint_with_a_tile_map_of_the_wrong_shape_is_refused(backend):
+    opt, params = two_stepped(sparse_rda.RDA, backend, granularity=("block", 2, 4))
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() shares the live per-param dicts
+    saved["state"][0]["occupancy"] = torch.ones(1, 1, dtype=torch.bool)
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"state\['occupancy'\] is torch.bool of shape \(1, 1\)"):
+        opt.load_state_dict(saved)
+    assert_untouched(opt, params, snap)
+
+
+@pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])
+@pytest.mark.parametrize("grad, match", [
+    (torch.ones(2, 2), r"grad: gradient of shape \(2, 2\) for a parameter of shape \(6, 8\)"),
+    (torch.ones(6, 8, dtype=torch.int64), "grad: gradient of dtype torch.int64"),
+], ids=["wrong shape", "integer"])
+def test_a_grad_that_does_not_fit_fails_the_step_before_any_change(opt_cls, grad, match, backend):
+    opt, params = two_stepped(opt_cls, backend)
+    params[0].grad.data = grad  # .data bypasses autograd's own shape check, as the issue's repro did
+    snap = snapshot(opt, params)
+    with pytest.raises((ValueError, TypeError), match=match):
+        opt.step()
+    assert_untouched(opt, params, snap)
 
 
 @pytest.mark.parametrize("opt_cls", [sparse_rda.RDA, sparse_rda.GRDA])
