@@ -107,7 +107,7 @@ def _tile_map(p: torch.Tensor, block, occupancy: torch.Tensor | None) -> torch.T
     """The occupancy map the block step writes: the optimizer's, or scratch when the caller keeps none."""
     if occupancy is not None:
         return occupancy
-    return torch.empty((-(-p.shape[0] // block[0]), -(-p.shape[1] // block[1])), dtype=torch.bool, device=p.device)
+    return torch.empty(reference.tile_grid(p.shape, block), dtype=torch.bool, device=p.device)
 
 
 def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:

@@ -113,7 +113,7 @@ class RDA(SparseOptimizer):
         layout = {key: (tuple(p.shape), torch.float32) for key in ("T", "B", "A", "v")}
         block = reference.block_shape(group["granularity"])
         if block and p.dim() == 2 and self._is_penalized(group, p):
-            layout["occupancy"] = ((-(-p.shape[0] // block[0]), -(-p.shape[1] // block[1])), torch.bool)
+            layout["occupancy"] = (reference.tile_grid(p.shape, block), torch.bool)
         return layout
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:

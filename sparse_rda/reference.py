@@ -64,11 +64,16 @@ def group_size(shape: torch.Size, granularity) -> int:
     return 1
 
 
+def tile_grid(shape, block: tuple[int, int]) -> tuple[int, int]:
+    """How many (rows x cols) tiles cover a 2-D shape: [ceil(N / rows), ceil(K / cols)]."""
+    return -(-shape[0] // block[0]), -(-shape[1] // block[1])
+
+
 def tile_sums(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
     """Sum of each (rows x cols) tile of a 2-D tensor, [ceil(N / rows), ceil(K / cols)]; ragged edge tiles sum
     what they have."""
     rows, cols = block
-    n_rows, n_cols = -(-x.shape[0] // rows), -(-x.shape[1] // cols)
+    n_rows, n_cols = tile_grid(x.shape, block)
     padded = torch.nn.functional.pad(x, (0, n_cols * cols - x.shape[1], 0, n_rows * rows - x.shape[0]))
     return padded.reshape(n_rows, rows, n_cols, cols).sum(dim=(1, 3))
 
