@@ -38,7 +38,8 @@ class SparsityReport:
 
     @property
     def penalized(self) -> float:
-        """Fraction of zeros over the penalized tensors (weights of 2+ dims outside norm layers)."""
+        """Fraction of zeros over the penalized tensors (what param_groups penalizes by default: Linear, Conv,
+        attention and RNN weights)."""
         return self._fraction([r for r in self.tensors if r.penalized])
 
     def __str__(self) -> str:

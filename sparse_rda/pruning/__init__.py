@@ -1,7 +1,8 @@
 """Pruning baselines: mask-based sparse training that works with any torch optimizer (docs/ALGORITHMS.md, section 4).
 
-Every method is a :class:`Pruner`: one bool mask per prunable parameter (by default the weights with 2+ dims, the
-tensors ``sparse_rda.param_groups`` penalizes), keyed by the parameter's name in ``model.named_parameters()``.
+Every method is a :class:`Pruner`: one bool mask per prunable parameter (by default the
+tensors ``sparse_rda.param_groups`` penalizes: Linear, Conv, attention and
+RNN weights), keyed by the parameter's name in ``model.named_parameters()``.
 Pruned weights are zeros in the dense weight tensors, and their optimizer state (every tensor of the weight's
 shape in ``optimizer.state[p]``: SGD's momentum, Adam's moments, ...) is zeroed with them. A weight held by a
 :class:`sparse_rda.SparseLinear` gets its tile map pointed at the mask after every mask change, so the masked

@@ -85,7 +85,8 @@ def prunable_parameters(model: nn.Module, names: Iterable[str] | None = None) ->
         if bad:
             raise ValueError(f"prunable: parameter {bad[0]!r} is not floating point")
     if not chosen:
-        raise ValueError("prunable: the model has no parameters to prune (default: weights with 2+ dims)")
+        raise ValueError("prunable: the model has no parameters to prune "
+                         "(default: the Linear, Conv, attention and RNN weights)")
     return {n: named[n] for n in chosen}
 
 
@@ -101,7 +102,7 @@ class Pruner:
         model: the network; its parameters are found by name.
         sparsity: fraction of the prunable weights that are zero at the end of training, in [0, 1).
         total_steps: number of optimizer steps the run will take (schedules are laid out over it).
-        prunable: names of the parameters to mask; default the weights with 2+ dims (see
+        prunable: names of the parameters to mask; default the Linear, Conv, attention and RNN weights (see
             :func:`prunable_parameters`).
     """
 
