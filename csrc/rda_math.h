@@ -3,6 +3,7 @@
 // against. Torch-free: plain floats, so nvcc compiles the .cu files that include it in seconds.
 #pragma once
 
+#include <float.h>
 #include <math.h>
 
 #if defined(__CUDACC__)
@@ -65,12 +66,21 @@ SPARSE_RDA_HD float new_A(float A, float a, const RdaScalars& s) {
   return s.beta_b * A + s.one_minus_beta_b * a;
 }
 
+// Whether x is neither NaN nor +-inf (a compare, so loops over it vectorize).
+SPARSE_RDA_HD bool is_finite(float x) { return fabsf(x) <= FLT_MAX; }
+
+// The value a max of A takes in: the reweighting's max A is over the finite values only, so one NaN or inf
+// element cannot switch the reweighting off for its whole tensor (ALGORITHMS.md, non-finite values).
+SPARSE_RDA_HD float finite_or_zero(float x) { return is_finite(x) ? x : 0.0f; }
+
 // om = M / (1 + (M - 1) A / max A) = M max A / (max A + (M - 1) A): one division instead of two (the
 // reference's form differs by rounding only). When max A == 0 every A is 0 and om = M: a max of 1 gives that.
-// The select is on the loop-invariant max, not on the quotient, so loops over it still vectorize.
+// om = 0 where A is not finite (that magnitude is unknown: the element goes unpenalized, as with SGD).
+// The selects do not branch, so loops over it still vectorize.
 SPARSE_RDA_HD float reweight_factor(float A, float max_A, float max_factor) {
   const float m = max_A > 0.0f ? max_A : 1.0f;
-  return (max_factor * m) / (m + (max_factor - 1.0f) * A);
+  const float om = (max_factor * m) / (m + (max_factor - 1.0f) * A);
+  return is_finite(A) ? om : 0.0f;
 }
 
 // B = alpha B + s om_factor: the accumulated threshold weight (per element, or per tile in block mode).
@@ -78,8 +88,10 @@ SPARSE_RDA_HD float new_B(float B, float om_factor, const RdaScalars& s) { retur
 
 // The dual average of one element, the same in every granularity: g = grad + weight_decay w,
 // T = alpha T + (1 - alpha) w, v = beta v + (1 - beta) g, T -= s v. Updates T and v in place.
+// Without weight decay the w term is left out, not added as 0 * w: a non-finite w stays out of v (as in torch's SGD).
 SPARSE_RDA_HD void dual_average(float w, float grad, float& T, float& v, const RdaScalars& s) {
-  const float g = grad * s.grad_factor + s.weight_decay * w;
+  const float scaled = grad * s.grad_factor;
+  const float g = s.weight_decay != 0.0f ? scaled + s.weight_decay * w : scaled;
   T = s.alpha * T + s.one_minus_alpha * w;
   v = s.beta * v + s.one_minus_beta * g;
   T = T - s.lr * v;
@@ -96,10 +108,12 @@ SPARSE_RDA_HD float rda_element(float w, float grad, float om_factor, float& B, 
 }
 
 // Block mode's group prox (ALGORITHMS.md section 3): the factor a tile of norm ||T_tile|| and threshold t is
-// scaled by, max(0, 1 - t sqrt(n) / ||T_tile||); an all-zero tile stays zero (0, not NaN).
+// scaled by, max(0, 1 - t sqrt(n) / ||T_tile||); an all-zero tile stays zero (0, not NaN); a tile whose norm is
+// NaN or inf is not shrunk (1: only its non-finite elements are non-finite); a NaN threshold gives NaN.
 SPARSE_RDA_HD float group_shrink(float norm, float threshold, float sqrt_count) {
   const float shrink = 1.0f - (threshold * sqrt_count) / norm;
-  return norm > 0.0f && shrink > 0.0f ? shrink : 0.0f;
+  const float kept = shrink > 0.0f || shrink != shrink ? shrink : 0.0f;
+  return !is_finite(norm) ? 1.0f : norm > 0.0f ? kept : 0.0f;
 }
 
 // One element of the gRDA step: acc -= lr * grad; w = S_l1(acc).

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .math import count_nonzero, load_f32, soft_threshold, store
 from .rda_step import BLOCK
-from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, per_dtype_pair
+from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, kernel_grads, per_dtype_pair
 
 ROW_W, ROW_G, ROW_ACC, ROW_NUMEL = (tl.constexpr(i) for i in range(4))
 
@@ -56,6 +56,7 @@ def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_sca
     device tensors (found_inf may be None); `thresholds` is then a device tensor and `lr` is unused."""
     device = params[0].device
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    grads = kernel_grads(grads)
     lr_t, found_inf = device_scalars if device_scalars is not None else (None, None)
     if device_scalars is not None and found_inf is None:
         found_inf = torch.zeros((), device=device)

@@ -11,11 +11,35 @@ def soft_threshold(x, threshold):
     return tl.where(x < 0, -shrunk, shrunk)
 
 
+FLOAT32_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@triton.jit
+def is_finite(x):
+    """Neither NaN nor +-inf."""
+    return tl.abs(x) <= FLOAT32_MAX
+
+
+@triton.jit
+def finite_or_zero(x):
+    """The value a max of A takes in: the max is over finite values only, as the reference's."""
+    return tl.where(is_finite(x), x, 0.0)
+
+
 @triton.jit
 def reweight_factor(A, max_A, max_factor):
-    """om = M / (1 + (M - 1) A / max A); M when max A is 0 (every A is then 0)."""
+    """om = M / (1 + (M - 1) A / max A); M when max A is 0 (every A is then 0); 0 where A is not finite."""
     om = max_factor / (1.0 + (max_factor - 1.0) * (A / tl.where(max_A > 0, max_A, 1.0)))
-    return tl.where(max_A > 0, om, max_factor)
+    return tl.where(is_finite(A), tl.where(max_A > 0, om, max_factor), 0.0)
+
+
+@triton.jit
+def group_shrink(norm, threshold, sqrt_count):
+    """max(0, 1 - t sqrt(n) / ||T_tile||); 0 for an all-zero tile, 1 for a tile whose norm is NaN or inf (only
+    its non-finite elements are non-finite), NaN for a NaN threshold: as the reference."""
+    shrink = tl.maximum(1.0 - (threshold * sqrt_count) / tl.where(norm > 0, norm, 1.0), 0.0,
+                        propagate_nan=tl.PropagateNan.ALL)
+    return tl.where(is_finite(norm), tl.where(norm > 0, shrink, 0.0), 1.0)
 
 
 @triton.jit
@@ -27,7 +51,7 @@ def dual_average(w, g, T, v, inv_scale, lr, alpha, beta, weight_decay,
         g = g * tl.load(inv_scale)
     if MAXIMIZE:
         g = -g
-    g = g + weight_decay * w
+    g = tl.where(weight_decay != 0, g + weight_decay * w, g)  # a non-finite w stays out of v without decay
     T = alpha * T + (1.0 - alpha) * w
     v = beta * v + (1.0 - beta) * g
     return T - lr * v, v

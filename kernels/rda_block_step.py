@@ -19,7 +19,7 @@ import triton.language as tl
 
 from sparse_rda import reference
 
-from .math import count_nonzero, dual_average, load_f32, reweight_factor, store
+from .math import count_nonzero, dual_average, finite_or_zero, group_shrink, load_f32, reweight_factor, store
 from .tensor_table import TORCH_TO_TL, address_table
 
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
@@ -57,7 +57,7 @@ def _max_A_kernel(table, n_tensors, tile_table, max_A, beta_b, W_DTYPE: tl.const
                   ROWS: tl.constexpr, COLS: tl.constexpr, ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
     t, offs, mask, first, _ = _tile(table, n_tensors, tile_table, tl.program_id(0), ROWS, COLS, ROWS_P, COLS_P)
     A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
-    tl.atomic_max(max_A + t, A_new)
+    tl.atomic_max(max_A + t, finite_or_zero(A_new))
 
 
 @triton.jit
@@ -82,8 +82,7 @@ def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
                                 inv_scale, lr, alpha, beta, weight_decay, HAS_SCALE, MAXIMIZE)
     T_new = tl.where(mask, T_new, 0.0)
     norm = tl.sqrt(tl.sum(T_new * T_new))
-    shrink = tl.maximum(1.0 - (lam * B_new) * tl.sqrt(count) / tl.where(norm > 0, norm, 1.0), 0.0)
-    shrink = tl.where(norm > 0, shrink, 0.0)
+    shrink = group_shrink(norm, lam * B_new, tl.sqrt(count))
     w_new = T_new * shrink
 
     store(table, ROW_A, n_tensors, t, offs, mask, tl.zeros_like(T_new) + A_new, tl.float32)

@@ -24,9 +24,10 @@ import triton.language as tl
 
 from sparse_rda import reference
 
-from .math import count_nonzero, dual_average, load_f32, reweight_factor, soft_threshold, store
+from .math import count_nonzero, dual_average, finite_or_zero, load_f32, reweight_factor, soft_threshold, store
 from .rda_block_step import rda_block_step
-from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, float_table, per_dtype_pair
+from .tensor_table import (TORCH_TO_TL, Contiguous, address_table, chunk_table, float_table, kernel_grads,
+                           per_dtype_pair)
 
 BLOCK = 1024
 # rows of the address table: tensor addresses, then integers per tensor
@@ -78,7 +79,7 @@ def _max_A_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, s
         mask = offs < numel
         w = load_f32(table, ROW_W, n_tensors, t, offs, mask, W_DTYPE)
         A_new = _new_A(table, n_tensors, t, offs, mask, w, beta_b)
-        running = tl.maximum(running, tl.where(mask, A_new, 0.0))
+        running = tl.maximum(running, tl.where(mask, finite_or_zero(A_new), 0.0))
     tl.atomic_max(max_A + t, tl.max(running, axis=0))
 
 
@@ -155,6 +156,7 @@ def rda_step(params, grads, T, B, A, v, *, penalized, lr, lam, beta, beta_b, ave
     Block granularity: the penalized 2-D weights go to kernels/rda_block_step.py (which fills ``occupancy``),
     the other tensors to the element-wise kernels."""
     inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
+    grads = kernel_grads(grads)
     block = reference.block_shape(granularity)
     if block is not None:
         return _rda_step_with_blocks(params, grads, T, B, A, v, penalized, occupancy, block, grad_scale,

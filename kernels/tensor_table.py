@@ -88,6 +88,12 @@ class Contiguous:
                     orig.copy_(flat)
 
 
+def kernel_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The grads in dtypes the kernels are compiled for: a float64 grad becomes a float32 copy (the step reads
+    gradients in float32 anyway)."""
+    return [g if g.dtype in TORCH_TO_TL else g.float() for g in grads]
+
+
 def per_dtype_pair(params: list[torch.Tensor], grads: list[torch.Tensor], launch) -> torch.Tensor:
     """Kernels are specialised on (param dtype, grad dtype): run launch(indices, w_dtype, g_dtype) -> int64
     counts once per pair present, and return the counts in the params' order."""

@@ -16,6 +16,8 @@ import torch
 from . import native, reference
 
 BACKEND_NAMES = ("auto", "torch", "triton", "cuda", "cpu")
+# parameter dtypes the kernel backends take; "auto" gives a group with others (float64) to the reference
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # name -> module with rda_step(...) and grda_step(...) of the reference's signatures
 _IMPLEMENTATIONS: dict[str, ModuleType] = {"torch": reference}
@@ -64,13 +66,17 @@ def _auto(device: torch.device) -> str:
     return next((name for name in preference if name in _IMPLEMENTATIONS), "torch")
 
 
-def resolve(name: str, device: torch.device, capturable: bool = False) -> str:
+def resolve(name: str, device: torch.device, capturable: bool = False, dtypes=()) -> str:
     """The concrete backend for a requested name on a device; raises naming `backend` if it cannot run.
-    capturable: the group's option (not every backend implements it)."""
+    capturable: the group's option (not every backend implements it); dtypes: its parameters' dtypes."""
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_NAMES))}; got {name!r}")
+    other_dtypes = sorted({str(d) for d in dtypes if d not in KERNEL_DTYPES})
     if name == "auto":
-        name = _auto(device)
+        name = "torch" if other_dtypes and not capturable else _auto(device)
+    if other_dtypes and name != "torch":
+        raise ValueError(f"backend={name!r} takes float32, bfloat16 and float16 parameters; this group has "
+                         f"{', '.join(other_dtypes)} (backend='torch' runs those)")
     if name not in _IMPLEMENTATIONS:
         raise ValueError(f"backend={name!r} is not available in this installation (available here: "
                          f"{', '.join(backends())}): {_MISSING[name]}")

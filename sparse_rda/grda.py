@@ -25,7 +25,7 @@ class GRDA(SparseOptimizer):
     Every tensor is thresholded (as in the authors' code) unless its param group sets ``penalize=False``.
 
     Args:
-        lr: step size (as for plain SGD).
+        lr: step size (as for plain SGD); a float or a one-element tensor, read on the host outside capturable mode.
         c: threshold scale; the paper recommends 0 < c < 0.005.
         mu: threshold growth exponent in (0.5, 1]; the paper recommends 0.501, 0.51 or 0.55.
         backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
@@ -46,6 +46,8 @@ class GRDA(SparseOptimizer):
                                       target_sparsity=target_sparsity, total_steps=total_steps))
 
     _HOST_SCALARS = ("step", "l1")
+
+    _CORE_OPTIONS = ("lr", "c", "mu")
 
     def _check_hyper(self, group: dict) -> None:
         check_hyper_value("lr", group["lr"], self._capturable(group))
@@ -69,12 +71,15 @@ class GRDA(SparseOptimizer):
                 self.state[p].update(self._initial_state(p, capturable))
         states = [self.state[p] for p in params]
         lr = self._device_scalar(group["lr"], params[0].device) if capturable else float(group["lr"])
-        thresholds = self._advance_thresholds(group, params, lr, c, mu, found_inf)
+        counters = self._scalar_rows(params, ("step", "l1"))
+        advanced = self._advance_thresholds(group, params, counters, lr, c, mu, found_inf)
         options = {"lr": 0.0, "device_scalars": (lr, found_inf)} if capturable else {"lr": lr}
-        return dispatch.implementation(backend).grda_step(
-            params, [p.grad for p in params], [s["acc"] for s in states], thresholds=thresholds,
+        counts = dispatch.implementation(backend).grda_step(
+            params, [p.grad for p in params], [s["acc"] for s in states], thresholds=advanced[:, 1].float(),
             grad_scale=grad_scale, **options,
         )
+        counters.copy_(advanced)  # after the update: a refused call leaves the counters as they were
+        return counts
 
     @staticmethod
     def _initial_state(p: torch.Tensor, capturable: bool) -> dict:
@@ -86,10 +91,10 @@ class GRDA(SparseOptimizer):
                     l1=torch.zeros((), dtype=torch.float64, device=device),
                     acc=p.detach().to(torch.float32, copy=True))
 
-    def _advance_thresholds(self, group, params, lr, c, mu, found_inf) -> torch.Tensor:
-        """n += 1 and, for penalized tensors, l1 += c lr^(mu+1/2) (n^mu - (n-1)^mu), as a few ops on the group's
-        (step, l1) rows; returns the thresholds, float32."""
-        counters = self._scalar_rows(params, ("step", "l1"))
+    def _advance_thresholds(self, group, params, counters, lr, c, mu, found_inf) -> torch.Tensor:
+        """The group's (step, l1) rows one step on: n + 1 and, for penalized tensors, l1 + c lr^(mu+1/2)
+        (n^mu - (n-1)^mu), as a few ops on a copy of ``counters``."""
+        counters = counters.clone()
         n = counters[:, 0]
         self._count_steps(n, found_inf)
         growth = reference.grda_threshold_increment(c, lr.double() if torch.is_tensor(lr) else lr, mu, n)
@@ -99,7 +104,7 @@ class GRDA(SparseOptimizer):
         if found_inf is not None:
             growth = growth * (1 - found_inf).double()
         counters[:, 1].add_(growth)
-        return counters[:, 1].float()
+        return counters
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""

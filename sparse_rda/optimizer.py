@@ -3,12 +3,13 @@ the step loop that hands each param group to its backend."""
 
 from __future__ import annotations
 
+import inspect
 from itertools import chain
 
 import torch
 
 from . import dispatch, target
-from .validation import check_bool, check_grad, check_params, check_state, check_target
+from .validation import check_bool, check_device_scalars, check_grad, check_params, check_state, check_target, same_granularity
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -21,11 +22,35 @@ class SparseOptimizer(torch.optim.Optimizer):
     # the kernels divide by the scale in the same pass.
     _step_supports_amp_scaling = True
 
+    # group options without which a saved group is not this class's (a state dict of another optimizer)
+    _CORE_OPTIONS: tuple[str, ...] = ("lr",)
+
     def __init__(self, params, defaults: dict):
+        self._reset_caches()
+        super().__init__(params, defaults)
+
+    def _reset_caches(self) -> None:
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        super().__init__(params, defaults)
+        # param -> what its state held when last checked, see _check_live_state
+        self._checked: dict[torch.Tensor, tuple] = {}
         self._nnz: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (params, counts) of the last step
+
+    def __setstate__(self, state: dict) -> None:
+        """The way back from pickle and deepcopy, and the end of load_state_dict: rebuilds the caches torch's
+        ``__getstate__`` leaves out, and gives groups the options a checkpoint predates, with the class's
+        defaults (as torch's optimizers do for theirs)."""
+        super().__setstate__(state)
+        self._reset_caches()
+        for group in self.param_groups:
+            for key, value in self._class_defaults().items():
+                group.setdefault(key, value)
+
+    @classmethod
+    def _class_defaults(cls) -> dict:
+        """The constructor's keyword defaults: the options every group has."""
+        return {name: arg.default for name, arg in inspect.signature(cls.__init__).parameters.items()
+                if arg.default is not inspect.Parameter.empty}
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -41,13 +66,21 @@ class SparseOptimizer(torch.optim.Optimizer):
         """Checks a group and returns the backend that will run it. A step traced by torch.compile skips the
         value checks (its hyper-parameters may be symbolic); they ran when the group was added."""
         if not torch.compiler.is_compiling():
-            check_bool("capturable", group.get("capturable", False))
-            check_bool("penalize", group.get("penalize", True))
-            self._check_hyper(group)
-            check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
+            self._check_options(group)
         check_params(group["params"])
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        return dispatch.resolve(group["backend"], device, self._capturable(group))
+        if self._capturable(group):
+            check_device_scalars(group, self._DEVICE_SCALARS, device)
+        return dispatch.resolve(group["backend"], device, self._capturable(group), {p.dtype for p in group["params"]})
+
+    def _check_options(self, group: dict) -> None:
+        check_bool("capturable", group.get("capturable", False))
+        check_bool("penalize", group.get("penalize", True))
+        self._check_hyper(group)
+        check_target(group.get("target_sparsity"), group.get("total_steps"), self._capturable(group))
+
+    # options that may be one-element device tensors in capturable mode
+    _DEVICE_SCALARS: tuple[str, ...] = ("lr",)
 
     def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """The state tensors a step reads and writes for ``p``: key -> (shape, dtype), on ``p``'s device."""
@@ -117,11 +150,12 @@ class SparseOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         work = []
-        for group in self.param_groups:
+        for g, group in enumerate(self.param_groups):
             backend = self._check_group(group)
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             for p in params:
                 check_grad(p)
+            self._check_live_state(g, group, params)
             work.append((group, backend, params))
         found_inf = getattr(self, "found_inf", None)
         host_checked = any(params and not self._capturable(group) for group, _, params in work)
@@ -178,33 +212,82 @@ class SparseOptimizer(torch.optim.Optimizer):
         return {p: counted[p] if p in counted else int(torch.count_nonzero(p))
                 for group in self.param_groups for p in group["params"]}
 
+    def _check_live_state(self, g: int, group: dict, params: list[torch.Tensor]) -> None:
+        """Before a step changes anything: the state of each param fits it (as load_state_dict checks), so that
+        state replaced by hand between steps fails the step with nothing changed. Checked again only when an
+        entry was replaced or the param or the granularity changed, so a step pays an identity check per param.
+        (The native ops check their own arguments too: no state reaches a kernel unchecked.)"""
+        for i, p in enumerate(params):
+            state = self.state.get(p)
+            if not state:
+                continue  # initialised by this step
+            seen = (p.shape, p.dtype, p.device, group["granularity"] if "granularity" in group else None,
+                    *state.values())
+            last = self._checked.get(p)
+            if last is not None and len(last) == len(seen) and all(a is b for a, b in zip(last, seen)):
+                continue
+            check_state(f"state of param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})", state,
+                        self._state_layout(group, p), self._HOST_SCALARS, device=p.device)
+            self._checked[p] = seen
+
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch's, except state tensors keep their saved dtype (float32 or float64 state, a bool tile map):
-        torch casts them to the parameter dtype, which would round a bf16 model's optimizer state. They go to the
-        parameter's device, except the host-side scalars of ``_host_state_keys``."""
+        """As torch's, with checks first and three differences. (1) Nothing loads unless everything fits: the
+        groups are this class's, with the same granularity and valid options, and each state fits its parameter.
+        (2) State tensors keep their saved dtype (float32 or float64 state, a bool tile map): torch casts them
+        to the parameter dtype, which would round a bf16 model's optimizer state. They go to the parameter's
+        device, except the host-side scalars of ``_host_state_keys``; counters saved as Python numbers become
+        float64 tensors. (3) Each group keeps its own ``backend`` (a choice of this machine, not of the run);
+        options the checkpoint predates get the class defaults."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         self._check_saved_state(saved_groups, saved_state)
+        backends = [group["backend"] for group in self.param_groups]
+        before = self.state, self.param_groups, self._scalars, self._checked, self._nnz
+        try:
+            self._load_checked(state_dict, saved_groups, saved_state, backends)
+        except BaseException:  # nothing half-loaded (the checks above should leave nothing to fail here)
+            self.state, self.param_groups, self._scalars, self._checked, self._nnz = before
+            raise
+
+    def _load_checked(self, state_dict, saved_groups, saved_state, backends) -> None:
         super().load_state_dict(state_dict)
         saved_ids = chain.from_iterable(g["params"] for g in saved_groups)
         params = chain.from_iterable(g["params"] for g in self.param_groups)
         group_of = {p: group for group in self.param_groups for p in group["params"]}
+        for group, backend in zip(self.param_groups, backends):
+            group["backend"] = backend
         for saved_id, p in zip(saved_ids, params):
             host_keys = self._host_state_keys(group_of[p])
             for key, value in saved_state.get(saved_id, {}).items():
+                device = torch.device("cpu") if key in host_keys else p.device
                 if isinstance(value, torch.Tensor):
-                    device = torch.device("cpu") if key in host_keys else p.device
                     self.state[p][key] = value.to(device=device, copy=True)
+                elif key in self._HOST_SCALARS:
+                    self.state[p][key] = torch.tensor(float(value), dtype=torch.float64, device=device)
 
     def _check_saved_state(self, saved_groups: list[dict], saved_state: dict) -> None:
-        """Before anything is loaded: each saved state fits its parameter (tensors of the shapes and dtypes the
-        step reads and writes, the scalar entries present), so a checkpoint from elsewhere cannot feed a kernel
-        a mis-shaped tensor. The error names the group, the index and the key; the optimizer stays as it was."""
+        """Before anything is loaded: each saved group is one of this class's with this group's granularity and
+        valid options, and each saved state fits its parameter (tensors of the shapes and dtypes the step reads
+        and writes, the scalar entries present), so a checkpoint from elsewhere cannot feed a kernel a
+        mis-shaped tensor. The error names the group (the index and the key); the optimizer stays as it was."""
+        name = type(self).__name__
         for g, (saved_group, group) in enumerate(zip(saved_groups, self.param_groups)):
-            options = {**group, **{k: v for k, v in saved_group.items() if k != "params"}}
+            where = f"state_dict: param_groups[{g}]"
+            missing = [key for key in self._CORE_OPTIONS if key not in saved_group]
+            if missing:
+                raise ValueError(f"{where} is not a {name} group: it has no {', '.join(map(repr, missing))} (its "
+                                 f"keys: {sorted(saved_group)}); was the state dict saved by another optimizer?")
+            options = {**self._class_defaults(), **saved_group, "backend": group["backend"]}
+            if "granularity" in group and not same_granularity(options["granularity"], group["granularity"]):
+                raise ValueError(f"{where} was saved with granularity={options['granularity']!r}; this optimizer's "
+                                 f"group has granularity={group['granularity']!r}: build it with the saved one")
+            try:
+                self._check_options(options)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"{where}: {err}") from None
             for i, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 if saved_state.get(saved_id):
-                    check_state(f"state_dict: param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})",
+                    check_state(f"{where}['params'][{i}] (shape {tuple(p.shape)})",
                                 saved_state[saved_id], self._state_layout(options, p), self._HOST_SCALARS)
 
     # scalar state kept on the host (float64 tensors) outside capturable mode, whatever the parameter's device

@@ -26,7 +26,8 @@ class RDA(SparseOptimizer):
 
     Args:
         params: parameters or param groups (every option below may be set per group).
-        lr: step size ``s``. ``lr=1`` with ``momentum_time=9.5`` behaves like SGD(lr=0.1, momentum=0.9).
+        lr: step size ``s``. ``lr=1`` with ``momentum_time=9.5`` behaves like SGD(lr=0.1, momentum=0.9). A float or
+            a one-element tensor (``averaging`` too); outside capturable mode a tensor is read on the host.
         lam: penalty strength; the threshold is ``lam * B``.
         momentum_time: momentum time scale ``tau``; ``None`` or 0 means no momentum (``v = g``).
         reweight_time: time scale of the |w| average ``A``; ``None`` means ``momentum_time``, 0 means ``A = |w|``.
@@ -93,6 +94,9 @@ class RDA(SparseOptimizer):
             total_steps=total_steps,
         )
         super().__init__(params, defaults)
+
+    _CORE_OPTIONS = ("lr", "lam", "max_factor")
+    _DEVICE_SCALARS = ("lr", "averaging")
 
     def _check_hyper(self, group: dict) -> None:
         capturable = self._capturable(group)
@@ -167,7 +171,6 @@ class RDA(SparseOptimizer):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         tau = group["momentum_time"]
         tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
-        self._count_steps(self._scalar_rows(params, ("step",))[:, 0], found_inf)
         if capturable:
             device = params[0].device
             scalars = torch.stack([self._device_scalar(group[k], device) for k in ("lr", "averaging")])
@@ -177,7 +180,8 @@ class RDA(SparseOptimizer):
             lr, averaging = float(group["lr"]), float(group["averaging"])
             beta, beta_b = reference.decay(lr, tau), reference.decay(lr, tau_b)
             device_scalars = {}
-        return dispatch.implementation(backend).rda_step(
+        steps = self._scalar_rows(params, ("step",))[:, 0]
+        counts = dispatch.implementation(backend).rda_step(
             params,
             [p.grad for p in params],
             *([s[key] for s in states] for key in ("T", "B", "A", "v")),
@@ -197,3 +201,5 @@ class RDA(SparseOptimizer):
             **({"occupancy": [s.get("occupancy") for s in states]} if reference.block_shape(group["granularity"])
                else {}),
         )
+        self._count_steps(steps, found_inf)  # after the update: a refused call leaves the counters as they were
+        return counts

@@ -104,11 +104,19 @@ def magnitude(w: torch.Tensor, granularity) -> torch.Tensor:
     return a
 
 
+def finite_max(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per tensor, the max of its finite values (0 when none is): the reweighting's max A ignores NaN and inf, so
+    one bad element cannot switch the reweighting off for its whole tensor (ALGORITHMS.md, non-finite values)."""
+    return torch._foreach_max([torch.where(torch.isfinite(t), t, 0.0) for t in tensors])
+
+
 def reweight_factor(A: torch.Tensor, max_A: torch.Tensor, max_factor: float) -> torch.Tensor:
-    """om = M / (1 + (M - 1) A / max A), in [1, M]; om = M everywhere when max A == 0 (not NaN)."""
+    """om = M / (1 + (M - 1) A / max A), in [1, M]; om = M everywhere when max A == 0 (not NaN); om = 0 where A is
+    not finite (that element's magnitude is unknown: it goes unpenalized, as with SGD)."""
     ratio = A / max_A
     om = max_factor / (1.0 + (max_factor - 1.0) * ratio)
-    return torch.where(max_A > 0, om, torch.full_like(om, max_factor))
+    om = torch.where(max_A > 0, om, torch.full_like(om, max_factor))
+    return torch.where(torch.isfinite(A), om, torch.zeros_like(om))
 
 
 def soft_threshold(x: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
@@ -125,6 +133,7 @@ def group_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, block: tuple[
     t_tile = threshold[::rows, ::cols]
     shrink = torch.clamp_min(1.0 - t_tile * torch.sqrt(tile_counts(T.shape, block, T.device)) / norms, 0.0)
     shrink = torch.where(norms > 0, shrink, torch.zeros_like(shrink))  # an all-zero tile stays zero, not NaN
+    shrink = torch.where(torch.isfinite(norms), shrink, torch.ones_like(shrink))  # a NaN/inf tile is not shrunk
     return T * tile_broadcast(shrink, T.shape, block), shrink > 0
 
 
@@ -184,13 +193,20 @@ def rda_step(
     idx = [i for i, pen in enumerate(penalized) if pen]
     if idx:
         A_p, B_p = [A[i] for i in idx], [B[i] for i in idx]
+        for i in idx:
+            if effective_granularity(w[i].shape, granularity) == BLOCK:
+                # a tile's A and B are those of its first element (the kernels keep one value per tile and
+                # write it to every element): the same thing whatever a loaded state holds elsewhere in the tile
+                block = block_shape(granularity)
+                for state in (A[i], B[i]):
+                    state.copy_(tile_broadcast(state[:: block[0], :: block[1]], state.shape, block))
         a = [magnitude(w[i], granularity) for i in idx]
         torch._foreach_mul_(A_p, beta_b)
         torch._foreach_add_(A_p, a, alpha=1.0 - beta_b)
         factors = [math.sqrt(group_size(w[i].shape, granularity)) for i in idx]
         torch._foreach_mul_(B_p, averaging)
         if reweight:
-            max_A = torch._foreach_max(A_p)  # this step's A, whole tensor
+            max_A = finite_max(A_p)  # this step's A, whole tensor
             om = [reweight_factor(A_i, m, max_factor) for A_i, m in zip(A_p, max_A)]
             torch._foreach_mul_(om, factors)
             torch._foreach_add_(B_p, om, alpha=lr)

@@ -68,6 +68,7 @@ def _below_all(ratios: torch.Tensor) -> float:
 
 
 def zero_ratio(magnitude: torch.Tensor, unit_threshold: torch.Tensor) -> torch.Tensor:
-    """magnitude / unit_threshold: the threshold scale from which a unit is zero (inf where it never is)."""
+    """magnitude / unit_threshold: the threshold scale from which a unit is zero (inf where it never is: an
+    unpenalized unit, or a non-finite one, which counts as nonzero and stays out of the quantile's way)."""
     ratio = magnitude / unit_threshold
-    return torch.where(unit_threshold > 0, ratio, torch.full_like(ratio, math.inf))
+    return torch.where((unit_threshold > 0) & ~torch.isnan(ratio), ratio, torch.full_like(ratio, math.inf))

@@ -24,14 +24,15 @@ def check_number(name: str, value, *, low: float = 0.0, high: float = math.inf, 
 
 
 def check_hyper_value(name: str, value, capturable: bool, **bounds) -> None:
-    """A number in range; in capturable mode also a one-element floating tensor, which is not read back on the
-    host (that would wait on the device), so its range is the caller's responsibility."""
+    """A number in range, or a one-element floating tensor (as torch's optimizers take ``lr``). Outside capturable
+    mode the step reads a tensor's value on the host, so it is range-checked like a number; in capturable mode it
+    is not read back (that would wait on the device), so its range is the caller's responsibility."""
     if isinstance(value, torch.Tensor):
-        if not capturable:
-            raise TypeError(f"{name} may be a tensor only with capturable=True; got a tensor")
         if value.numel() != 1 or not value.is_floating_point():
             raise TypeError(f"{name} must be a one-element floating tensor, got {value.dtype} of shape {tuple(value.shape)}")
-        return
+        if capturable:
+            return
+        value = float(value)
     check_number(name, value, **bounds)
 
 
@@ -78,12 +79,21 @@ def check_bool(name: str, value) -> None:
         raise TypeError(f"{name} must be a bool, got {value!r}")
 
 
+def is_expanded(t: torch.Tensor) -> bool:
+    """Whether elements share memory through a stride-0 dimension (an ``expand``ed view): a step writing each
+    element would write some twice."""
+    return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
+
+
 def check_params(params: list[torch.Tensor]) -> None:
     """Parameters of a group: real floating tensors, all on one device."""
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"params: a param group must live on one device, got {sorted(map(str, devices))}")
     for p in params:
+        if is_expanded(p):
+            raise ValueError(f"params: a parameter of shape {tuple(p.shape)} is an expanded view (stride 0): its "
+                             "elements share memory, and the step writes each one")
         if p.is_complex():
             raise TypeError(f"params: complex parameters are not supported (got {p.dtype}, shape {tuple(p.shape)})")
         if not p.is_floating_point():
@@ -105,20 +115,55 @@ def check_grad(p: torch.Tensor) -> None:
         raise TypeError(f"grad: gradient of dtype {g.dtype} (shape {tuple(p.shape)}); it must be floating")
 
 
-def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, ...]) -> None:
+def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, ...], device=None) -> None:
     """A parameter's state holds what the step reads and writes: each tensor of ``layout`` (key -> (shape, dtype))
-    with that shape and dtype, and the scalar entries. Else an error naming ``where`` and the key. (Devices are
-    the loader's business: it moves each tensor to its parameter's.)"""
+    with that shape and dtype, and the scalar entries (one-element tensors; in a checkpoint also real numbers).
+    Else an error naming ``where`` and the key. With ``device`` (state about to be stepped), the tensors of
+    ``layout`` must be on it; a checkpoint's are moved there by the loader (so none may be a meta tensor)."""
+    for key, value in state.items():
+        if device is None and isinstance(value, torch.Tensor) and value.is_meta:
+            raise ValueError(f"{where}: state[{key!r}] is a meta tensor: it has no values to load")
     for key in scalar_keys:
-        if key not in state:
-            raise ValueError(f"{where}: state[{key!r}] is missing (state keys: {sorted(state)})")
+        value = state.get(key)
+        if isinstance(value, torch.Tensor):
+            ok = value.numel() == 1 and not value.is_complex() and not value.is_meta
+        else:
+            ok = device is None and isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            found = "missing" if key not in state else f"{type(value).__name__} {value!r}"[:80]
+            raise ValueError(f"{where}: state[{key!r}] must be a one-element real tensor, got {found} "
+                             f"(state keys: {sorted(state)})")
     for key, (shape, dtype) in layout.items():
         value = state.get(key)
         if not isinstance(value, torch.Tensor):
             raise ValueError(f"{where}: state[{key!r}] is missing or not a tensor (state keys: {sorted(state)})")
+        if value.layout != torch.strided:
+            raise ValueError(f"{where}: state[{key!r}] has layout {value.layout}; the step needs a dense tensor")
         if tuple(value.shape) != tuple(shape) or value.dtype != dtype:
             raise ValueError(f"{where}: state[{key!r}] is {value.dtype} of shape {tuple(value.shape)}; the step "
                              f"needs {dtype} of shape {tuple(shape)}")
+        if device is not None and value.device != device:
+            raise ValueError(f"{where}: state[{key!r}] is on {value.device}; the parameter is on {device}")
+        if is_expanded(value):
+            raise ValueError(f"{where}: state[{key!r}] is an expanded view (stride 0): the step writes each element")
+
+
+def same_granularity(a, b) -> bool:
+    """Granularities equal as values: ("block", 8, 8) == ["block", 8, 8] (a checkpoint through JSON)."""
+    def norm(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    return norm(a) == norm(b)
+
+
+def check_device_scalars(group: dict, keys: tuple[str, ...], device: torch.device) -> None:
+    """Capturable mode: tensor hyper-parameters live on the params' device (a copy from elsewhere would be a
+    transfer the graph cannot capture)."""
+    for key in keys:
+        value = group.get(key)
+        if isinstance(value, torch.Tensor) and value.device != device:
+            raise ValueError(f"{key}: a capturable group's {key} tensor must be on the params' device {device}, "
+                             f"got {value.device}")
 
 
 def check_matmul_block(block, name: str = "block") -> tuple[int, int]:

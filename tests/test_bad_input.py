@@ -89,13 +89,25 @@ def assert_untouched(opt, params, snap):
     """Every param, grad and state value as in `snap` (compared by value; no key added or dropped)."""
     weights, grads, states = snap
     for i, p in enumerate(params):
-        assert torch.equal(p.detach(), weights[i]), f"params[{i}] changed"
-        assert (p.grad is None) == (grads[i] is None) and (p.grad is None or torch.equal(p.grad, grads[i]))
+        assert same_value(p.detach(), weights[i]), f"params[{i}] changed"
+        assert (p.grad is None) == (grads[i] is None) and (p.grad is None or same_value(p.grad, grads[i]))
         state = opt.state[p]
         assert state.keys() == states[id(p)].keys(), f"params[{i}]: state keys {sorted(state)}"
         for key, value in states[id(p)].items():
-            same = torch.equal(state[key], value) if isinstance(value, torch.Tensor) else state[key] == value
-            assert same, f"params[{i}]: state[{key!r}] changed"
+            assert same_value(state[key], value), f"params[{i}]: state[{key!r}] changed"
+
+
+def same_value(a, b) -> bool:
+    """Equal values (NaN equal to NaN), for tensors of any layout or device, or plain values."""
+    if not isinstance(b, torch.Tensor):
+        return type(a) is type(b) and (a == b or a != a and b != b)
+    if not isinstance(a, torch.Tensor) or (a.layout, a.device, a.dtype, a.shape) != (b.layout, b.device, b.dtype, b.shape):
+        return False
+    if b.is_meta:  # no values to compare
+        return True
+    if b.layout != torch.strided:
+        a, b = a.to_dense(), b.to_dense()
+    return torch.equal(a, b) or bool(((a == b) | (a != a) & (b != b)).all())
 
 
 def two_stepped(opt_cls, backend, **options):

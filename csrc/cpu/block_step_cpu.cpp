@@ -46,25 +46,18 @@ SPARSE_RDA_CPU_CLONES float row_sum_squares(const param_t* __restrict__ w, int64
   return sum;
 }
 
-SPARSE_RDA_CPU_CLONES float row_max_new_A(const float* __restrict__ A, int64_t n, float a, const RdaScalars s,
-                                          float running) {
-#pragma omp simd reduction(max : running)
-  for (int64_t i = 0; i < n; ++i) running = std::max(running, new_A(A[i], a, s));
-  return running;
-}
-
-// The element update of one tile row (om from the tile's a); returns the row's sum of the new T squared.
-template <bool REWEIGHT, typename param_t, typename grad_t>
+// The element update of one tile row: the tile's new A and B stored on each element (the state keeps the
+// weight's shape), T and v updated; returns the row's sum of the new T squared.
+template <typename param_t, typename grad_t>
 SPARSE_RDA_CPU_CLONES float row_update(const param_t* __restrict__ w, const grad_t* __restrict__ g,
                                        float* __restrict__ T, float* __restrict__ B, float* __restrict__ A,
-                                       float* __restrict__ v, int64_t n, float a, float max_A, const RdaScalars s) {
+                                       float* __restrict__ v, int64_t n, float tile_A, float tile_B,
+                                       const RdaScalars s) {
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t i = 0; i < n; ++i) {
-    const float A_next = new_A(A[i], a, s);
-    A[i] = A_next;
-    const float om = REWEIGHT ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f;
-    B[i] = new_B(B[i], om, s);  // the tile's B, stored on each element (the state keeps the weight's shape)
+    A[i] = tile_A;
+    B[i] = tile_B;
     float Ti = T[i], vi = v[i];
     dual_average(static_cast<float>(w[i]), static_cast<float>(g[i]), Ti, vi, s);
     T[i] = Ti;
@@ -102,15 +95,17 @@ std::vector<float> tile_rms(const param_t* w, const Tiling& t) {
   return rms;
 }
 
+// The index of a tile's first element: a tile's A and B are that element's (every element of the tile holds
+// the same values after a step; a state loaded with others elsewhere in the tile reads the same).
+int64_t first_element(const Tiling& t, int64_t tile) { return t.row_begin(tile) * t.cols + t.col_begin(tile); }
+
+// The max over tiles of this step's (finite) tile A.
 float max_new_A(const float* A, const std::vector<float>& rms, const Tiling& t, const RdaScalars& s) {
   return at::parallel_reduce(
       0, t.tiles(), 1, 0.0f,
       [&](int64_t begin, int64_t end, float running) {
         for (int64_t tile = begin; tile < end; ++tile) {
-          const int64_t c0 = t.col_begin(tile), n = t.col_end(tile) - c0;
-          for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
-            running = row_max_new_A(A + r * t.cols + c0, n, rms[tile], s, running);
-          }
+          running = std::max(running, finite_or_zero(new_A(A[first_element(t, tile)], rms[tile], s)));
         }
         return running;
       },
@@ -123,14 +118,16 @@ template <typename param_t, typename grad_t>
 int64_t block_tile(int64_t tile, param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, bool* live,
                    const Tiling& t, float rms, float max_A, bool reweight, const RdaScalars& s) {
   const int64_t c0 = t.col_begin(tile), n = t.col_end(tile) - c0;
+  const int64_t first = first_element(t, tile);
+  const float tile_A = new_A(A[first], rms, s);
+  const float om = reweight ? reweight_factor(tile_A, max_A, s.max_factor) : 1.0f;
+  const float tile_B = new_B(B[first], om, s);
   double sum_T2 = 0.0;
   for (int64_t r = t.row_begin(tile); r < t.row_end(tile); ++r) {
     const int64_t i = r * t.cols + c0;
-    sum_T2 += reweight ? row_update<true>(w + i, g + i, T + i, B + i, A + i, v + i, n, rms, max_A, s)
-                       : row_update<false>(w + i, g + i, T + i, B + i, A + i, v + i, n, rms, max_A, s);
+    sum_T2 += row_update(w + i, g + i, T + i, B + i, A + i, v + i, n, tile_A, tile_B, s);
   }
-  const int64_t first = t.row_begin(tile) * t.cols + c0;
-  const float shrink = group_shrink(static_cast<float>(std::sqrt(sum_T2)), s.lam * B[first],
+  const float shrink = group_shrink(static_cast<float>(std::sqrt(sum_T2)), s.lam * tile_B,
                                     std::sqrt(static_cast<float>(t.count(tile))));
   live[tile] = shrink > 0.0f;
   int64_t count = 0;

@@ -82,7 +82,7 @@ __global__ void block_max_A_kernel(const Batch b, TileShape shape, RdaScalars s,
   const BlockTensor& t = b.tensors[k].t;
   const Tile tile = tile_of(t, tile_index, shape);
   const float rms = tile_rms<param_t>(t, tile, b.tensors[k].vectorized);
-  if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, new_A(t.A[tile.first], rms, s));
+  if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, finite_or_zero(new_A(t.A[tile.first], rms, s)));
 }
 
 // T and v of the tile's elements, stored; adds the tile's sums of w^2 and of the new T^2.

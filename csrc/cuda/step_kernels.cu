@@ -66,12 +66,12 @@ __global__ void rda_max_A_kernel(const RdaBatch b, RdaScalars host, DeviceScalar
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
       const float wi = to_float(wp.x[k]);
-      running = fmaxf(running, new_A(Ap.x[k], magnitude(t, w, i + k, wi), r.s));
+      running = fmaxf(running, finite_or_zero(new_A(Ap.x[k], magnitude(t, w, i + k, wi), r.s)));
     }
   }
   for (int64_t i = vec_end + threadIdx.x; i < end; i += kThreads) {
     const float wi = to_float(w[i]);
-    running = fmaxf(running, new_A(t.A[i], magnitude(t, w, i, wi), r.s));
+    running = fmaxf(running, finite_or_zero(new_A(t.A[i], magnitude(t, w, i, wi), r.s)));
   }
   running = block_all_reduce(running, MaxOp{});
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + ti, running);

@@ -17,6 +17,14 @@ static void expect_near(const char* what, double actual, double expected, double
   }
 }
 
+static void expect_nan(const char* what, double actual) {
+  ++checks;
+  if (!std::isnan(actual)) {
+    ++failures;
+    std::printf("FAIL %s: got %.9g, expected NaN\n", what, actual);
+  }
+}
+
 static void soft_threshold_cases() {
   expect_near("S(-3, 1)", soft_threshold(-3.0f, 1.0f), -2.0);
   expect_near("S(-1, 1)", soft_threshold(-1.0f, 1.0f), 0.0);
@@ -35,6 +43,21 @@ static void reweight_cases() {
   expect_near("om(A = 1)", reweight_factor(1.0f, 4.0f, 5.0f), 2.5);
   expect_near("om(A = max)", reweight_factor(4.0f, 4.0f, 5.0f), 1.0);
   expect_near("om(max A = 0) = M", reweight_factor(0.0f, 0.0f, 500.0f), 500.0);
+}
+
+// docs/ALGORITHMS.md "Non-finite values": max A over finite values, om = 0 where A is not finite, a tile of
+// non-finite norm not shrunk, a NaN threshold kept.
+static void nonfinite_cases() {
+  expect_near("finite_or_zero(NaN)", finite_or_zero(NAN), 0.0);
+  expect_near("finite_or_zero(inf)", finite_or_zero(INFINITY), 0.0);
+  expect_near("finite_or_zero(FLT_MAX)", finite_or_zero(FLT_MAX), FLT_MAX);
+  expect_near("om(A = NaN)", reweight_factor(NAN, 4.0f, 5.0f), 0.0);
+  expect_near("om(A = inf)", reweight_factor(INFINITY, 4.0f, 5.0f), 0.0);
+  expect_near("shrink of a NaN tile", group_shrink(NAN, 0.5f, 2.0f), 1.0);
+  expect_near("shrink of an inf tile", group_shrink(INFINITY, 0.5f, 2.0f), 1.0);
+  expect_nan("shrink with a NaN threshold", group_shrink(5.0f, NAN, 2.0f));
+  expect_near("shrink of a zero tile, NaN threshold", group_shrink(0.0f, NAN, 2.0f), 0.0);
+  expect_nan("S(1, NaN)", soft_threshold(1.0f, NAN));
 }
 
 static void group_shrink_cases() {
@@ -111,6 +134,7 @@ int main() {
   soft_threshold_cases();
   reweight_cases();
   group_shrink_cases();
+  nonfinite_cases();
   rda_two_steps();
   momentum_and_weight_decay();
   grda_step();
