@@ -32,7 +32,8 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _reset_caches(self) -> None:
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        # param -> what its state held when last checked, see _check_live_state
+        # param -> (its shape, dtype, device, granularity; its state's values) when last checked, see
+        # _check_live_state
         self._checked: dict[torch.Tensor, tuple] = {}
         self._nnz: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (params, counts) of the last step
 
@@ -221,14 +222,14 @@ class SparseOptimizer(torch.optim.Optimizer):
             state = self.state.get(p)
             if not state:
                 continue  # initialised by this step
-            seen = (p.shape, p.dtype, p.device, group["granularity"] if "granularity" in group else None,
-                    *state.values())
+            layout_key, values = (p.shape, p.dtype, p.device, group.get("granularity")), tuple(state.values())
             last = self._checked.get(p)
-            if last is not None and len(last) == len(seen) and all(a is b for a, b in zip(last, seen)):
+            if (last is not None and last[0] == layout_key and len(last[1]) == len(values)
+                    and all(a is b for a, b in zip(last[1], values))):
                 continue
             check_state(f"state of param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})", state,
                         self._state_layout(group, p), self._HOST_SCALARS, device=p.device)
-            self._checked[p] = seen
+            self._checked[p] = (layout_key, values)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, with checks first and three differences. (1) Nothing loads unless everything fits: the
