@@ -9,7 +9,8 @@ from itertools import chain
 import torch
 
 from . import dispatch, target
-from .validation import check_bool, check_device_scalars, check_grad, check_params, check_state, check_target, same_granularity
+from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
+                         same_granularity)
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -72,7 +73,8 @@ class SparseOptimizer(torch.optim.Optimizer):
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         if self._capturable(group):
             check_device_scalars(group, self._DEVICE_SCALARS, device)
-        return dispatch.resolve(group["backend"], device, self._capturable(group), {p.dtype for p in group["params"]})
+        dtypes = {p.dtype for p in group["params"]}
+        return dispatch.resolve(group["backend"], device, self._capturable(group), dtypes)
 
     def _check_options(self, group: dict) -> None:
         check_bool("capturable", group.get("capturable", False))

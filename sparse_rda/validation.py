@@ -29,7 +29,8 @@ def check_hyper_value(name: str, value, capturable: bool, **bounds) -> None:
     is not read back (that would wait on the device), so its range is the caller's responsibility."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"{name} must be a one-element floating tensor, got {value.dtype} of shape {tuple(value.shape)}")
+            raise TypeError(f"{name} must be a one-element floating tensor, got {value.dtype} of shape "
+                            f"{tuple(value.shape)}")
         if capturable:
             return
         value = float(value)
@@ -128,7 +129,8 @@ def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, .
         if isinstance(value, torch.Tensor):
             ok = value.numel() == 1 and not value.is_complex() and not value.is_meta
         else:
-            ok = device is None and isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            ok = device is None and number and math.isfinite(value)
         if not ok:
             found = "missing" if key not in state else f"{type(value).__name__} {value!r}"[:80]
             raise ValueError(f"{where}: state[{key!r}] must be a one-element real tensor, got {found} "

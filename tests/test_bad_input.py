@@ -101,7 +101,8 @@ def same_value(a, b) -> bool:
     """Equal values (NaN equal to NaN), for tensors of any layout or device, or plain values."""
     if not isinstance(b, torch.Tensor):
         return type(a) is type(b) and (a == b or a != a and b != b)
-    if not isinstance(a, torch.Tensor) or (a.layout, a.device, a.dtype, a.shape) != (b.layout, b.device, b.dtype, b.shape):
+    if not isinstance(a, torch.Tensor) or (a.layout, a.device, a.dtype, a.shape) != (b.layout, b.device, b.dtype,
+                                                                                     b.shape):
         return False
     if b.is_meta:  # no values to compare
         return True

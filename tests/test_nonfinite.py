@@ -18,7 +18,8 @@ BACKENDS = [b for b in ("torch", "cpu", "triton") if b in sparse_rda.backends()]
 POISONS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 SHAPES = {"element": (20, 12), "kernel": (4, 3, 3, 3), "channel": (4, 3, 3, 3), ("block", 4, 4): (20, 12)}
 # where the poison goes, and which: -inf behaves as inf except through a gradient's sign
-CASES = [(where, poison) for where in ("grad", "w", "T", "v", "A", "B") for poison in ("nan", "inf")] + [("grad", "-inf")]
+CASES = [(where, poison) for where in ("grad", "w", "T", "v", "A", "B") for poison in ("nan", "inf")]
+CASES.append(("grad", "-inf"))
 # Triton's block step runs a program per tile, seconds per case in the interpreter: these cover its paths (a non-finite
 # tile norm, tile A and tile threshold); the rest run on the other backends
 TRITON_BLOCK_CASES = {("grad", "nan"), ("w", "inf"), ("A", "nan"), ("B", "nan")}

@@ -69,7 +69,9 @@ SPARSE_RDA_CPU_CLONES float max_A_range(const float* __restrict__ A, const Magni
   for (float& lane : lanes) lane = running;
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) lanes[k] = std::max(lanes[k], finite_or_zero(new_A(A[i + k], magnitude<GROUPED>(a, i + k), s)));
+    for (int k = 0; k < kLanes; ++k) {
+      lanes[k] = std::max(lanes[k], finite_or_zero(new_A(A[i + k], magnitude<GROUPED>(a, i + k), s)));
+    }
   }
   for (; i < end; ++i) running = std::max(running, finite_or_zero(new_A(A[i], magnitude<GROUPED>(a, i), s)));
   for (float lane : lanes) running = std::max(running, lane);
