@@ -4,6 +4,7 @@ the step loop that hands each param group to its backend."""
 from __future__ import annotations
 
 import inspect
+from collections import OrderedDict
 from itertools import chain
 
 import torch
@@ -240,17 +241,24 @@ class SparseOptimizer(torch.optim.Optimizer):
         to the parameter dtype, which would round a bf16 model's optimizer state. They go to the parameter's
         device, except the host-side scalars of ``_host_state_keys``; counters saved as Python numbers become
         float64 tensors. (3) Each group keeps its own ``backend`` (a choice of this machine, not of the run);
-        options the checkpoint predates get the class defaults."""
+        options the checkpoint predates get the class defaults. Load pre-hooks run first, as torch's do: the
+        checks see (and the loader loads) the state dict they return."""
+        state_dict = state_dict.copy()  # shallow, as torch's
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            state_dict = hook(self, state_dict) or state_dict
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         self._check_saved_state(saved_groups, saved_state)
         backends = [group["backend"] for group in self.param_groups]
         before = self.state, self.param_groups, self._scalars, self._checked, self._nnz
+        hooks, self._optimizer_load_state_dict_pre_hooks = self._optimizer_load_state_dict_pre_hooks, OrderedDict()
         try:
             self._load_checked(state_dict, saved_groups, saved_state, backends)
         except BaseException:  # nothing half-loaded (the checks above should leave nothing to fail here)
             self.state, self.param_groups, self._scalars, self._checked, self._nnz = before
             raise
+        finally:
+            self._optimizer_load_state_dict_pre_hooks = hooks  # they ran above, once
 
     def _load_checked(self, state_dict, saved_groups, saved_state, backends) -> None:
         super().load_state_dict(state_dict)

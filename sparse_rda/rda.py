@@ -163,7 +163,7 @@ class RDA(SparseOptimizer):
         for group in self.param_groups:
             block = reference.block_shape(group["granularity"])
             for p in group["params"]:
-                if block and "occupancy" in self.state[p]:
+                if block and "occupancy" in self.state.get(p, {}):
                     self.state[p]["occupancy"] = self._shared_map(p, self.state[p]["occupancy"], block)
 
     def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):

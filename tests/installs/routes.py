@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = Path(__file__).resolve().parent / "smoke.py"
 TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
 BUILD_TOOLS = ["setuptools>=77", "ninja", "build"]  # what the README tells a user to have for a source build
-TEST_TOOLS = ["pytest", "pytest-benchmark", "hypothesis", "numpy", "tqdm", "matplotlib"]
+TEST_TOOLS = ["pytest", "pytest-benchmark", "hypothesis", "expecttest", "numpy", "tqdm", "matplotlib"]
 ROUTES = ("install", "editable", "sdist", "isolation", "no-triton", "cuda-build")
 TORCH_CUDA_SPEC = os.environ.get("TORCH_CUDA_SPEC", "torch==2.14.1")
 CUDA_ARCHS = {"8.0": "sm_80", "9.0a": "sm_90a"}
