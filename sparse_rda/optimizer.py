@@ -4,6 +4,7 @@ the step loop that hands each param group to its backend."""
 from __future__ import annotations
 
 import inspect
+import operator
 from collections import OrderedDict
 from itertools import chain
 
@@ -12,6 +13,9 @@ import torch
 from . import dispatch, target
 from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
                          same_granularity)
+
+
+_NO_STATE: dict = {}
 
 
 class SparseOptimizer(torch.optim.Optimizer):
@@ -34,9 +38,9 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _reset_caches(self) -> None:
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
-        # param -> (its shape, dtype, device, granularity; its state's values) when last checked, see
+        # group index -> (its params' state values, (granularity, param addresses)) when last checked, see
         # _check_live_state
-        self._checked: dict[torch.Tensor, tuple] = {}
+        self._checked: dict[int, tuple] = {}
         self._nnz: list[tuple[list[torch.Tensor], torch.Tensor]] = []  # (params, counts) of the last step
 
     def __setstate__(self, state: dict) -> None:
@@ -218,21 +222,22 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def _check_live_state(self, g: int, group: dict, params: list[torch.Tensor]) -> None:
         """Before a step changes anything: the state of each param fits it (as load_state_dict checks), so that
-        state replaced by hand between steps fails the step with nothing changed. Checked again only when an
-        entry was replaced or the param or the granularity changed, so a step pays an identity check per param.
-        (The native ops check their own arguments too: no state reaches a kernel unchecked.)"""
+        state replaced by hand between steps fails the step with nothing changed. Checked in full only when an
+        entry of the group's state was replaced or added, a param's data was replaced (``p.data = ...``: a new
+        address) or the granularity changed; otherwise a step pays an identity comparison per state tensor and
+        an address per param (reading shapes and dtypes costs ~2 us a param, 0.1 ms a step on ResNet-18)."""
+        seen = [v for p in params for v in self.state.get(p, _NO_STATE).values()]
+        where = (group.get("granularity"), [p.data_ptr() for p in params])
+        last = self._checked.get(g)
+        if (last is not None and last[1] == where and len(last[0]) == len(seen)
+                and all(map(operator.is_, last[0], seen))):
+            return
         for i, p in enumerate(params):
             state = self.state.get(p)
-            if not state:
-                continue  # initialised by this step
-            layout_key, values = (p.shape, p.dtype, p.device, group.get("granularity")), tuple(state.values())
-            last = self._checked.get(p)
-            if (last is not None and last[0] == layout_key and len(last[1]) == len(values)
-                    and all(a is b for a, b in zip(last[1], values))):
-                continue
-            check_state(f"state of param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})", state,
-                        self._state_layout(group, p), self._HOST_SCALARS, device=p.device)
-            self._checked[p] = (layout_key, values)
+            if state:  # (new params are initialised by this step)
+                check_state(f"state of param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})", state,
+                            self._state_layout(group, p), self._HOST_SCALARS, device=p.device)
+        self._checked[g] = (seen, where)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """As torch's, with checks first and three differences. (1) Nothing loads unless everything fits: the

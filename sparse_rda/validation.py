@@ -92,6 +92,8 @@ def check_params(params: list[torch.Tensor]) -> None:
     if len(devices) > 1:
         raise ValueError(f"params: a param group must live on one device, got {sorted(map(str, devices))}")
     for p in params:
+        if p.layout != torch.strided:
+            raise TypeError(f"params: parameters must be dense tensors (got layout {p.layout}, shape {tuple(p.shape)})")
         if is_expanded(p):
             raise ValueError(f"params: a parameter of shape {tuple(p.shape)} is an expanded view (stride 0): its "
                              "elements share memory, and the step writes each one")

@@ -191,9 +191,11 @@ def test_a_param_resized_under_its_state_fails_the_step(backend):
         opt.step()
 
 
-def test_an_expanded_parameter_is_refused():
+def test_an_expanded_or_sparse_parameter_is_refused():
     with pytest.raises(ValueError, match=r"params: a parameter of shape \(4, 4\) is an expanded view"):
         sparse_rda.RDA([torch.zeros(1, 4).expand(4, 4)])
+    with pytest.raises(TypeError, match=r"params: parameters must be dense tensors \(got layout torch.sparse_coo"):
+        sparse_rda.GRDA([torch.nn.Parameter(torch.eye(3).to_sparse())])
 
 
 # ----------------------------------------------------------------------------------------------------------
