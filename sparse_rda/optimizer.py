@@ -163,7 +163,8 @@ class SparseOptimizer(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None and p.numel() > 0]
             for p in params:
                 check_grad(p)
-            self._check_live_state(g, group, params)
+            if not torch.compiler.is_compiling():  # traced: the state is what dynamo guards on
+                self._check_live_state(g, group, params)
             work.append((group, backend, params))
         found_inf = getattr(self, "found_inf", None)
         host_checked = any(params and not self._capturable(group) for group, _, params in work)
