@@ -245,3 +245,36 @@ def test_a_capturable_lr_on_another_device_is_refused_before_any_change():
     with pytest.raises(ValueError, match=r"lr: a capturable group's lr tensor must be on the params' device cpu"):
         opt.step()
     assert_untouched(opt, params, snap)
+
+
+@pytest.mark.parametrize("how", [copy.deepcopy, pickled], ids=["deepcopy", "torch.save"])
+def test_a_copied_sparse_model_keeps_its_layers_tile_maps_linked_to_its_optimizer(how, backend):
+    from sparse_rda import nn as snn
+
+    torch.manual_seed(0)
+    model = snn.sparsify(torch.nn.Sequential(torch.nn.Linear(48, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)),
+                         block=(16, 16))
+    opt = sparse_rda.RDA(sparse_rda.param_groups(model), lr=0.1, lam=5e-2, granularity=("block", 16, 16),
+                         backend=backend)
+    x = torch.randn(16, 48)
+
+    def train(m, o, steps):
+        for _ in range(steps):
+            o.zero_grad()
+            m(x).pow(2).mean().backward()
+            o.step()
+
+    train(model, opt, 3)
+    model_b, opt_b = how((model, opt))
+    train(model, opt, 10)
+    train(model_b, opt_b, 10)
+    layers = [m for m in model_b.modules() if isinstance(m, snn.SparseLinear)]
+    for layer in layers:
+        assert layer.weight.tile_map[1] is layer.occupancy is opt_b.state[layer.weight]["occupancy"]
+        assert torch.equal(layer.occupancy, snn.tile_occupancy(layer.weight, layer.block))
+    for a, b in zip(model.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    # a new optimizer on the copied model shares its maps too
+    fresh = sparse_rda.RDA(sparse_rda.param_groups(model_b), granularity=("block", 16, 16), backend=backend)
+    train(model_b, fresh, 1)
+    assert all(fresh.state[layer.weight]["occupancy"] is layer.occupancy for layer in layers)
