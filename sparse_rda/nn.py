@@ -81,6 +81,11 @@ class SparseLinear(nn.Linear):
         """Let an optimizer working in the same tiles write this layer's map (see the module docstring)."""
         self.weight.tile_map = (self.block, self.occupancy)
 
+    def __setstate__(self, state: dict) -> None:
+        """After deepcopy (whose Parameter copies drop Python attributes) and unpickling: the link again."""
+        super().__setstate__(state)
+        self._share_map()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return masked_linear(x, self.weight, self.bias, self.occupancy, self.block, self.dw_live_only)
 
