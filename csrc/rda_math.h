@@ -66,7 +66,7 @@ SPARSE_RDA_HD float new_A(float A, float a, const RdaScalars& s) {
   return s.beta_b * A + s.one_minus_beta_b * a;
 }
 
-// Whether x is neither NaN nor +-inf (a compare, so loops over it vectorize).
+// Whether x is neither NaN nor +-inf.
 SPARSE_RDA_HD bool is_finite(float x) { return fabsf(x) <= FLT_MAX; }
 
 // The value a max of A takes in: the reweighting's max A is over the finite values only, so one NaN or inf
@@ -76,11 +76,12 @@ SPARSE_RDA_HD float finite_or_zero(float x) { return is_finite(x) ? x : 0.0f; }
 // om = M / (1 + (M - 1) A / max A) = M max A / (max A + (M - 1) A): one division instead of two (the
 // reference's form differs by rounding only). When max A == 0 every A is 0 and om = M: a max of 1 gives that.
 // om = 0 where A is not finite (that magnitude is unknown: the element goes unpenalized, as with SGD).
-// The selects do not branch, so loops over it still vectorize.
 SPARSE_RDA_HD float reweight_factor(float A, float max_A, float max_factor) {
   const float m = max_A > 0.0f ? max_A : 1.0f;
-  const float om = (max_factor * m) / (m + (max_factor - 1.0f) * A);
-  return is_finite(A) ? om : 0.0f;
+  const float denominator = m + (max_factor - 1.0f) * A;
+  // NaN -> inf (one vector min), so om = 0 where A is NaN or inf. A select on om instead kept GCC from
+  // vectorizing the step loop (measured: 2.5x slower on ResNet-18's tensors).
+  return (max_factor * m) / (denominator < INFINITY ? denominator : INFINITY);
 }
 
 // B = alpha B + s om_factor: the accumulated threshold weight (per element, or per tile in block mode).
@@ -88,10 +89,10 @@ SPARSE_RDA_HD float new_B(float B, float om_factor, const RdaScalars& s) { retur
 
 // The dual average of one element, the same in every granularity: g = grad + weight_decay w,
 // T = alpha T + (1 - alpha) w, v = beta v + (1 - beta) g, T -= s v. Updates T and v in place.
-// Without weight decay the w term is left out, not added as 0 * w: a non-finite w stays out of v (as in torch's SGD).
+// The w term is added also when weight_decay is 0 (a non-finite w makes its own v non-finite, on every backend):
+// a select skipping it kept GCC from vectorizing the step loop (measured: 2.5x slower on ResNet-18's tensors).
 SPARSE_RDA_HD void dual_average(float w, float grad, float& T, float& v, const RdaScalars& s) {
-  const float scaled = grad * s.grad_factor;
-  const float g = s.weight_decay != 0.0f ? scaled + s.weight_decay * w : scaled;
+  const float g = grad * s.grad_factor + s.weight_decay * w;
   T = s.alpha * T + s.one_minus_alpha * w;
   v = s.beta * v + s.one_minus_beta * g;
   T = T - s.lr * v;

@@ -51,7 +51,7 @@ def dual_average(w, g, T, v, inv_scale, lr, alpha, beta, weight_decay,
         g = g * tl.load(inv_scale)
     if MAXIMIZE:
         g = -g
-    g = tl.where(weight_decay != 0, g + weight_decay * w, g)  # a non-finite w stays out of v without decay
+    g = g + weight_decay * w  # also with weight_decay 0: a non-finite w makes its v non-finite, as on every backend
     T = alpha * T + (1.0 - alpha) * w
     v = beta * v + (1.0 - beta) * g
     return T - lr * v, v

@@ -187,8 +187,9 @@ def rda_step(
     g = unscaled_grads(grads, grad_scale)
     if maximize:
         g = torch._foreach_neg(g)
-    if weight_decay:
-        g = torch._foreach_add(g, w, alpha=weight_decay)  # a new list: p.grad is never written
+    # a new list: p.grad is never written. Added also with weight_decay 0, as the kernels do: a non-finite weight
+    # makes its own v non-finite (0 * inf is NaN)
+    g = torch._foreach_add(g, w, alpha=weight_decay)
 
     idx = [i for i, pen in enumerate(penalized) if pen]
     if idx:
