@@ -34,9 +34,10 @@ class GRDA(SparseOptimizer):
             one-element device tensor, and step counts and thresholds are float64 device scalars updated on the
             device (so they match the host path to float64 rounding, not bit for bit).
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
-            without tuning ``c``: ``c`` (> 0) becomes the starting value of a controller that re-sets it, and
-            rescales the accumulated ``l1`` with it, every ``total_steps // 200`` steps along a cubic ramp to the
-            target, reached at 75% of training (sparse_rda/target.py). One host sync per control step.
+            without tuning ``c``: ``c`` (> 0) becomes the starting value of a controller that, at most every
+            ``total_steps // 200`` steps, snaps the weights onto a cubic ramp to the target, reached at 75% of
+            training and held to the end, and re-sets ``c`` (rescaling the accumulated ``l1`` with it)
+            (sparse_rda/target.py). A few host syncs per control step.
         total_steps: the training length in steps; required with ``target_sparsity``.
     """
 
@@ -46,6 +47,7 @@ class GRDA(SparseOptimizer):
                                       target_sparsity=target_sparsity, total_steps=total_steps))
 
     _HOST_SCALARS = ("step", "l1")
+    _HOLD_GAIN = 1.0  # l1 does not depend on the weights: the last quantile is the best scale to hold (target.py)
 
     _CORE_OPTIONS = ("lr", "c", "mu")
 
@@ -119,3 +121,12 @@ class GRDA(SparseOptimizer):
         for p in penalized:
             self.state[p]["l1"] *= scale / group["c"]
         group["c"] = scale
+
+    def _threshold_scale(self, group: dict) -> float:
+        return float(group["c"])
+
+    def _apply_threshold(self, group: dict, penalized: list[torch.Tensor]) -> None:
+        """w = S(acc, l1)."""
+        for p in penalized:
+            state = self.state[p]
+            p.copy_(reference.soft_threshold(state["acc"], state["l1"].to(state["acc"].device, torch.float32)))

@@ -30,6 +30,8 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     # group options without which a saved group is not this class's (a state dict of another optimizer)
     _CORE_OPTIONS: tuple[str, ...] = ("lr",)
+    # target_sparsity: how far a control step moves the held threshold scale toward the quantile (target.py)
+    _HOLD_GAIN = target.HOLD_GAIN
 
     def __init__(self, params, defaults: dict):
         self._reset_caches()
@@ -178,12 +180,12 @@ class SparseOptimizer(torch.optim.Optimizer):
                 counts = self._group_step(group, backend, params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))
-                self._steer_sparsity(group)
+                self._steer_sparsity(group, params)
         return loss
 
-    def _steer_sparsity(self, group: dict) -> None:
-        """With ``target_sparsity``, on control steps set the group's threshold scale to the value that zeroes
-        the scheduled fraction of its penalized elements (sparse_rda/target.py)."""
+    def _steer_sparsity(self, group: dict, stepped: list[torch.Tensor]) -> None:
+        """With ``target_sparsity``, decide whether this step is a control step (sparse_rda/target.py): every
+        ``target_interval`` steps, or at once after an lr jump."""
         wanted = group.get("target_sparsity")
         if wanted is None:
             return
@@ -191,17 +193,34 @@ class SparseOptimizer(torch.optim.Optimizer):
         if not penalized:
             return
         step, total = max(int(self.state[p]["step"]) for p in penalized), group["total_steps"]
-        if not target.is_control_step(step, total):
-            return
+        interval = target.current_interval(group.get("target_interval"), total)
+        lr = float(group["lr"])
+        if target.is_control_step(step, total, interval) or target.lr_jumped(lr, group.get("target_lr")):
+            self._control_step(group, penalized, stepped, target.scheduled_sparsity(step, total, wanted),
+                               first=step <= target.control_interval(total))
+            group["target_lr"] = lr
+
+    def _control_step(self, group: dict, penalized: list[torch.Tensor], stepped: list[torch.Tensor],
+                      scheduled: float, first: bool) -> None:
+        """Snap the weights this step updated (``stepped``) onto the ``scheduled`` fraction of zeros over the
+        group's penalized tensors, hold a scale a step closer to the one that does it, and set the group's
+        ``target_interval`` from how far the scale held so far had drifted. Params without a grad this step
+        keep their weights (torch's contract) but count."""
         ratios, sizes = zip(*(self._zero_ratios(group, p) for p in penalized))
-        if all(size is None for size in sizes):
-            all_sizes = None
-        else:
-            all_sizes = torch.cat([torch.ones_like(r).flatten() if size is None else size.flatten()
-                                   for r, size in zip(ratios, sizes)])
-        scale = target.scale_for_sparsity(torch.cat([r.flatten() for r in ratios]), all_sizes,
-                                          target.scheduled_sparsity(step, total, wanted))
-        self._set_threshold_scale(group, penalized, scale)
+        all_ratios = torch.cat([r.flatten() for r in ratios])
+        all_sizes = None if all(size is None for size in sizes) else torch.cat(
+            [torch.ones_like(r).flatten() if size is None else size.flatten() for r, size in zip(ratios, sizes)])
+        held = self._threshold_scale(group)
+        quantile = target.scale_for_sparsity(all_ratios, all_sizes, scheduled) * target.ROUND_UP
+        drift = abs(target.sparsity_at(all_ratios, all_sizes, held) - scheduled)  # what the held scale gave
+        self._set_threshold_scale(group, penalized, quantile)
+        snapped = set(map(id, stepped))
+        self._apply_threshold(group, [p for p in penalized if id(p) in snapped])
+        # the kernel counted the weights before the snap: nnz() counts these again
+        self._nnz = [(params, counts) for params, counts in self._nnz if not any(id(p) in snapped for p in params)]
+        self._set_threshold_scale(group, penalized, target.held_scale(held, quantile, first, self._HOLD_GAIN))
+        group["target_interval"] = target.next_interval(
+            target.current_interval(group.get("target_interval"), group["total_steps"]), drift, group["total_steps"])
 
     def _zero_ratios(self, group: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit of ``p`` (element, or tile: then also the tiles' sizes) the threshold scale from which the
@@ -209,6 +228,15 @@ class SparseOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
+        raise NotImplementedError
+
+    def _threshold_scale(self, group: dict) -> float:
+        """The scale the group's thresholds are linear in (RDA's ``lam``, gRDA's ``c``)."""
+        raise NotImplementedError
+
+    def _apply_threshold(self, group: dict, penalized: list[torch.Tensor]) -> None:
+        """This step's weights again from the state, thresholded with the group's threshold scale now: as if the
+        step had used it."""
         raise NotImplementedError
 
     @torch.no_grad()

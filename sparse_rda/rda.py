@@ -48,9 +48,10 @@ class RDA(SparseOptimizer):
             ``averaging`` may be one-element device tensors (update them in place; the schedules do), step
             counters live on the device, and a GradScaler's inf check skips the update inside the kernel.
         target_sparsity: reach this fraction of zeros over the group's penalized tensors by ``total_steps``
-            without tuning ``lam``: ``lam`` becomes the starting value of a controller that re-sets it every
-            ``total_steps // 200`` steps along a cubic ramp to the target, reached at 75% of training
-            (sparse_rda/target.py). One host sync per control step.
+            without tuning ``lam``: ``lam`` becomes the starting value of a controller that, at most every
+            ``total_steps // 200`` steps (more often while the sparsity drifts), snaps the weights onto a cubic
+            ramp to the target, reached at 75% of training and held to the end, and steers ``lam``
+            (sparse_rda/target.py). A few host syncs per control step.
         total_steps: the training length in steps; required with ``target_sparsity``.
 
     A param group may also set ``penalize=False`` (as :func:`sparse_rda.param_groups` does for biases and
@@ -155,8 +156,25 @@ class RDA(SparseOptimizer):
         norms = torch.sqrt(reference.tile_sums(T * T, block))
         return target.zero_ratio(norms, B[:: block[0], :: block[1]] * torch.sqrt(counts)), counts
 
+    def _threshold_scale(self, group: dict) -> float:
+        return float(group["lam"])
+
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
         group["lam"] = scale
+
+    def _apply_threshold(self, group: dict, penalized: list[torch.Tensor]) -> None:
+        """w = S(T, lam B); in block mode the group prox, and the tile map (a SparseLinear's too) with it."""
+        block = reference.block_shape(group["granularity"])
+        for p in penalized:
+            state = self.state[p]
+            threshold = group["lam"] * state["B"]
+            if reference.effective_granularity(p.shape, group["granularity"]) == reference.BLOCK:
+                w, live = reference.group_soft_threshold(state["T"], threshold, block)
+                if "occupancy" in state:
+                    state["occupancy"].copy_(live)
+            else:
+                w = reference.soft_threshold(state["T"], threshold)
+            p.copy_(w)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

@@ -1,18 +1,56 @@
 """``target_sparsity=``: RDA and gRDA reach a requested sparsity without hand-tuning ``lam`` or ``c``.
 
-Both thresholds are linear in one scalar: RDA zeroes an element when ``|T| <= lam * B`` (a tile in block mode
-when ``||T_tile|| <= lam * B_tile * sqrt(tile size)``), gRDA when ``|acc| <= l1``, and ``l1`` is ``c`` times a
-sum that does not depend on ``c``. So after a step the scale that would zero exactly a fraction ``s`` of a
-group's penalized elements is a quantile of ``|T| / B`` (of ``|acc| / (l1 / c)``). Every few steps the
-controller sets ``lam`` (``c``, rescaling the accumulated ``l1`` with it, as if that ``c`` had been used from
-the start) to the quantile for the scheduled sparsity
+Both thresholds are linear in one scalar, the threshold scale: RDA zeroes an element when ``|T| <= lam * B`` (a
+tile in block mode when ``||T_tile|| <= lam * B_tile * sqrt(tile size)``), gRDA when ``|acc| <= l1``, and ``l1``
+is ``c`` times a sum that does not depend on ``c`` (changing ``c`` rescales the accumulated ``l1`` with it, as if
+that ``c`` had been used from the start). So after a step each unit (element or tile) has a ratio ``|T| / B``
+(``|acc| / (l1 / c)``) and is zero exactly when its ratio <= the scale: the scale that zeroes a fraction ``s``
+of the group's penalized elements is a quantile of the ratios. The schedule is Zhu & Gupta's cubic ramp
 
     s(t) = target * (1 - (1 - t / (RAMP_END * total_steps))^3)   (then target until the end),
 
-Zhu & Gupta's cubic ramp: sparsity grows fast while the weights move a lot and settles before the end, so the
-last quarter of training is fine-tuning at the target. The weights keep following RDA / gRDA: a zeroed weight
-goes on accumulating in ``T`` (``acc``) and comes back if its gradients say so; only the penalty strength is
-steered. One host sync per control step (the quantile), none in between.
+so sparsity grows fast while the weights move a lot and the last quarter of training is fine-tuning at the
+target. A control step comes every ``interval`` steps (at most ``control_interval = total_steps //
+CONTROL_POINTS``; below), after the last ramp step, after step ``total_steps``, and at once when the lr has moved
+more than LR_JUMP times since the last one. On a control step, after the step:
+
+1. **Snap**: the scale becomes the quantile ``q`` of ``s(t)`` and this step's weights are thresholded again with
+   it (``w = S(T, q B)``, gRDA ``S(acc, l1)``, block mode's tile maps with them): as if the step had used ``q``.
+   Every control step, the last one included, ends on the schedule (to the nearest tile in block mode).
+2. **Hold**: until the next control step the scale is ``held^(1 - gain) * q^gain``, a fraction ``gain`` of the
+   way from the scale held so far to ``q``, in log (at the first control step ``q`` itself: the constructor's
+   ``lam`` / ``c`` is only a starting guess). RDA: gain = HOLD_GAIN; gRDA: 1 (hold ``q``; below).
+3. **Interval**: halved when the held scale had let the sparsity drift more than SHORTEN_AT (1 point) from the
+   schedule since the last control step (measured on this step's ratios before the snap), doubled back up to
+   ``control_interval`` when less than LENGTHEN_AT (half a point).
+
+Why not hold ``q`` in RDA. ``q`` is exact for the step it is computed on, and far off a few steps later: the
+weights keep moving at a fixed scale, over a few times RDA's momentum and reweighting time (~10 steps at the
+defaults). Live weights just above a raised threshold are small, so their reweighting factor grows as their
+average magnitude decays, and they follow the zeroed ones; a lowered threshold lets the zeroed weights whose
+gradients beat it come back. Holding ``q`` (the rule before) made the sparsity overshoot each time and cycle: on
+LeNet-300-100 / Fashion-MNIST at a constant lr, with 46 steps between control steps, between 78% and 98.7% zeros
+for a 90% target, ``lam`` jumping 30x from one control step to the next, and 79.5% at the end. The held scale
+finds the scale at which the sparsity stays put: where it is too high the sparsity drifts up between control
+steps, so the next ``q`` is below it, and it comes down; at the right scale ``q`` equals it on average (HOLD_GAIN
+0.15: 0.08 tracked too slowly on that run, 0.3 moved with the noise of the batches; plain l1 RDA,
+``reweight=False``, is as steady with it). gRDA's ``l1`` does not depend on the weights, so its last quantile is
+the best guess there and it holds ``q`` (with 0.15 it lagged the ramp: twice the control steps, no closer).
+The snap takes out what the held scale has not caught up with yet (the ramp, the noise of the batches) at every
+control step, and the shorter intervals limit how far the sparsity runs off in between when the weights change
+their pace (a warm restart: from lr ~0 to its peak, RDA needs a 6-8x higher ``lam`` within some 20 steps).
+Between control steps the sparsity still moves with the batches around the held scale's level (on LeNet-300-100
+at a constant lr: within 2-4 points at single steps, 0.6 point RMS).
+
+Cost per control step: one quantile (a ``kthvalue``; a sort in block mode) and one count over the group's
+penalized elements, one thresholding pass over them and a few host syncs; no work in between. The intervals
+adapt, so a run takes more control steps than CONTROL_POINTS: ~550 on 20 epochs of LeNet-300-100 at a constant
+lr (9,380 steps), ~8% of its CPU training time (bench/results/target_sparsity-cpu.md). The controller's state is
+the scale (``lam`` / ``c``, with gRDA's ``l1``) and the group's ``target_interval`` and ``target_lr`` (read back
+with a fallback when a checkpoint holds something else there), so it survives ``state_dict()`` /
+``load_state_dict()`` and a resumed run continues it exactly. The weights keep following RDA / gRDA: a zeroed
+weight goes on accumulating in ``T`` (``acc``) and comes back if its gradients say so; only the penalty strength
+is steered.
 """
 
 from __future__ import annotations
@@ -23,6 +61,12 @@ import torch
 
 RAMP_END = 0.75  # fraction of training after which the target holds
 CONTROL_POINTS = 200  # about this many control steps over a training run (each costs a quantile)
+HOLD_GAIN = 0.15  # the fraction of the way (in log) from the held scale to the quantile taken per control step
+SHORTEN_AT, LENGTHEN_AT = 0.01, 0.005  # drift from the schedule (a fraction of the elements) that halves / doubles
+# the steps to the next control step
+LR_JUMP = 2.0  # an lr change by more than this factor since the last control step calls one at once
+ROUND_UP = 1.0 + 2.0**-21  # the snap's scale is the quantile times this: the unit at the quantile (ratio == scale)
+# is zeroed also where lam * B rounds below |T|
 
 
 def scheduled_sparsity(step: int, total_steps: int, target: float) -> float:
@@ -35,9 +79,45 @@ def control_interval(total_steps: int) -> int:
     return max(1, total_steps // CONTROL_POINTS)
 
 
-def is_control_step(step: int, total_steps: int) -> bool:
-    """Whether to re-steer after this step: every ``control_interval`` steps and after the last ramp step."""
-    return step % control_interval(total_steps) == 0 or step == math.ceil(RAMP_END * total_steps)
+def is_control_step(step: int, total_steps: int, interval: int) -> bool:
+    """Whether to re-steer after this step: every ``interval`` steps, after the last ramp step and after the last
+    step."""
+    return step % interval == 0 or step == math.ceil(RAMP_END * total_steps) or step == total_steps
+
+
+def current_interval(saved, total_steps: int) -> int:
+    """The group's steps between control steps: its ``target_interval`` when that is an int in
+    [1, control_interval] (the controller sets it, but it may come from a checkpoint), else control_interval."""
+    longest = control_interval(total_steps)
+    if isinstance(saved, int) and not isinstance(saved, bool) and 1 <= saved <= longest:
+        return saved
+    return longest
+
+
+def next_interval(interval: int, drift: float, total_steps: int) -> int:
+    """Halved when the held scale had let the sparsity drift more than SHORTEN_AT from the schedule since the last
+    control step, doubled (up to control_interval) when less than LENGTHEN_AT."""
+    if drift > SHORTEN_AT:
+        return max(1, interval // 2)
+    if drift < LENGTHEN_AT:
+        return min(control_interval(total_steps), interval * 2)
+    return interval
+
+
+def lr_jumped(lr: float, last_lr) -> bool:
+    """Whether the lr moved by more than LR_JUMP times (either way) since the last control step: a warm restart or
+    a step decay changes how the weights move at once, so the controller looks at once."""
+    if not isinstance(last_lr, float) or not last_lr > 0 or not lr > 0:
+        return False
+    return lr > LR_JUMP * last_lr or last_lr > LR_JUMP * lr
+
+
+def held_scale(held: float, quantile: float, first: bool, gain: float = HOLD_GAIN) -> float:
+    """The scale to hold until the next control step: ``held^(1 - gain) * quantile^gain``; the quantile itself at
+    the first control step or where either is not positive (no log)."""
+    if first or not (held > 0 and quantile > 0):
+        return quantile
+    return math.exp((1.0 - gain) * math.log(held) + gain * math.log(quantile))
 
 
 def scale_for_sparsity(ratios: torch.Tensor, sizes: torch.Tensor | None, sparsity: float) -> float:
@@ -60,6 +140,16 @@ def scale_for_sparsity(ratios: torch.Tensor, sizes: torch.Tensor | None, sparsit
     if first > 0 and needed - float(covered[first - 1]) < float(covered[first]) - needed:
         first -= 1
     return float(sorted_ratios[first])
+
+
+def sparsity_at(ratios: torch.Tensor, sizes: torch.Tensor | None, scale: float) -> float:
+    """The fraction of the elements that ``scale`` zeroes (units with ratio <= scale, tiles counting their
+    sizes)."""
+    zeroed = ratios.flatten() <= scale
+    if sizes is None:
+        return float(zeroed.double().mean())
+    sizes = sizes.flatten().double()
+    return float((sizes * zeroed).sum() / sizes.sum())
 
 
 def _below_all(ratios: torch.Tensor) -> float:
