@@ -196,16 +196,17 @@ class SparseOptimizer(torch.optim.Optimizer):
         interval = target.current_interval(group.get("target_interval"), total)
         lr = float(group["lr"])
         if target.is_control_step(step, total, interval) or target.lr_jumped(lr, group.get("target_lr")):
-            self._control_step(group, penalized, stepped, target.scheduled_sparsity(step, total, wanted),
-                               first=step <= target.control_interval(total))
+            drift = self._control_step(group, penalized, stepped, target.scheduled_sparsity(step, total, wanted),
+                                       first=step <= target.control_interval(total))
+            group["target_interval"] = target.next_interval(interval, drift, total)
             group["target_lr"] = lr
 
     def _control_step(self, group: dict, penalized: list[torch.Tensor], stepped: list[torch.Tensor],
-                      scheduled: float, first: bool) -> None:
+                      scheduled: float, first: bool) -> float:
         """Snap the weights this step updated (``stepped``) onto the ``scheduled`` fraction of zeros over the
-        group's penalized tensors, hold a scale a step closer to the one that does it, and set the group's
-        ``target_interval`` from how far the scale held so far had drifted. Params without a grad this step
-        keep their weights (torch's contract) but count."""
+        group's penalized tensors and hold a scale a step closer to the one that does it. Returns how far from
+        ``scheduled`` the scale held so far had let the sparsity drift. Params without a grad this step keep
+        their weights (torch's contract) but count."""
         ratios, sizes = zip(*(self._zero_ratios(group, p) for p in penalized))
         all_ratios = torch.cat([r.flatten() for r in ratios])
         all_sizes = None if all(size is None for size in sizes) else torch.cat(
@@ -219,8 +220,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         # the kernel counted the weights before the snap: nnz() counts these again
         self._nnz = [(params, counts) for params, counts in self._nnz if not any(id(p) in snapped for p in params)]
         self._set_threshold_scale(group, penalized, target.held_scale(held, quantile, first, self._HOLD_GAIN))
-        group["target_interval"] = target.next_interval(
-            target.current_interval(group.get("target_interval"), group["total_steps"]), drift, group["total_steps"])
+        return drift
 
     def _zero_ratios(self, group: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit of ``p`` (element, or tile: then also the tiles' sizes) the threshold scale from which the
