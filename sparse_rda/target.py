@@ -40,7 +40,7 @@ The snap takes out what the held scale has not caught up with yet (the ramp, the
 control step, and the shorter intervals limit how far the sparsity runs off in between when the weights change
 their pace (a warm restart: from lr ~0 to its peak, RDA needs a 6-8x higher ``lam`` within some 20 steps).
 Between control steps the sparsity still moves with the batches around the held scale's level (on LeNet-300-100
-at a constant lr: within 2-4 points at single steps, 0.6 point RMS).
+at a constant lr: up to 3.6 points at single steps, 0.64 point RMS; up to 4 right after a warm restart).
 
 Cost per control step: one quantile (a ``kthvalue``; a sort in block mode) and one count over the group's
 penalized elements, one thresholding pass over them and a few host syncs; no work in between. The intervals
