@@ -164,16 +164,11 @@ class RDA(SparseOptimizer):
 
     def _apply_threshold(self, group: dict, penalized: list[torch.Tensor]) -> None:
         """w = S(T, lam B); in block mode the group prox, and the tile map (a SparseLinear's too) with it."""
-        block = reference.block_shape(group["granularity"])
         for p in penalized:
             state = self.state[p]
-            threshold = group["lam"] * state["B"]
-            if reference.effective_granularity(p.shape, group["granularity"]) == reference.BLOCK:
-                w, live = reference.group_soft_threshold(state["T"], threshold, block)
-                if "occupancy" in state:
-                    state["occupancy"].copy_(live)
-            else:
-                w = reference.soft_threshold(state["T"], threshold)
+            w, live = reference.rda_prox(state["T"], group["lam"] * state["B"], group["granularity"])
+            if live is not None and "occupancy" in state:
+                state["occupancy"].copy_(live)
             p.copy_(w)
 
     def load_state_dict(self, state_dict: dict) -> None:

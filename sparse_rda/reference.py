@@ -141,6 +141,14 @@ def group_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, block: tuple[
 # Steps over a param group
 
 
+def rda_prox(T: torch.Tensor, threshold: torch.Tensor, granularity):
+    """RDA's prox of a penalized tensor: (w, occupancy) = the group prox on tiles in block mode, else
+    (S_threshold(T), None)."""
+    if effective_granularity(T.shape, granularity) == BLOCK:
+        return group_soft_threshold(T, threshold, block_shape(granularity))
+    return soft_threshold(T, threshold), None
+
+
 def as_float32(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """float32 views of the tensors: the tensor itself when it is fp32, an fp32 copy otherwise."""
     return [t.detach().float() for t in tensors]
@@ -224,13 +232,11 @@ def rda_step(
     for i in range(len(T)):
         if not penalized[i]:
             new_w.append(T[i])
-        elif effective_granularity(T[i].shape, granularity) == BLOCK:
-            w_i, live = group_soft_threshold(T[i], lam * B[i], block_shape(granularity))
-            new_w.append(w_i)
-            if occupancy is not None and occupancy[i] is not None:
-                occupancy[i].copy_(live)
-        else:
-            new_w.append(soft_threshold(T[i], lam * B[i]))
+            continue
+        w_i, live = rda_prox(T[i], lam * B[i], granularity)
+        new_w.append(w_i)
+        if live is not None and occupancy is not None and occupancy[i] is not None:
+            occupancy[i].copy_(live)
     torch._foreach_copy_(list(params), new_w)
 
 

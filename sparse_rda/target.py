@@ -45,7 +45,7 @@ at a constant lr: up to 3.6 points at single steps, 0.64 point RMS; up to 4 righ
 Cost per control step: one quantile (a ``kthvalue``; a sort in block mode) and one count over the group's
 penalized elements, one thresholding pass over them and a few host syncs; no work in between. The intervals
 adapt, so a run takes more control steps than CONTROL_POINTS: ~550 on 20 epochs of LeNet-300-100 at a constant
-lr (9,380 steps), ~8% of its CPU training time (bench/results/target_sparsity-cpu.md). The controller's state is
+lr (9,380 steps), 4-8% of its CPU training time (bench/results/target_sparsity-cpu.md). The controller's state is
 the scale (``lam`` / ``c``, with gRDA's ``l1``) and the group's ``target_interval`` and ``target_lr`` (read back
 with a fallback when a checkpoint holds something else there), so it survives ``state_dict()`` /
 ``load_state_dict()`` and a resumed run continues it exactly. The weights keep following RDA / gRDA: a zeroed
