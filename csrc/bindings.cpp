@@ -8,12 +8,9 @@
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAStream.h>  // the stream alone: ATen/cuda/CUDAContext.h would need cuBLAS/cuSPARSE headers
-#include <ATen/ops/empty.h>
-#include <ATen/ops/stack.h>
 #include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 
-#include <cstring>
 #include <vector>
 
 #include "check_args.h"
@@ -41,202 +38,133 @@ cuda::DType kernel_dtype(at::ScalarType t) {
   }
 }
 
-// Copies a host array of plain structs to the device (one copy from pinned memory). Not for capturable mode: a
-// CUDA graph would replay the copy from host memory freed after capture.
-template <typename T>
-at::Tensor to_device(const std::vector<T>& items, const at::Device& device) {
-  auto host = at::empty({static_cast<int64_t>(items.size() * sizeof(T))}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-  std::memcpy(host.data_ptr(), items.data(), items.size() * sizeof(T));
-  return host.to(device, /*non_blocking=*/true);
-}
-
 void check(cudaError_t status) { TORCH_CHECK(status == cudaSuccess, "sparse_rda CUDA kernel: ", cudaGetErrorString(status)); }
 
-// Splits tensor indices by (param dtype, grad dtype == param dtype): the kernels are specialised on both.
-std::vector<std::vector<int64_t>> by_dtype(at::TensorList params, at::TensorList grads) {
-  std::vector<std::vector<int64_t>> groups;
-  std::vector<std::pair<at::ScalarType, bool>> keys;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const std::pair<at::ScalarType, bool> key{params[i].scalar_type(), grads[i].scalar_type() == params[i].scalar_type()};
-    size_t k = 0;
-    while (k < keys.size() && keys[k] != key) ++k;
-    if (k == keys.size()) {
-      keys.push_back(key);
-      groups.emplace_back();
-    }
-    groups[k].push_back(static_cast<int64_t>(i));
-  }
-  return groups;
+// An optional scalar tensor as the kernels read it: float32 on the params' device (one already there is converted
+// there, without a host sync).
+at::Tensor device_f32(const std::optional<at::Tensor>& t, const at::Device& device) {
+  return t.has_value() ? t->to(device, at::kFloat).contiguous() : at::Tensor();
 }
 
-// GradScaler's 1 / scale, computed on the device (no host sync).
-std::optional<at::Tensor> device_inverse_scale(const std::optional<at::Tensor>& grad_scale) {
-  if (!grad_scale.has_value()) return std::nullopt;
-  return grad_scale->to(at::kDouble).reciprocal().to(at::kFloat);
+const float* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+
+// Whether the kernels read the grads as float32 (grad_for): the call's one grad dtype is not the params'.
+bool grads_float32(at::TensorList params, at::TensorList grads) {
+  return grads[0].scalar_type() != params[0].scalar_type();
 }
 
-// The rows idx of a device vector, gathered on the device (no index tensor copied from the host).
-at::Tensor rows(const at::Tensor& t, const std::vector<int64_t>& idx) {
-  if (static_cast<int64_t>(idx.size()) == t.size(0)) return t;  // a single dtype group: all rows, in order
-  std::vector<at::Tensor> picked;
-  for (int64_t i : idx) picked.push_back(t.select(0, i));
-  return at::stack(picked);
-}
-
-// Each param's nonzero count, from step(idx) run once per dtype group idx (int64 counts in idx's order).
-template <typename Step>
-at::Tensor counts_by_dtype(at::TensorList params, at::TensorList grads, Step&& step) {
-  const auto groups = by_dtype(params, grads);
-  if (groups.size() == 1) return step(groups[0]);
-  std::vector<at::Tensor> counts(params.size());
-  for (const auto& idx : groups) {
-    const at::Tensor group_counts = step(idx);
-    for (size_t j = 0; j < idx.size(); ++j) counts[idx[j]] = group_counts.select(0, static_cast<int64_t>(j));
-  }
-  return at::stack(counts);
+unsigned long long* counts_ptr(at::Tensor& counts) {
+  return reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
 }
 
 at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
-                         at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
-                         at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
-                         double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
-                         const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
-                         const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
+                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                         const std::optional<at::Tensor>& found_inf) {
   TORCH_CHECK(!params.empty(), "rda_step_: params is empty");
-  check_rda_args("rda_step_", params, grads, T, B, A, v, factors, group_sizes, grad_scale, lr_alpha, found_inf);
+  check_rda_args("rda_step_", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
+                 found_inf);
+  check_one_dtype_pair("rda_step_", params, grads);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto inv = device_inverse_scale(grad_scale);
-  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
-  // capturable: lr and averaging (and the skip flag) read by the kernels from the device
-  at::Tensor lr_alpha_f32, skip_flag;
-  if (lr_alpha.has_value()) {
-    lr_alpha_f32 = lr_alpha->to(device, at::kFloat).contiguous();
-    skip_flag = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous()
-                                      : at::zeros({1}, params[0].options().dtype(at::kFloat));
+  const at::Tensor inv = device_f32(inv_scale, device);
+  const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
+  // capturable: lr, averaging, the decays and the skip flag read by the kernels from the device
+  const at::Tensor hyper_f32 = device_f32(device_hyper, device), skip = device_f32(found_inf, device);
+  const cuda::DeviceScalars scalars{ptr_or_null(hyper_f32), ptr_or_null(skip)};
+  const int64_t n = static_cast<int64_t>(params.size());
+  std::vector<Flat> flats;
+  flats.reserve(n * 5);
+  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+  std::vector<cuda::RdaTensor> tensors;
+  for (int64_t i = 0; i < n; ++i) {
+    for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
+    Flat* f = &flats[flats.size() - 5];
+    grads_read.push_back(grad_for(params[i], grads[i]));
+    const std::optional<at::Tensor> means = factors[i] > 0 ? group_means.get(i) : std::nullopt;
+    tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                       f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                       means ? means->data_ptr<float>() : nullptr, f[0].flat.numel(),
+                       means ? group_size_of(params[i], *means) : 1, static_cast<float>(factors[i])});
   }
-  const cuda::DeviceScalars scalars =
-      lr_alpha.has_value() ? cuda::DeviceScalars{lr_alpha_f32.data_ptr<float>(), skip_flag.data_ptr<float>(),
-                                                 static_cast<float>(inv_tau), static_cast<float>(inv_tau_b)}
-                           : cuda::DeviceScalars{nullptr, nullptr, 0.0f, 0.0f};
-  TORCH_CHECK(lr_alpha.has_value() || !found_inf.has_value(), "found_inf: only with lr_alpha (capturable mode)");
-  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
-    std::vector<Flat> flats;
-    flats.reserve(idx.size() * 5);
-    std::vector<at::Tensor> keep;  // grads and group means stay alive until the kernels are queued
-    std::vector<cuda::RdaTensor> tensors;
-    for (int64_t i : idx) {
-      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
-      Flat* f = &flats[flats.size() - 5];
-      const at::Tensor g = grad_for(params[i], grads[i]);
-      at::Tensor means;
-      if (factors[i] > 0 && group_sizes[i] > 1) {
-        means = f[0].flat.to(at::kFloat).abs().view({-1, group_sizes[i]}).mean(1);
-      }
-      keep.push_back(g);
-      keep.push_back(means);
-      tensors.push_back({f[0].flat.data_ptr(), g.data_ptr(), f[1].flat.data_ptr<float>(), f[2].flat.data_ptr<float>(),
-                         f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
-                         means.defined() ? means.data_ptr<float>() : nullptr, f[0].flat.numel(), group_sizes[i],
-                         static_cast<float>(factors[i])});
-    }
-    const int64_t n = static_cast<int64_t>(tensors.size());
-    auto max_A = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kFloat));
-    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
-    const cuda::DType w_dtype = kernel_dtype(params[idx[0]].scalar_type());
-    const bool grad_f32 = grads[idx[0]].scalar_type() != params[idx[0]].scalar_type();
-    if (reweight) {
-      check(cuda::launch_rda_max_A(tensors.data(), n, w_dtype, s, scalars, max_A.data_ptr<float>(), stream));
-    }
-    check(cuda::launch_rda_step(tensors.data(), n, w_dtype, grad_f32, s, scalars,
-                                inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
-                                reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
-    for (Flat& f : flats) f.finish();
-    return counts;
-  });
+  auto max_A = at::zeros({n}, params[0].options().dtype(at::kFloat));
+  auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
+  const cuda::DType w_dtype = kernel_dtype(params[0].scalar_type());
+  if (reweight) check(cuda::launch_rda_max_A(tensors.data(), n, w_dtype, s, scalars, max_A.data_ptr<float>(), stream));
+  check(cuda::launch_rda_step(tensors.data(), n, w_dtype, grads_float32(params, grads), s, scalars, ptr_or_null(inv),
+                              reweight, max_A.data_ptr<float>(), counts_ptr(counts), stream));
+  for (Flat& f : flats) f.finish();
+  return counts;
 }
 
 at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                                at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
-                               double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
-                               double max_factor, bool reweight, bool maximize,
-                               const std::optional<at::Tensor>& grad_scale) {
+                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                               const std::optional<at::Tensor>& inv_scale) {
   TORCH_CHECK(!params.empty(), "rda_block_step_: params is empty");
-  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, grad_scale);
+  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale);
+  check_one_dtype_pair("rda_block_step_", params, grads);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto inv = device_inverse_scale(grad_scale);
-  const RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, 1.0f, maximize);
-  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
-    std::vector<Flat> flats;
-    flats.reserve(idx.size() * 6);
-    std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
-    std::vector<cuda::BlockTensor> tensors;
-    for (int64_t i : idx) {
-      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
-      Flat* f = &flats[flats.size() - 6];
-      grads_read.push_back(grad_for(params[i], grads[i]));
-      tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
-                         f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
-                         f[5].flat.data_ptr<bool>(), params[i].size(0), params[i].size(1)});
-    }
-    auto max_A = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kFloat));
-    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
-    check(cuda::launch_rda_block_step(tensors.data(), static_cast<int64_t>(tensors.size()), static_cast<int>(block[0]),
-                                      static_cast<int>(block[1]), kernel_dtype(params[idx[0]].scalar_type()),
-                                      grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), s,
-                                      inv ? inv->data_ptr<float>() : nullptr, reweight, max_A.data_ptr<float>(),
-                                      reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
-    for (Flat& f : flats) f.finish();
-    return counts;
-  });
+  const at::Tensor inv = device_f32(inv_scale, device);
+  const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
+  const int64_t n = static_cast<int64_t>(params.size());
+  std::vector<Flat> flats;
+  flats.reserve(n * 6);
+  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+  std::vector<cuda::BlockTensor> tensors;
+  for (int64_t i = 0; i < n; ++i) {
+    for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
+    Flat* f = &flats[flats.size() - 6];
+    grads_read.push_back(grad_for(params[i], grads[i]));
+    tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                       f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                       f[5].flat.data_ptr<bool>(), params[i].size(0), params[i].size(1)});
+  }
+  auto max_A = at::zeros({n}, params[0].options().dtype(at::kFloat));
+  auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
+  check(cuda::launch_rda_block_step(tensors.data(), n, static_cast<int>(block[0]), static_cast<int>(block[1]),
+                                    kernel_dtype(params[0].scalar_type()), grads_float32(params, grads), s,
+                                    ptr_or_null(inv), reweight, max_A.data_ptr<float>(), counts_ptr(counts), stream));
+  for (Flat& f : flats) f.finish();
+  return counts;
 }
 
-at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc,
-                          at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
-                          const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
-                          const std::optional<at::Tensor>& found_inf) {
+at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
+                          double lr, const std::optional<at::Tensor>& lr_device,
+                          const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf) {
   TORCH_CHECK(!params.empty(), "grda_step_: params is empty");
-  check_grda_args("grda_step_", params, grads, acc, thresholds, grad_scale, thresholds_device, lr_device,
-                  found_inf);
+  check_grda_args("grda_step_", params, grads, acc, thresholds, lr_device, inv_scale, found_inf);
+  check_one_dtype_pair("grda_step_", params, grads);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const auto inv = device_inverse_scale(grad_scale);
-  return counts_by_dtype(params, grads, [&](const std::vector<int64_t>& idx) {
-    std::vector<Flat> flats;
-    flats.reserve(idx.size() * 2);
-    std::vector<at::Tensor> keep;
-    std::vector<cuda::GrdaTensor> tensors;
-    std::vector<float> l1;
-    for (int64_t i : idx) {
-      flats.emplace_back(params[i]);
-      flats.emplace_back(acc[i]);
-      const at::Tensor g = grad_for(params[i], grads[i]);
-      keep.push_back(g);
-      Flat* f = &flats[flats.size() - 2];
-      tensors.push_back({f[0].flat.data_ptr(), g.data_ptr(), f[1].flat.data_ptr<float>(), f[0].flat.numel()});
-      l1.push_back(static_cast<float>(thresholds[i]));
-    }
-    // capturable: this dtype group's thresholds, lr and skip flag stay on the device
-    const at::Tensor l1_device = thresholds_device.has_value()
-                                     ? rows(thresholds_device->to(device, at::kFloat), idx).contiguous()
-                                     : to_device(l1, device).view(at::kFloat);
-    const at::Tensor lr_f32 = lr_device.has_value() ? lr_device->to(device, at::kFloat).contiguous() : at::Tensor();
-    const at::Tensor skip = found_inf.has_value() ? found_inf->to(device, at::kFloat).contiguous() : at::Tensor();
-    auto counts = at::zeros({static_cast<int64_t>(idx.size())}, params[0].options().dtype(at::kLong));
-    check(cuda::launch_grda_step(tensors.data(), static_cast<int64_t>(tensors.size()),
-                                 kernel_dtype(params[idx[0]].scalar_type()),
-                                 grads[idx[0]].scalar_type() != params[idx[0]].scalar_type(), static_cast<float>(lr),
-                                 lr_f32.defined() ? lr_f32.data_ptr<float>() : nullptr,
-                                 skip.defined() ? skip.data_ptr<float>() : nullptr, l1_device.data_ptr<float>(),
-                                 inv ? inv->data_ptr<float>() : nullptr,
-                                 reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>()), stream));
-    for (Flat& f : flats) f.finish();
-    return counts;
-  });
+  const at::Tensor inv = device_f32(inv_scale, device);
+  // capturable: the thresholds, lr and skip flag stay on the device; host thresholds are copied without a sync
+  const at::Tensor l1 = thresholds.to(device, at::kFloat, /*non_blocking=*/true).contiguous();
+  const at::Tensor lr_f32 = device_f32(lr_device, device), skip = device_f32(found_inf, device);
+  const int64_t n = static_cast<int64_t>(params.size());
+  std::vector<Flat> flats;
+  flats.reserve(n * 2);
+  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+  std::vector<cuda::GrdaTensor> tensors;
+  for (int64_t i = 0; i < n; ++i) {
+    flats.emplace_back(params[i]);
+    flats.emplace_back(acc[i]);
+    Flat* f = &flats[flats.size() - 2];
+    grads_read.push_back(grad_for(params[i], grads[i]));
+    tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                       f[0].flat.numel()});
+  }
+  auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
+  check(cuda::launch_grda_step(tensors.data(), n, kernel_dtype(params[0].scalar_type()), grads_float32(params, grads),
+                               static_cast<float>(lr), ptr_or_null(lr_f32), ptr_or_null(skip), l1.data_ptr<float>(),
+                               ptr_or_null(inv), counts_ptr(counts), stream));
+  for (Flat& f : flats) f.finish();
+  return counts;
 }
 
 }  // namespace
@@ -245,16 +173,15 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
 TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "rda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
-      "Tensor(e!)[] v, float[] factors, int[] group_sizes, float lr, float lam, float beta, float beta_b, "
-      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale, "
-      "Tensor? lr_alpha=None, Tensor? found_inf=None, float inv_tau=0., float inv_tau_b=0.) -> Tensor");
+      "Tensor(e!)[] v, Tensor?[] group_means, float[] factors, float[] hyper, bool reweight, bool maximize, "
+      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf) -> Tensor");
   m.def(
       "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
-      "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float lr, float lam, float beta, float beta_b, "
-      "float alpha, float weight_decay, float max_factor, bool reweight, bool maximize, Tensor? grad_scale) -> Tensor");
+      "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float[] hyper, bool reweight, bool maximize, "
+      "Tensor? inv_scale) -> Tensor");
   m.def(
-      "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, float[] thresholds, float lr, "
-      "Tensor? grad_scale, Tensor? thresholds_device=None, Tensor? lr_device=None, Tensor? found_inf=None) -> Tensor");
+      "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, Tensor thresholds, float lr, "
+      "Tensor? lr_device, Tensor? inv_scale, Tensor? found_inf) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {

@@ -4,11 +4,14 @@
 #pragma once
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <initializer_list>
 #include <optional>
+
+#include "rda_math.h"
 
 namespace sparse_rda {
 
@@ -69,27 +72,53 @@ inline void check_tensor_lists(const char* op, at::TensorList params, at::Tensor
   }
 }
 
-// A list of per-param values (factors, group sizes, thresholds) as long as params.
+// A list of per-param values (factors) as long as params.
 inline void check_count(const char* op, const char* name, size_t size, size_t n) {
   TORCH_CHECK(size == n, op, ": ", name, " has ", size, " values for ", n, " params");
 }
 
-// An optional tensor of scalars read by the step: at least `numel` elements.
-inline void check_scalars(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t numel) {
+// The RDA ops' hyper values (rda_math.h's HyperIndex order).
+inline void check_hyper(const char* op, at::ArrayRef<double> hyper) {
+  TORCH_CHECK(hyper.size() == kHyperSize, op, ": hyper must hold ", static_cast<int>(kHyperSize),
+              " values [lr, lam, beta, beta_b, averaging, weight_decay, max_factor], got ", hyper.size());
+}
+
+// An optional tensor of scalars read by the step: at least `numel` floating values. On a CUDA step (params on
+// `device`) and with on_device, it must be there: capturable mode reads it in the kernels, and a graph cannot
+// replay a copy from the host.
+inline void check_scalars(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t numel,
+                          const at::Device& device, bool on_device = false) {
   if (!t.has_value()) return;
   TORCH_CHECK(t->defined() && t->numel() >= numel, op, ": ", name, " must hold at least ", numel, " values, got ",
               t->defined() ? t->numel() : 0);
   TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ", t->scalar_type());
+  TORCH_CHECK(!on_device || device.is_cpu() || t->device() == device, op, ": ", name, " is on ", t->device(),
+              ", params on ", device);
 }
 
-// Structured groups: each group size positive and a divisor of its tensor's numel.
-inline void check_group_sizes(const char* op, at::TensorList params, at::IntArrayRef group_sizes) {
-  check_count(op, "group_sizes", group_sizes.size(), params.size());
+// Structured modes: per param None, or the caller's mean |w| of each contiguous group (float32, contiguous, beside
+// its param, a count of groups that divides the param's numel; the group size is the quotient).
+inline void check_group_means(const char* op, at::TensorList params,
+                              const c10::List<std::optional<at::Tensor>>& group_means) {
+  TORCH_CHECK(group_means.size() == params.size(), op, ": group_means has ", group_means.size(), " entries for ",
+              params.size(), " params");
   for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK(group_sizes[i] >= 1 && params[i].numel() % group_sizes[i] == 0, op, ": group_sizes[", i, "] = ",
-                group_sizes[i], " does not divide params[", i, "]'s ", params[i].numel(), " elements");
+    const std::optional<at::Tensor> means = group_means.get(i);
+    if (!means.has_value()) continue;
+    TORCH_CHECK(means->defined(), op, ": group_means[", i, "] is undefined");
+    TORCH_CHECK(means->scalar_type() == at::kFloat, op, ": group_means[", i, "] must be float32, got ",
+                means->scalar_type());
+    TORCH_CHECK(means->device() == params[i].device(), op, ": group_means[", i, "] is on ", means->device(),
+                ", params[", i, "] on ", params[i].device());
+    TORCH_CHECK(means->is_contiguous(), op, ": group_means[", i, "] must be contiguous");
+    TORCH_CHECK(means->numel() >= 1 && params[i].numel() % means->numel() == 0, op, ": group_means[", i, "] has ",
+                means->numel(), " values, which does not divide params[", i, "]'s ", params[i].numel(),
+                " elements into groups");
   }
 }
+
+// The group size of params[i] for group_means[i] (checked by check_group_means).
+inline int64_t group_size_of(const at::Tensor& param, const at::Tensor& means) { return param.numel() / means.numel(); }
 
 // Block steps: 2-D params, positive tile sides, and an occupancy map of one bool per tile.
 inline void check_block_args(const char* op, at::TensorList params, at::TensorList occupancy, at::IntArrayRef block) {
@@ -111,40 +140,66 @@ inline void check_block_args(const char* op, at::TensorList params, at::TensorLi
   }
 }
 
+// The CUDA kernels are specialised on one (param dtype, grad dtype) pair per call (the caller splits groups by
+// dtype): one param dtype, and every grad read as the param dtype or every grad read as float32 (grad_for).
+inline void check_one_dtype_pair(const char* op, at::TensorList params, at::TensorList grads) {
+  const at::ScalarType dtype = params[0].scalar_type();
+  const bool grads_as_params = grads[0].scalar_type() == dtype;
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].scalar_type() == dtype, op, ": params[", i, "] is ", params[i].scalar_type(),
+                ", params[0] ", dtype, ": the CUDA kernels are specialised on one (param dtype, grad dtype) pair "
+                "per call, so pass one dtype per call");
+    TORCH_CHECK((grads[i].scalar_type() == dtype) == grads_as_params, op, ": grads[", i, "] is ",
+                grads[i].scalar_type(), ", grads[0] ", grads[0].scalar_type(), " (params ", dtype,
+                "): the CUDA kernels are specialised on one (param dtype, grad dtype) pair per call, so grads must "
+                "be all in the params' dtype or all float32");
+  }
+}
+
 // Each op's whole argument check, shared by its CPU and CUDA implementations.
 inline void check_rda_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList T,
-                           at::TensorList B, at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
-                           at::IntArrayRef group_sizes, const std::optional<at::Tensor>& grad_scale,
-                           const std::optional<at::Tensor>& lr_alpha, const std::optional<at::Tensor>& found_inf) {
+                           at::TensorList B, at::TensorList A, at::TensorList v,
+                           const c10::List<std::optional<at::Tensor>>& group_means, at::ArrayRef<double> factors,
+                           at::ArrayRef<double> hyper, const std::optional<at::Tensor>& inv_scale,
+                           const std::optional<at::Tensor>& device_hyper, const std::optional<at::Tensor>& found_inf) {
   check_tensor_lists(op, params, grads, {{"T", T}, {"B", B}, {"A", A}, {"v", v}});
+  check_group_means(op, params, group_means);
   check_count(op, "factors", factors.size(), params.size());
-  check_group_sizes(op, params, group_sizes);
-  check_scalars(op, "grad_scale", grad_scale, 1);
-  check_scalars(op, "lr_alpha", lr_alpha, 2);
-  check_scalars(op, "found_inf", found_inf, 1);
+  check_hyper(op, hyper);
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  check_scalars(op, "inv_scale", inv_scale, 1, device);
+  check_scalars(op, "device_hyper", device_hyper, 4, device, /*on_device=*/true);
+  check_scalars(op, "found_inf", found_inf, 1, device);
+  TORCH_CHECK(device_hyper.has_value() || !found_inf.has_value(), op,
+              ": found_inf is only read with device_hyper (capturable mode)");
 }
 
 inline void check_block_step_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList T,
                                   at::TensorList B, at::TensorList A, at::TensorList v, at::TensorList occupancy,
-                                  at::IntArrayRef block, const std::optional<at::Tensor>& grad_scale) {
+                                  at::IntArrayRef block, at::ArrayRef<double> hyper,
+                                  const std::optional<at::Tensor>& inv_scale) {
   check_tensor_lists(op, params, grads, {{"T", T}, {"B", B}, {"A", A}, {"v", v}});
   check_block_args(op, params, occupancy, block);
-  check_scalars(op, "grad_scale", grad_scale, 1);
+  check_hyper(op, hyper);
+  check_scalars(op, "inv_scale", inv_scale, 1, params.empty() ? at::Device(at::kCPU) : params[0].device());
 }
 
+// thresholds: one floating value per param, on the host or on the params' device.
 inline void check_grda_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList acc,
-                            at::ArrayRef<double> thresholds, const std::optional<at::Tensor>& grad_scale,
-                            const std::optional<at::Tensor>& thresholds_device,
-                            const std::optional<at::Tensor>& lr_device, const std::optional<at::Tensor>& found_inf) {
+                            const at::Tensor& thresholds, const std::optional<at::Tensor>& lr_device,
+                            const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf) {
   check_tensor_lists(op, params, grads, {{"acc", acc}});
-  if (thresholds_device.has_value()) {
-    check_scalars(op, "thresholds_device", thresholds_device, static_cast<int64_t>(params.size()));
-  } else {
-    check_count(op, "thresholds", thresholds.size(), params.size());
-  }
-  check_scalars(op, "grad_scale", grad_scale, 1);
-  check_scalars(op, "lr_device", lr_device, 1);
-  check_scalars(op, "found_inf", found_inf, 1);
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  TORCH_CHECK(thresholds.defined(), op, ": thresholds is undefined");
+  TORCH_CHECK(thresholds.numel() == static_cast<int64_t>(params.size()), op, ": thresholds has ", thresholds.numel(),
+              " values for ", params.size(), " params");
+  TORCH_CHECK(at::isFloatingType(thresholds.scalar_type()), op, ": thresholds must be floating, got ",
+              thresholds.scalar_type());
+  TORCH_CHECK(thresholds.device().is_cpu() || thresholds.device() == device, op, ": thresholds is on ",
+              thresholds.device(), ", params on ", device, " (the host or the params' device)");
+  check_scalars(op, "lr_device", lr_device, 1, device, /*on_device=*/true);
+  check_scalars(op, "inv_scale", inv_scale, 1, device);
+  check_scalars(op, "found_inf", found_inf, 1, device);
 }
 
 }  // namespace sparse_rda

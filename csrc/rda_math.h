@@ -14,8 +14,8 @@
 
 namespace sparse_rda {
 
-// Step-wide scalars, computed on the host (float64 there, passed as float).
-// The 1 - x values are computed in double on the host, as the reference does, and rounded once.
+// Step-wide scalars: the RDA ops' hyper values rounded to float once (the caller computed the decays), the
+// 1 - x values computed in double on the host, as the reference does, and rounded once.
 struct RdaScalars {
   float lr;            // s
   float lam;           // threshold scale
@@ -30,27 +30,35 @@ struct RdaScalars {
   float grad_factor;   // 1 / GradScaler scale (1 without one), negated to maximize
 };
 
-// The step's scalars from the host's doubles.
-inline RdaScalars make_rda_scalars(double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
-                                   double max_factor, float inv_scale, bool maximize) {
-  return {static_cast<float>(lr),           static_cast<float>(lam),
-          static_cast<float>(beta),         static_cast<float>(1.0 - beta),
-          static_cast<float>(beta_b),       static_cast<float>(1.0 - beta_b),
-          static_cast<float>(alpha),        static_cast<float>(1.0 - alpha),
-          static_cast<float>(weight_decay), static_cast<float>(max_factor),
-          maximize ? -inv_scale : inv_scale};
+// The ops' `float[] hyper`, in this order (the length is checked by check_args.h).
+enum HyperIndex : int { kLr, kLam, kBeta, kBetaB, kAveraging, kWeightDecay, kMaxFactor, kHyperSize };
+
+// The step's scalars from hyper (kHyperSize host doubles) and the grad factor: the inverse scale's value where
+// the kernel gets no pointer to it, else 1.
+inline RdaScalars make_rda_scalars(const double* hyper, float grad_factor, bool maximize) {
+  return {static_cast<float>(hyper[kLr]),
+          static_cast<float>(hyper[kLam]),
+          static_cast<float>(hyper[kBeta]),
+          static_cast<float>(1.0 - hyper[kBeta]),
+          static_cast<float>(hyper[kBetaB]),
+          static_cast<float>(1.0 - hyper[kBetaB]),
+          static_cast<float>(hyper[kAveraging]),
+          static_cast<float>(1.0 - hyper[kAveraging]),
+          static_cast<float>(hyper[kWeightDecay]),
+          static_cast<float>(hyper[kMaxFactor]),
+          maximize ? -grad_factor : grad_factor};
 }
 
-// Capturable mode: lr and averaging read from the device (a CUDA graph replays with new values), so the
-// decays are computed where they are used, in float (the host computes them in double).
-SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha, float inv_tau, float inv_tau_b) {
+// Capturable mode: lr, averaging and the decays read from device memory (a CUDA graph replays with new values),
+// their 1 - x values then computed in float.
+SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha, float beta, float beta_b) {
   s.lr = lr;
   s.alpha = alpha;
-  s.beta = inv_tau > 0.0f ? expf(-lr * inv_tau) : 0.0f;
-  s.beta_b = inv_tau_b > 0.0f ? expf(-lr * inv_tau_b) : 0.0f;
-  s.one_minus_beta = 1.0f - s.beta;
-  s.one_minus_beta_b = 1.0f - s.beta_b;
+  s.beta = beta;
+  s.beta_b = beta_b;
   s.one_minus_alpha = 1.0f - alpha;
+  s.one_minus_beta = 1.0f - beta;
+  s.one_minus_beta_b = 1.0f - beta_b;
   return s;
 }
 

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .math import count_nonzero, load_f32, soft_threshold, store
 from .rda_step import BLOCK
-from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, kernel_grads, per_dtype_pair
+from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, kernel_grads
 
 ROW_W, ROW_G, ROW_ACC, ROW_NUMEL = (tl.constexpr(i) for i in range(4))
 
@@ -49,38 +49,29 @@ def _step_kernel(table, thresholds, n_tensors, chunk_tensor, chunk_start, nnz, i
     tl.atomic_add(nnz + t, count.to(tl.int64))
 
 
-def grda_step(params, grads, acc, *, lr, thresholds, grad_scale=None, device_scalars=None) -> torch.Tensor:
-    """The reference's grda_step as one fused kernel per dtype pair; returns each param's nonzero count.
-
-    thresholds: floats or a float32 tensor, one per param. device_scalars: capturable mode, (lr, found_inf)
-    device tensors (found_inf may be None); `thresholds` is then a device tensor and `lr` is unused."""
+def grda_step(tensors, bucket, s) -> torch.Tensor:
+    """The backend contract's grda_step (sparse_rda/step.py) as one fused kernel; returns each param's nonzero
+    count. Capturable mode: ``s.lr_device`` replaces lr and ``tensors.thresholds`` is on the device."""
+    params, grads, acc, thresholds = tensors
     device = params[0].device
-    inv_scale = grad_scale.double().reciprocal().float() if grad_scale is not None else None
-    grads = kernel_grads(grads)
-    lr_t, found_inf = device_scalars if device_scalars is not None else (None, None)
-    if device_scalars is not None and found_inf is None:
-        found_inf = torch.zeros((), device=device)
-
-    def launch(idx, w_dtype, g_dtype):
-        weights = Contiguous([params[i] for i in idx], write_back=True)
-        flat_grads = Contiguous([grads[i] for i in idx], write_back=False)
-        accs = Contiguous([acc[i] for i in idx], write_back=True)
-        numels = [w.numel() for w in weights.tensors]
-        table = address_table([weights.tensors, flat_grads.tensors, accs.tensors], [numels], device)
-        l1 = torch.as_tensor(thresholds, dtype=torch.float32)
-        l1 = (l1[idx] if len(idx) < len(params) else l1).to(device, non_blocking=True)
-        chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
-        counts = torch.zeros(len(idx), dtype=torch.int64, device=device)
-        _step_kernel[(chunk_tensor.numel(),)](
-            table, l1, len(idx), chunk_tensor, chunk_start, counts,
-            inv_scale if inv_scale is not None else l1, lr_t if lr_t is not None else l1,
-            found_inf if found_inf is not None else l1, lr,
-            HAS_SCALE=inv_scale is not None, DEVICE_SCALARS=device_scalars is not None,
-            W_DTYPE=TORCH_TO_TL[w_dtype], G_DTYPE=TORCH_TO_TL[g_dtype],
-            BLOCK=BLOCK, CHUNK=chunk,
-        )
-        weights.finish()
-        accs.finish()
-        return counts
-
-    return per_dtype_pair(params, grads, launch)
+    on_device = s.lr_device is not None
+    found_inf = s.found_inf if s.found_inf is not None or not on_device else torch.zeros((), device=device)
+    weights = Contiguous(params, write_back=True)
+    flat_grads = Contiguous(kernel_grads(grads), write_back=False)
+    accs = Contiguous(acc, write_back=True)
+    numels = [w.numel() for w in weights.tensors]
+    table = address_table([weights.tensors, flat_grads.tensors, accs.tensors], [numels], device)
+    l1 = thresholds.to(device, torch.float32, non_blocking=True)
+    chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
+    counts = torch.zeros(len(params), dtype=torch.int64, device=device)
+    _step_kernel[(chunk_tensor.numel(),)](
+        table, l1, len(params), chunk_tensor, chunk_start, counts,
+        s.inv_scale if s.inv_scale is not None else l1, s.lr_device if on_device else l1,
+        found_inf if found_inf is not None else l1, s.lr,
+        HAS_SCALE=s.inv_scale is not None, DEVICE_SCALARS=on_device,
+        W_DTYPE=TORCH_TO_TL[bucket.w_dtype], G_DTYPE=TORCH_TO_TL[flat_grads.tensors[0].dtype],
+        BLOCK=BLOCK, CHUNK=chunk,
+    )
+    weights.finish()
+    accs.finish()
+    return counts

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..validation import check_matmul_block
 from .tensor_table import TORCH_TO_TL
+from .tiles import check_matmul_block
 
 try:
     from triton.runtime.interpreter import InterpretedFunction

@@ -17,8 +17,6 @@ import torch
 import triton
 import triton.language as tl
 
-from sparse_rda import reference
-
 from .math import count_nonzero, dual_average, finite_or_zero, group_shrink, load_f32, reweight_factor, store
 from .tensor_table import TORCH_TO_TL, address_table
 
@@ -103,16 +101,16 @@ def _tile_table(shapes: list[tuple[int, int]], block: tuple[int, int], device) -
     return table.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else table
 
 
-def rda_block_step(params, grads, T, B, A, v, occupancy, *, block, lr, lam, beta, beta_b, averaging, weight_decay,
-                   max_factor, reweight, maximize, inv_scale) -> torch.Tensor:
-    """Block-mode RDA over penalized 2-D weights (all contiguous, one param dtype and one grad dtype); writes
-    each weight's occupancy map (bool) and returns each weight's nonzero count."""
+def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tensor:
+    """Block-mode RDA over penalized 2-D weights (all contiguous, one param dtype and one grad dtype) with the
+    step's scalars ``s`` (host values: capturable block mode is not implemented); writes each weight's occupancy
+    map (bool) and returns each weight's nonzero count."""
     device = params[0].device
     n = len(params)
     occ_bytes = [o.view(torch.uint8) for o in occupancy]
     shapes = [tuple(p.shape) for p in params]
     table = address_table([list(params), list(grads), list(T), list(B), list(A), list(v), occ_bytes],
-                          [[s[0] for s in shapes], [s[1] for s in shapes]], device)
+                          [[shape[0] for shape in shapes], [shape[1] for shape in shapes]], device)
     tiles = _tile_table(shapes, block, device)
     max_A = torch.zeros(n, dtype=torch.float32, device=device)
     nnz = torch.zeros(n, dtype=torch.int64, device=device)
@@ -120,10 +118,10 @@ def rda_block_step(params, grads, T, B, A, v, occupancy, *, block, lr, lam, beta
     sizes = dict(ROWS=rows, COLS=cols, ROWS_P=triton.next_power_of_2(rows), COLS_P=triton.next_power_of_2(cols))
     grid = (tiles.shape[0],)
     w_dtype, g_dtype = TORCH_TO_TL[params[0].dtype], TORCH_TO_TL[grads[0].dtype]
-    if reweight:
-        _max_A_kernel[grid](table, n, tiles, max_A, beta_b, W_DTYPE=w_dtype, **sizes)
-    _step_kernel[grid](table, n, tiles, max_A, nnz, inv_scale if inv_scale is not None else max_A,
-                       lr, lam, beta, beta_b, averaging, weight_decay, max_factor,
-                       REWEIGHT=reweight, MAXIMIZE=maximize, HAS_SCALE=inv_scale is not None,
+    if s.reweight:
+        _max_A_kernel[grid](table, n, tiles, max_A, s.beta_b, W_DTYPE=w_dtype, **sizes)
+    _step_kernel[grid](table, n, tiles, max_A, nnz, s.inv_scale if s.inv_scale is not None else max_A,
+                       s.lr, s.lam, s.beta, s.beta_b, s.averaging, s.weight_decay, s.max_factor,
+                       REWEIGHT=s.reweight, MAXIMIZE=s.maximize, HAS_SCALE=s.inv_scale is not None,
                        W_DTYPE=w_dtype, G_DTYPE=g_dtype, **sizes)
     return nnz

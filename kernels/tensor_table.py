@@ -92,18 +92,3 @@ def kernel_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """The grads in dtypes the kernels are compiled for: a float64 grad becomes a float32 copy (the step reads
     gradients in float32 anyway)."""
     return [g if g.dtype in TORCH_TO_TL else g.float() for g in grads]
-
-
-def per_dtype_pair(params: list[torch.Tensor], grads: list[torch.Tensor], launch) -> torch.Tensor:
-    """Kernels are specialised on (param dtype, grad dtype): run launch(indices, w_dtype, g_dtype) -> int64
-    counts once per pair present, and return the counts in the params' order."""
-    by_dtype: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
-    for i, (p, g) in enumerate(zip(params, grads)):
-        by_dtype.setdefault((p.dtype, g.dtype), []).append(i)
-    if len(by_dtype) == 1:
-        ((w_dtype, g_dtype), idx), = by_dtype.items()
-        return launch(idx, w_dtype, g_dtype)
-    counts = torch.zeros(len(params), dtype=torch.int64, device=params[0].device)
-    for (w_dtype, g_dtype), idx in by_dtype.items():
-        counts[idx] = launch(idx, w_dtype, g_dtype)
-    return counts

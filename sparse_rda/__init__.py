@@ -12,7 +12,7 @@
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
-from . import nn, pruning, reference, schedules
+from . import nn, pruning, reference, scalars, schedules
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups

@@ -6,8 +6,9 @@ import warnings
 
 import torch
 
-from . import dispatch, reference, target
+from . import reference, step, target
 from .optimizer import SparseOptimizer
+from .scalars import grda_scalars
 from .validation import check_hyper_value, check_number
 
 
@@ -65,21 +66,16 @@ class GRDA(SparseOptimizer):
     def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         return {"acc": (tuple(p.shape), torch.float32)}
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
-        c, mu = float(group["c"]), float(group["mu"])
-        capturable = self._capturable(group)
+    def _group_step(self, group: dict, backend, params: list[torch.Tensor], grad_scale, found_inf):
         for p in params:
             if not self.state[p]:
-                self.state[p].update(self._initial_state(p, capturable))
-        states = [self.state[p] for p in params]
-        lr = self._device_scalar(group["lr"], params[0].device) if capturable else float(group["lr"])
+                self.state[p].update(self._initial_state(p, self._capturable(group)))
+        scalars = grda_scalars(group, grad_scale, found_inf, self._capturable(group), params[0].device)
         counters = self._scalar_rows(params, ("step", "l1"))
-        advanced = self._advance_thresholds(group, params, counters, lr, c, mu, found_inf)
-        options = {"lr": 0.0, "device_scalars": (lr, found_inf)} if capturable else {"lr": lr}
-        counts = dispatch.implementation(backend).grda_step(
-            params, [p.grad for p in params], [s["acc"] for s in states], thresholds=advanced[:, 1].float(),
-            grad_scale=grad_scale, **options,
-        )
+        advanced = self._advance_thresholds(group, params, counters, scalars, found_inf)
+        tensors = step.GrdaTensors(params, [p.grad for p in params], [self.state[p]["acc"] for p in params],
+                                   thresholds=advanced[:, 1].float())
+        counts = step.run(backend.grda_step, tensors, self._step_plan(group, params)[1], scalars)
         counters.copy_(advanced)  # after the update: a refused call leaves the counters as they were
         return counts
 
@@ -93,13 +89,14 @@ class GRDA(SparseOptimizer):
                     l1=torch.zeros((), dtype=torch.float64, device=device),
                     acc=p.detach().to(torch.float32, copy=True))
 
-    def _advance_thresholds(self, group, params, counters, lr, c, mu, found_inf) -> torch.Tensor:
+    def _advance_thresholds(self, group, params, counters, scalars, found_inf) -> torch.Tensor:
         """The group's (step, l1) rows one step on: n + 1 and, for penalized tensors, l1 + c lr^(mu+1/2)
         (n^mu - (n-1)^mu), as a few ops on a copy of ``counters``."""
         counters = counters.clone()
         n = counters[:, 0]
         self._count_steps(n, found_inf)
-        growth = reference.grda_threshold_increment(c, lr.double() if torch.is_tensor(lr) else lr, mu, n)
+        lr = scalars.lr if scalars.lr_device is None else scalars.lr_device.double()
+        growth = reference.grda_threshold_increment(float(group["c"]), lr, float(group["mu"]), n)
         penalized = [self._is_penalized(group, p) for p in params]
         if not all(penalized):
             growth = growth * torch.tensor(penalized, dtype=torch.float64, device=n.device)
@@ -115,11 +112,12 @@ class GRDA(SparseOptimizer):
         return target.zero_ratio(state["acc"].abs(), unit.expand_as(state["acc"])), None
 
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
-        """c := scale, and every accumulated l1 with it (l1 is linear in c)."""
+        """c := scale, and every accumulated l1 with it (l1 is linear in c). In place: the l1 entries may be views
+        of the rows a step updates together (_scalar_rows), which must see the new values."""
         if scale <= 0:  # only when every accumulator is 0: nothing to steer
             return
         for p in penalized:
-            self.state[p]["l1"] *= scale / group["c"]
+            self.state[p]["l1"].mul_(scale / group["c"])
         group["c"] = scale
 
     def _threshold_scale(self, group: dict) -> float:

@@ -10,8 +10,9 @@ optimizer step, a pruning step, loading a checkpoint by hand) call :meth:`Sparse
 checkpoints of the sparse and the dense model are interchangeable.
 
 Trained by ``sparse_rda.RDA`` with ``granularity=("block", BN, BK)`` equal to the layer's ``block``, no refresh is
-needed: the layer shares its map with the weight (``weight.tile_map``), and the optimizer's step writes the map
-in the same pass that updates the weight.
+needed: the layer binds its map to its weight (:func:`bind_tile_map`), the optimizer looks it up
+(:func:`tile_map`), and its step writes the map in the same pass that updates the weight. With other tiles the
+optimizer keeps its own map and warns that the layer's needs refreshing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
-from .validation import check_matmul_block
+from .kernels.tiles import check_matmul_block
 
 try:
     from .kernels.masked_matmul import DEFAULT_BLOCK, INTERPRETED, expand_occupancy, masked_linear, tile_occupancy
@@ -40,6 +41,17 @@ except ImportError:  # installed without triton: the same layer on dense math, t
         return F.linear(x, weight, bias)
 else:
     HAS_TRITON = True
+
+
+def bind_tile_map(weight: torch.Tensor, block: tuple[int, int], occupancy: torch.Tensor) -> None:
+    """Declare that ``occupancy`` is the (block-tiled) map a layer reads for ``weight``, so that an optimizer working
+    in the same tiles writes it (RDA in block granularity does)."""
+    weight._sparse_rda_tile_map = (tuple(block), occupancy)
+
+
+def tile_map(weight: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor] | None:
+    """The (block, occupancy) a layer bound to ``weight`` with :func:`bind_tile_map`, or None."""
+    return getattr(weight, "_sparse_rda_tile_map", None)
 
 
 def matmul_kernel(device: torch.device | str) -> str:
@@ -79,7 +91,7 @@ class SparseLinear(nn.Linear):
 
     def _share_map(self) -> None:
         """Let an optimizer working in the same tiles write this layer's map (see the module docstring)."""
-        self.weight.tile_map = (self.block, self.occupancy)
+        bind_tile_map(self.weight, self.block, self.occupancy)
 
     def __setstate__(self, state: dict) -> None:
         """After deepcopy (whose Parameter copies drop Python attributes) and unpickling: the link again."""

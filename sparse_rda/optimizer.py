@@ -10,7 +10,7 @@ from itertools import chain
 
 import torch
 
-from . import dispatch, target
+from . import dispatch, plan, step, target
 from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
                          same_granularity)
 
@@ -38,6 +38,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def _reset_caches(self) -> None:
+        # (stepped params, their shapes and dtypes, the group's layout options) -> (plans, buckets), see _step_plan
+        self._plans: dict[tuple, tuple[tuple[plan.TensorPlan, ...], tuple[plan.Bucket, ...]]] = {}
+        # id(param) -> its structured mode's group-mean buffer, see _group_means
+        self._means: dict[int, torch.Tensor] = {}
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         # group index -> (its params' state values, (granularity, param addresses)) when last checked, see
@@ -102,17 +106,43 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _warn_hyper(self, group: dict) -> None:
         pass
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
-        """One group's update; returns the params' nonzero counts (device int64) when the backend counts them.
-        found_inf is given only to capturable groups, whose kernels skip the update themselves."""
+    def _group_step(self, group: dict, backend: dispatch.Backend, params: list[torch.Tensor], grad_scale, found_inf):
+        """One group's update through ``backend`` (the contract of sparse_rda/step.py); returns the params' nonzero
+        counts (device int64) when the backend counts them. found_inf is given only to capturable groups, whose
+        kernels skip the update themselves."""
         raise NotImplementedError
 
     @staticmethod
-    def _device_scalar(value, device: torch.device) -> torch.Tensor:
-        """A hyper-parameter as a float32 device scalar, made by a kernel (capturable), not a host copy."""
-        if isinstance(value, torch.Tensor):
-            return value.to(device=device, dtype=torch.float32).reshape(())
-        return torch.full((), value, dtype=torch.float32, device=device)
+    def _is_penalized(group: dict, p: torch.Tensor) -> bool:
+        """Whether a tensor's weights are thresholded: the class's policy. Every tensor, unless its param group
+        opts out with ``penalize=False`` (GRDA, as the authors' code does; RDA adds a rule for 1-D tensors)."""
+        return group.get("penalize", True)
+
+    def _plan(self, group: dict, p: torch.Tensor) -> plan.TensorPlan:
+        """What a step does with ``p`` (sparse_rda/plan.py), from the group's options and the penalty policy."""
+        return plan.tensor_plan(p.shape, group.get("granularity", plan.ELEMENT), self._is_penalized(group, p))
+
+    def _step_plan(self, group: dict, params: list[torch.Tensor]):
+        """(plans, buckets) of the params a step updates: cached while those params, their shapes and dtypes (and
+        their grads') and the group's layout options stay the same."""
+        granularity = group.get("granularity")
+        key = (tuple(granularity) if isinstance(granularity, list) else granularity, group.get("penalize", True),
+               group.get("sparsify_1d"), tuple((id(p), p.shape, p.dtype, p.grad.dtype) for p in params))
+        cached = self._plans.get(key)
+        if cached is None:
+            if len(self._plans) > 64:  # the set of params with grads keeps changing: do not grow without bound
+                self._plans.clear()
+            plans = tuple(self._plan(group, p) for p in params)
+            cached = self._plans[key] = plans, plan.buckets(plans, tuple((p.dtype, p.grad.dtype) for p in params))
+        return cached
+
+    def _group_means(self, p: torch.Tensor, tensor_plan: plan.TensorPlan) -> torch.Tensor | None:
+        """A structured mode's per-group mean |w| of ``p`` now, for the kernels (None otherwise), in a buffer
+        kept per parameter."""
+        if not (tensor_plan.grouped and tensor_plan.penalized):
+            return None
+        means = self._means[id(p)] = step.group_means(p, tensor_plan.group_size, self._means.get(id(p)))
+        return means
 
     def _scalar_rows(self, params: list[torch.Tensor], keys: tuple[str, ...]) -> torch.Tensor:
         """A [len(params), len(keys)] float64 buffer whose rows the params' scalar state entries ``keys`` (step
@@ -140,13 +170,6 @@ class SparseOptimizer(torch.optim.Optimizer):
         """The group's capturable option. Under torch.compile, dynamo marks every optimizer group capturable
         (its convention for torch's optimizers); a traced step here runs the host-scalar path instead."""
         return group.get("capturable", False) and not torch.compiler.is_compiling()
-
-    @staticmethod
-    def _is_penalized(group: dict, p: torch.Tensor) -> bool:
-        """Whether a tensor's weights are thresholded; param groups can opt out with ``penalize=False``.
-        RDA spares tensors of < 2 dims unless ``sparsify_1d``; GRDA (no such option) thresholds every tensor,
-        as the authors' code does."""
-        return group.get("penalize", True) and (p.dim() >= 2 or group.get("sparsify_1d", True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -177,7 +200,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         for group, backend, params in work:
             if params:
                 inf = found_inf if self._capturable(group) else None
-                counts = self._group_step(group, backend, params, grad_scale, inf)
+                counts = self._group_step(group, dispatch.backend(backend), params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))
                 self._steer_sparsity(group, params)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import dispatch, reference, target
+from . import nn, plan, reference, step, target
 from .optimizer import SparseOptimizer
+from .scalars import rda_scalars
 from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
 
 
@@ -109,16 +112,21 @@ class RDA(SparseOptimizer):
         check_number("max_factor", group["max_factor"], low=1.0)
         check_number("weight_decay", group["weight_decay"])
         check_granularity(group["granularity"])
-        if capturable and reference.block_shape(group["granularity"]) is not None:
+        if capturable and plan.block_shape(group["granularity"]) is not None:
             raise ValueError("capturable=True is not implemented for granularity ('block', ...) yet")
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
+    @staticmethod
+    def _is_penalized(group: dict, p: torch.Tensor) -> bool:
+        """RDA spares tensors of < 2 dims (biases, norm scales) unless the group sets ``sparsify_1d``."""
+        return group.get("penalize", True) and (p.dim() >= 2 or group["sparsify_1d"])
+
     def _state_layout(self, group: dict, p: torch.Tensor) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         layout = {key: (tuple(p.shape), torch.float32) for key in ("T", "B", "A", "v")}
-        block = reference.block_shape(group["granularity"])
-        if block and p.dim() == 2 and self._is_penalized(group, p):
-            layout["occupancy"] = (reference.tile_grid(p.shape, block), torch.bool)
+        tensor_plan = self._plan(group, p)
+        if tensor_plan.tiled:
+            layout["occupancy"] = (plan.tile_grid(p.shape, tensor_plan.block), torch.bool)
         return layout
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
@@ -131,25 +139,32 @@ class RDA(SparseOptimizer):
         state["T"] = p.detach().to(torch.float32, copy=True)
         for key in ("B", "A", "v"):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
-        block = reference.block_shape(group["granularity"])
-        if block and p.dim() == 2 and self._is_penalized(group, p):
+        block = self._plan(group, p).block
+        if block:
             state["occupancy"] = self._shared_map(p, reference.tile_sums(p.detach().float() != 0, block) > 0, block)
         return state
 
     @staticmethod
     def _shared_map(p: torch.Tensor, tiles: torch.Tensor, block) -> torch.Tensor:
-        """The tile map to keep in the state: a sparse_rda.nn.SparseLinear's own map when the weight belongs to
-        one with the same tiles (so the step updates what the layer reads), else ``tiles``."""
-        shared = getattr(p, "tile_map", None)
-        if shared is None or tuple(shared[0]) != tuple(block) or shared[1].shape != tiles.shape:
+        """The tile map to keep in the state: the map a layer bound to the weight (sparse_rda.nn.bind_tile_map)
+        when it has the same tiles, so the step updates what the layer reads; else ``tiles``, with a warning when
+        a layer's map of other tiles is left for the user to refresh."""
+        bound = nn.tile_map(p)
+        if bound is None:
             return tiles
-        shared[1].copy_(tiles)
-        return shared[1]
+        if tuple(bound[0]) != tuple(block) or bound[1].shape != tiles.shape:
+            warnings.warn(f"a layer reads this weight (shape {tuple(p.shape)}) through {tuple(bound[0])} tiles and the "
+                          f"optimizer steps it in {tuple(block)} tiles: the layer's map is not updated by the step "
+                          "(call sparse_rda.nn.refresh_occupancy after each step, or use the layer's tiles)",
+                          stacklevel=4)
+            return tiles
+        bound[1].copy_(tiles)
+        return bound[1]
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |T| <= lam B; a tile when ||T_tile|| <= lam B_tile sqrt(tile size)."""
         T, B = self.state[p]["T"], self.state[p]["B"]
-        block = reference.block_shape(group["granularity"]) if p.dim() == 2 else None
+        block = self._plan(group, p).block
         if block is None:
             return target.zero_ratio(T.abs(), B), None
         counts = reference.tile_counts(T.shape, block, T.device)
@@ -166,7 +181,7 @@ class RDA(SparseOptimizer):
         """w = S(T, lam B); in block mode the group prox, and the tile map (a SparseLinear's too) with it."""
         for p in penalized:
             state = self.state[p]
-            w, live = reference.rda_prox(state["T"], group["lam"] * state["B"], group["granularity"])
+            w, live = reference.rda_prox(state["T"], group["lam"] * state["B"], self._plan(group, p))
             if live is not None and "occupancy" in state:
                 state["occupancy"].copy_(live)
             p.copy_(w)
@@ -174,45 +189,20 @@ class RDA(SparseOptimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         for group in self.param_groups:
-            block = reference.block_shape(group["granularity"])
             for p in group["params"]:
+                block = self._plan(group, p).block
                 if block and "occupancy" in self.state.get(p, {}):
                     self.state[p]["occupancy"] = self._shared_map(p, self.state[p]["occupancy"], block)
 
-    def _group_step(self, group: dict, backend: str, params: list[torch.Tensor], grad_scale, found_inf):
-        capturable = self._capturable(group)
+    def _group_step(self, group: dict, backend, params: list[torch.Tensor], grad_scale, found_inf):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
-        tau = group["momentum_time"]
-        tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
-        if capturable:
-            device = params[0].device
-            scalars = torch.stack([self._device_scalar(group[k], device) for k in ("lr", "averaging")])
-            lr = averaging = beta = beta_b = 0.0  # read on the device
-            device_scalars = {"device_scalars": (scalars, found_inf, tau, tau_b)}
-        else:
-            lr, averaging = float(group["lr"]), float(group["averaging"])
-            beta, beta_b = reference.decay(lr, tau), reference.decay(lr, tau_b)
-            device_scalars = {}
+        plans, buckets = self._step_plan(group, params)
+        tensors = step.RdaTensors(
+            params, [p.grad for p in params], *([s[key] for s in states] for key in ("T", "B", "A", "v")),
+            occupancy=[s.get("occupancy") for s in states],
+            group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
+        scalars = rda_scalars(group, grad_scale, found_inf, self._capturable(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]
-        counts = dispatch.implementation(backend).rda_step(
-            params,
-            [p.grad for p in params],
-            *([s[key] for s in states] for key in ("T", "B", "A", "v")),
-            penalized=[self._is_penalized(group, p) for p in params],
-            lr=lr,
-            lam=float(group["lam"]),
-            beta=beta,
-            beta_b=beta_b,
-            averaging=averaging,
-            weight_decay=float(group["weight_decay"]),
-            max_factor=float(group["max_factor"]),
-            reweight=group["reweight"],
-            granularity=group["granularity"],
-            maximize=group["maximize"],
-            grad_scale=grad_scale,
-            **device_scalars,
-            **({"occupancy": [s.get("occupancy") for s in states]} if reference.block_shape(group["granularity"])
-               else {}),
-        )
+        counts = step.run(backend.rda_step, tensors, buckets, scalars)
         self._count_steps(steps, found_inf)  # after the update: a refused call leaves the counters as they were
         return counts

@@ -8,24 +8,17 @@ a step never waits on the device. Each step works on one param group at a time a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-ELEMENT, KERNEL, CHANNEL, BLOCK = "element", "kernel", "channel", "block"
-GRANULARITIES = (ELEMENT, KERNEL, CHANNEL)  # and ("block", rows, cols) for tiles of 2-D weights
+from .plan import BLOCK, CHANNEL, KERNEL, TensorPlan, tile_grid
+from .scalars import GrdaScalars, RdaScalars, decay  # noqa: F401  (decay: the reference's scalars, re-exported)
+from .step import GrdaTensors, RdaTensors
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Host-side scalars
-
-
-def decay(lr: float, time_scale: float | None) -> float:
-    """exp(-lr / time_scale): the per-step decay of an average with that time scale; 0 when there is none."""
-    if not time_scale:
-        return 0.0
-    return math.exp(-lr / time_scale)
 
 
 def grda_threshold_increment(c: float, lr: float, mu: float, step: int) -> float:
@@ -35,38 +28,7 @@ def grda_threshold_increment(c: float, lr: float, mu: float, step: int) -> float
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Per-tensor pieces
-
-
-def block_shape(granularity) -> tuple[int, int] | None:
-    """(rows, cols) of the tiles for granularity ("block", rows, cols), else None."""
-    if isinstance(granularity, (tuple, list)) and len(granularity) == 3 and granularity[0] == BLOCK:
-        return int(granularity[1]), int(granularity[2])
-    return None
-
-
-def effective_granularity(shape: torch.Size, granularity) -> str:
-    """Structured modes apply to 4-D conv weights (out, in, kh, kw), block mode to 2-D weights; every other
-    tensor is element-wise."""
-    if block_shape(granularity) is not None:
-        return BLOCK if len(shape) == 2 else ELEMENT
-    return granularity if granularity in (KERNEL, CHANNEL) and len(shape) == 4 else ELEMENT
-
-
-def group_size(shape: torch.Size, granularity) -> int:
-    """How many weights share one penalty weight in the elementwise prox: 1, kh*kw (kernel) or in*kh*kw
-    (channel). Block mode's tiles use the group prox instead, with sqrt(tile size) there: 1 here."""
-    mode = effective_granularity(shape, granularity)
-    if mode == KERNEL:
-        return shape[2] * shape[3]
-    if mode == CHANNEL:
-        return shape[1] * shape[2] * shape[3]
-    return 1
-
-
-def tile_grid(shape, block: tuple[int, int]) -> tuple[int, int]:
-    """How many (rows x cols) tiles cover a 2-D shape: [ceil(N / rows), ceil(K / cols)]."""
-    return -(-shape[0] // block[0]), -(-shape[1] // block[1])
+# Per-tensor pieces (a tensor's plan, sparse_rda/plan.py, says which apply)
 
 
 def tile_sums(x: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -89,17 +51,15 @@ def tile_broadcast(per_tile: torch.Tensor, shape: torch.Size, block: tuple[int, 
     return per_tile.repeat_interleave(rows, dim=0).repeat_interleave(cols, dim=1)[: shape[0], : shape[1]]
 
 
-def magnitude(w: torch.Tensor, granularity) -> torch.Tensor:
+def magnitude(w: torch.Tensor, plan: TensorPlan) -> torch.Tensor:
     """a: |w| per element, the mean |w| of each kernel / output filter, or the RMS of each tile, broadcast."""
     a = w.abs()
-    mode = effective_granularity(w.shape, granularity)
-    if mode == BLOCK:
-        block = block_shape(granularity)
-        rms = torch.sqrt(tile_sums(w * w, block) / tile_counts(w.shape, block, w.device))
-        return tile_broadcast(rms, w.shape, block)
-    if mode == KERNEL:
+    if plan.mode == BLOCK:
+        rms = torch.sqrt(tile_sums(w * w, plan.block) / tile_counts(w.shape, plan.block, w.device))
+        return tile_broadcast(rms, w.shape, plan.block)
+    if plan.mode == KERNEL:
         return a.mean(dim=(2, 3), keepdim=True).expand_as(w)
-    if mode == CHANNEL:
+    if plan.mode == CHANNEL:
         return a.mean(dim=(1, 2, 3), keepdim=True).expand_as(w)
     return a
 
@@ -138,14 +98,14 @@ def group_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, block: tuple[
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Steps over a param group
+# Steps over a bucket of a param group (the backend contract, sparse_rda/step.py)
 
 
-def rda_prox(T: torch.Tensor, threshold: torch.Tensor, granularity):
+def rda_prox(T: torch.Tensor, threshold: torch.Tensor, plan: TensorPlan):
     """RDA's prox of a penalized tensor: (w, occupancy) = the group prox on tiles in block mode, else
     (S_threshold(T), None)."""
-    if effective_granularity(T.shape, granularity) == BLOCK:
-        return group_soft_threshold(T, threshold, block_shape(granularity))
+    if plan.tiled:
+        return group_soft_threshold(T, threshold, plan.block)
     return soft_threshold(T, threshold), None
 
 
@@ -154,102 +114,71 @@ def as_float32(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach().float() for t in tensors]
 
 
-def unscaled_grads(grads: Sequence[torch.Tensor], grad_scale: torch.Tensor | None) -> list[torch.Tensor]:
-    """float32 gradients, divided by a GradScaler's scale as GradScaler.unscale_ does (times the fp32 inverse)."""
+def unscaled_grads(grads: Sequence[torch.Tensor], inv_scale: torch.Tensor | None) -> list[torch.Tensor]:
+    """float32 gradients, times a GradScaler's 1 / scale as GradScaler.unscale_ does."""
     g = as_float32(grads)
-    if grad_scale is None:
-        return g
-    return torch._foreach_mul(g, grad_scale.double().reciprocal().float())
+    return g if inv_scale is None else torch._foreach_mul(g, inv_scale)
 
 
-def rda_step(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    T: Sequence[torch.Tensor],
-    B: Sequence[torch.Tensor],
-    A: Sequence[torch.Tensor],
-    v: Sequence[torch.Tensor],
-    *,
-    penalized: Sequence[bool],
-    lr: float,
-    lam: float,
-    beta: float,
-    beta_b: float,
-    averaging: float,
-    weight_decay: float,
-    max_factor: float,
-    reweight: bool,
-    granularity,
-    maximize: bool,
-    grad_scale: torch.Tensor | None = None,
-    occupancy: Sequence[torch.Tensor | None] | None = None,
-) -> None:
+def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     """One RDA step (ALGORITHMS.md sections 1 and 3) over tensors that all have state; updates params and state
-    in place.
-
-    ``penalized[i]`` False means om = 0 for that tensor: its B stays 0 and its weight is the plain iterate T.
-    In block mode, ``occupancy[i]`` (a bool [tile rows, tile cols] tensor, for penalized 2-D weights) receives
-    which tiles kept nonzeros.
+    in place. An unpenalized tensor has om = 0: its B stays 0 and its weight is the plain iterate T. A tiled
+    tensor's map (``tensors.occupancy``) receives which tiles kept nonzeros. (``group_means`` are the kernels'.)
     """
+    params, grads, T, B, A, v, occupancy, _ = tensors
+    plans = bucket.plans
     w = as_float32(params)
-    g = unscaled_grads(grads, grad_scale)
-    if maximize:
+    g = unscaled_grads(grads, s.inv_scale)
+    if s.maximize:
         g = torch._foreach_neg(g)
     # a new list: p.grad is never written. Added also with weight_decay 0, as the kernels do: a non-finite weight
     # makes its own v non-finite (0 * inf is NaN)
-    g = torch._foreach_add(g, w, alpha=weight_decay)
+    g = torch._foreach_add(g, w, alpha=s.weight_decay)
 
-    idx = [i for i, pen in enumerate(penalized) if pen]
+    idx = [i for i, plan in enumerate(plans) if plan.penalized]
     if idx:
         A_p, B_p = [A[i] for i in idx], [B[i] for i in idx]
         for i in idx:
-            if effective_granularity(w[i].shape, granularity) == BLOCK:
+            if plans[i].tiled:
                 # a tile's A and B are those of its first element (the kernels keep one value per tile and
                 # write it to every element): the same thing whatever a loaded state holds elsewhere in the tile
-                block = block_shape(granularity)
+                rows, cols = plans[i].block
                 for state in (A[i], B[i]):
-                    state.copy_(tile_broadcast(state[:: block[0], :: block[1]], state.shape, block))
-        a = [magnitude(w[i], granularity) for i in idx]
-        torch._foreach_mul_(A_p, beta_b)
-        torch._foreach_add_(A_p, a, alpha=1.0 - beta_b)
-        factors = [math.sqrt(group_size(w[i].shape, granularity)) for i in idx]
-        torch._foreach_mul_(B_p, averaging)
-        if reweight:
+                    state.copy_(tile_broadcast(state[::rows, ::cols], state.shape, plans[i].block))
+        a = [magnitude(w[i], plans[i]) for i in idx]
+        torch._foreach_mul_(A_p, s.beta_b)
+        torch._foreach_add_(A_p, a, alpha=1.0 - s.beta_b)
+        factors = [plans[i].factor for i in idx]
+        torch._foreach_mul_(B_p, s.averaging)
+        if s.reweight:
             max_A = finite_max(A_p)  # this step's A, whole tensor
-            om = [reweight_factor(A_i, m, max_factor) for A_i, m in zip(A_p, max_A)]
+            om = [reweight_factor(A_i, m, s.max_factor) for A_i, m in zip(A_p, max_A)]
             torch._foreach_mul_(om, factors)
-            torch._foreach_add_(B_p, om, alpha=lr)
+            torch._foreach_add_(B_p, om, alpha=s.lr)
         else:
-            torch._foreach_add_(B_p, [lr * f for f in factors])
+            torch._foreach_add_(B_p, [s.lr * f for f in factors])
 
-    torch._foreach_mul_(T, averaging)
-    torch._foreach_add_(T, w, alpha=1.0 - averaging)
-    torch._foreach_mul_(v, beta)
-    torch._foreach_add_(v, g, alpha=1.0 - beta)
-    torch._foreach_add_(T, v, alpha=-lr)
+    torch._foreach_mul_(T, s.averaging)
+    torch._foreach_add_(T, w, alpha=1.0 - s.averaging)
+    torch._foreach_mul_(v, s.beta)
+    torch._foreach_add_(v, g, alpha=1.0 - s.beta)
+    torch._foreach_add_(T, v, alpha=-s.lr)
 
     new_w = []
-    for i in range(len(T)):
-        if not penalized[i]:
+    for i, plan in enumerate(plans):
+        if not plan.penalized:
             new_w.append(T[i])
             continue
-        w_i, live = rda_prox(T[i], lam * B[i], granularity)
+        w_i, live = rda_prox(T[i], s.lam * B[i], plan)
         new_w.append(w_i)
-        if live is not None and occupancy is not None and occupancy[i] is not None:
+        if live is not None and occupancy[i] is not None:
             occupancy[i].copy_(live)
     torch._foreach_copy_(list(params), new_w)
 
 
-def grda_step(
-    params: Sequence[torch.Tensor],
-    grads: Sequence[torch.Tensor],
-    acc: Sequence[torch.Tensor],
-    *,
-    lr: float,
-    thresholds: Sequence[float],
-    grad_scale: torch.Tensor | None = None,
-) -> None:
+def grda_step(tensors: GrdaTensors, bucket, s: GrdaScalars) -> None:
     """One gRDA step (ALGORITHMS.md section 2): acc -= lr * grad; w = S_{l1}(acc), l1 per tensor."""
-    torch._foreach_add_(acc, unscaled_grads(grads, grad_scale), alpha=-lr)
-    new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds)]
+    params, grads, acc, thresholds = tensors
+    torch._foreach_add_(acc, unscaled_grads(grads, s.inv_scale), alpha=-s.lr)
+    new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds.tolist())]
     torch._foreach_copy_(list(params), new_w)

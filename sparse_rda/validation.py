@@ -9,6 +9,8 @@ from collections.abc import Iterable
 
 import torch
 
+from .plan import GRANULARITIES
+
 
 def check_number(name: str, value, *, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> None:
     """value must be a finite real number in [low, high] (or (low, high] with low_open)."""
@@ -51,14 +53,15 @@ def check_choice(name: str, value, choices: Iterable[str]) -> None:
 
 
 def check_granularity(value) -> None:
-    """"element", "kernel", "channel", or ("block", rows, cols) with positive integer tile sizes."""
+    """One of plan.GRANULARITIES ("element", "kernel", "channel"), or ("block", rows, cols) with positive integer
+    tile sizes: the one rule for RDA's tiles (the masked matmul's own is kernels/tiles.py)."""
     if isinstance(value, (tuple, list)):
         ok = len(value) == 3 and value[0] == "block" and all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value[1:])
         if not ok:
             raise ValueError(f"granularity must be ('block', rows, cols) with positive integer sizes; got {value!r}")
         return
-    check_choice("granularity", value, ("element", "kernel", "channel"))
+    check_choice("granularity", value, GRANULARITIES)
 
 
 def check_target(target_sparsity, total_steps, capturable: bool) -> None:
@@ -168,15 +171,3 @@ def check_device_scalars(group: dict, keys: tuple[str, ...], device: torch.devic
         if isinstance(value, torch.Tensor) and value.device != device:
             raise ValueError(f"{key}: a capturable group's {key} tensor must be on the params' device {device}, "
                              f"got {value.device}")
-
-
-def check_matmul_block(block, name: str = "block") -> tuple[int, int]:
-    """A masked-matmul tile (BN, BK): sides powers of two >= 16 (tl.dot's minimum), with or without triton."""
-    try:
-        bn, bk = (int(b) for b in block)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be two tile sides (BN, BK); got {name}={block!r}") from None
-    for b in (bn, bk):
-        if b < 16 or b & (b - 1):
-            raise ValueError(f"{name} sides must be powers of two >= 16 (tl.dot's minimum); got {name}={tuple(block)}")
-    return bn, bk

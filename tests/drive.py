@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from helpers import make_params  # noqa: F401  (the tests driving the spec take their params from here)
 from spec import grda_spec_step, rda_spec_step
 
 RDA_GROUP_KEYS = ("lr", "lam", "momentum_time", "reweight_time", "max_factor", "reweight", "averaging",
                   "weight_decay", "granularity", "sparsify_1d", "maximize")
-
-
-def make_params(shapes, dtype=torch.float32, zero_fraction=0.0):
-    params = []
-    for shape in shapes:
-        w = torch.randn(shape) * 0.5
-        if zero_fraction:
-            w[torch.rand(shape) < zero_fraction] = 0.0
-        params.append(torch.nn.Parameter(w.to(dtype)))
-    return params
 
 
 def clones(params):

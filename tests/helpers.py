@@ -102,20 +102,50 @@ def step_both(fused, ref, grads, **kwargs):
     return inputs
 
 
-def compare_block_rda(fused, ref, inputs, rtol):
-    """Block mode after step_both: state within rtol (errors of sums judged against their terms), fp32 weights
-    too and low-precision ones within a rounding step, and the same tile maps."""
+def make_params(shapes, dtype=torch.float32, zero_fraction=0.0, device="cpu"):
+    """Parameters of these shapes, N(0, 0.5^2), with about ``zero_fraction`` of them exactly 0."""
+    params = []
+    for shape in shapes:
+        w = torch.randn(shape) * 0.5
+        if zero_fraction:
+            w[torch.rand(shape) < zero_fraction] = 0.0
+        params.append(torch.nn.Parameter(w.to(device=device, dtype=dtype)))
+    return params
+
+
+def beside_the_reference(opt_cls, params, backend: str, **options):
+    """(fused, ref): ``opt_cls`` on ``params`` with ``backend``, and on copies with the reference."""
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    return opt_cls(params, backend=backend, **options), opt_cls(copies, backend="torch", **options)
+
+
+def compare_rda(fused, ref, inputs, rtol):
+    """After step_both: the state within rtol (errors of sums judged against their terms) and the weights. In
+    element modes the weights as the prox of T (the same zeros away from the threshold) and the step counts
+    equal; in block mode fp32 weights within rtol, low-precision ones within a rounding step, and the same maps."""
     group = ref.param_groups[0]
+    block = isinstance(group["granularity"], (tuple, list))
     for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
+        mine, theirs = fused.state[p], ref.state[q]
         T_scale, v_scale = rda_error_scales(group, before, q.grad)
         for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
-            assert_state_close(fused.state[p][key], ref.state[q][key], rtol, f"tensor {i} {key}", scale)
+            assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
+        if not block:
+            assert float(mine["step"]) == float(theirs["step"])
+            assert_weights_match(p.data, q.data, theirs["T"], group["lam"] * theirs["B"], rtol, f"tensor {i} w",
+                                 T_scale)
+            continue
         if p.dtype == torch.float32:
             assert_state_close(p.data, q.data, rtol, f"tensor {i} w", T_scale)
         else:  # bf16 / fp16 weights: within one rounding step of the reference's
             assert_within_rounding_step(p.data, q.data, f"tensor {i} w")
-        if "occupancy" in ref.state[q]:
-            assert torch.equal(fused.state[p]["occupancy"], ref.state[q]["occupancy"]), f"tensor {i} map"
+        if "occupancy" in theirs:
+            assert torch.equal(mine["occupancy"], theirs["occupancy"]), f"tensor {i} map"
+
+
+def step_and_compare(fused, ref, grads, rtol):
+    """One step of both from the same inputs (step_both), then compare_rda."""
+    compare_rda(fused, ref, step_both(fused, ref, grads), rtol)
 
 
 def check_capturable_grda_against_host(params, backend: str) -> None:
@@ -143,3 +173,23 @@ def check_capturable_grda_against_host(params, backend: str) -> None:
         assert float(fused.state[p]["l1"]) == pytest.approx(float(ref.state[q]["l1"]), rel=1e-6)
         assert float(fused.state[p]["step"]) == float(ref.state[q]["step"])
         torch.testing.assert_close(p.data, q.data, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A backend called directly, through the contract (sparse_rda/step.py), as the optimizers call it
+
+
+def rda_contract_call(backend: str, params, grads, T, B, A, v, *, penalized, granularity="element",
+                      occupancy=None, inv_scale=None, device=None, found_inf=None, **hyper):
+    """One RDA step of ``backend`` on these tensors (one bucket: one param dtype, one grad dtype); hyper: lr, lam,
+    beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize. Returns the backend's counts."""
+    from sparse_rda import dispatch, plan, scalars, step
+
+    plans = tuple(plan.tensor_plan(p.shape, granularity, pen) for p, pen in zip(params, penalized))
+    bucket, = plan.buckets(plans, tuple((p.dtype, g.dtype) for p, g in zip(params, grads)))
+    means = [step.group_means(p, pl.group_size, None) if pl.grouped and pl.penalized else None
+             for p, pl in zip(params, plans)]
+    tensors = step.RdaTensors(list(params), list(grads), list(T), list(B), list(A), list(v),
+                              list(occupancy) if occupancy is not None else [None] * len(params), means)
+    s = scalars.RdaScalars(**hyper, inv_scale=inv_scale, device=device, found_inf=found_inf)
+    return dispatch.backend(backend).rda_step(tensors, bucket, s)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sparse_rda
-from sparse_rda import native, reference
-from helpers import compare_block_rda, native_devices, step_both
+from sparse_rda import native, plan, reference
+from helpers import beside_the_reference, native_devices, step_and_compare
 
 RTOL = 1e-5  # docs/ALGORITHMS.md section 5: fused kernel vs the fp32 reference
 
@@ -24,7 +24,7 @@ def test_group_prox_by_hand():
 
 def test_tile_rms_on_ragged_edges():
     w = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0], [3.0, 4.0, 0.0]])
-    a = reference.magnitude(w, ("block", 2, 2))
+    a = reference.magnitude(w, plan.tensor_plan(w.shape, ("block", 2, 2), penalized=True))
     # tiles: [[1,1],[1,1]] rms 1; [[2],[2]] rms 2; [[3,4]] rms sqrt(12.5); [[0]] rms 0
     expected = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 2.0], [math.sqrt(12.5)] * 2 + [0.0]])
     torch.testing.assert_close(a, expected)
@@ -72,15 +72,13 @@ def test_native_block_step_matches_the_reference(block, dtype, device):
     shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24), (130, 72)]
     params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(device=device, dtype=dtype)) for s in shapes]
     params.append(torch.nn.Parameter((torch.randn(11, 6) * 0.5).to(device=device, dtype=dtype).t()))
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    options = dict(lr=0.8, lam=3e-2, averaging=0.3, weight_decay=1e-3, granularity=("block", *block))
-    fused = sparse_rda.RDA(params, backend=device, **options)
-    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    fused, ref = beside_the_reference(sparse_rda.RDA, params, device, lr=0.8, lam=3e-2, averaging=0.3,
+                                      weight_decay=1e-3, granularity=("block", *block))
     for k in range(30):
         # gradients growing down the rows (1e-2 to 1), so that tiles of every size both die and live
         grads = [torch.randn_like(p) * (torch.logspace(-2, 0, p.shape[0], device=device, dtype=p.dtype)[:, None] if p.dim() == 2
                                         else 1.0) for p in params]
-        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+        step_and_compare(fused, ref, grads, RTOL)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params), "nnz counted in the step"
     maps = [fused.state[p]["occupancy"] for p in params if "occupancy" in fused.state[p]]
@@ -95,13 +93,11 @@ def test_native_block_step_over_more_tensors_than_one_launch_takes(device):
     gen = torch.Generator().manual_seed(1)
     shapes = [tuple(int(x) for x in torch.randint(1, 40, (2,), generator=gen)) for _ in range(80)]
     params = [torch.nn.Parameter((torch.randn(s) * 0.5).to(device)) for s in shapes]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    options = dict(lr=0.8, lam=2e-2, averaging=0.3, granularity=("block", 8, 8))
-    fused = sparse_rda.RDA(params, backend=device, **options)
-    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    fused, ref = beside_the_reference(sparse_rda.RDA, params, device, lr=0.8, lam=2e-2, averaging=0.3,
+                                      granularity=("block", 8, 8))
     for _ in range(5):
         grads = [torch.randn_like(p) * (1 + i % 7) / 7 for i, p in enumerate(params)]
-        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+        step_and_compare(fused, ref, grads, RTOL)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
 
@@ -110,15 +106,13 @@ def test_native_block_step_over_more_tensors_than_one_launch_takes(device):
 @pytest.mark.parametrize("options", [dict(reweight=False), dict(maximize=True, momentum_time=None)])
 def test_native_block_options_and_grad_scale(options, device):
     params = [torch.nn.Parameter(torch.randn(9, 10, device=device) * 0.5)]
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    options = dict(lr=0.5, lam=2e-2, granularity=("block", 4, 4), **options)
-    fused = sparse_rda.RDA(params, backend=device, **options)
-    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    fused, ref = beside_the_reference(sparse_rda.RDA, params, device, lr=0.5, lam=2e-2, granularity=("block", 4, 4),
+                                      **options)
     for opt in (fused, ref):
         opt.grad_scale = torch.tensor(1024.0, device=device)  # as torch.amp.GradScaler hands it over
     for _ in range(10):
         grads = [torch.randn_like(p) * 1024 for p in params]
-        compare_block_rda(fused, ref, step_both(fused, ref, grads), RTOL)
+        step_and_compare(fused, ref, grads, RTOL)
 
 
 @pytest.mark.parametrize("device", NATIVE_DEVICES)
@@ -128,7 +122,7 @@ def test_opcheck_rda_block_step(device):
     args = (params, [torch.randn(s, device=device) for s in shapes], [p.clone() for p in params],
             *([torch.rand(s, device=device) for s in shapes] for _ in range(3)),
             [torch.zeros(2, 4, dtype=torch.bool, device=device), torch.zeros(3, 2, dtype=torch.bool, device=device)],
-            [3, 2], 0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, torch.tensor(2.0, device=device))
+            [3, 2], [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0], True, False, torch.tensor(0.5, device=device))
     torch.library.opcheck(torch.ops.sparse_rda.rda_block_step_.default, args)
 
 

@@ -5,7 +5,7 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import assert_state_close, assert_within_rounding_step
+from helpers import assert_state_close, assert_within_rounding_step, rda_contract_call
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not native.has_kernels("cuda"), reason="extension built without CUDA kernels")]
@@ -79,14 +79,14 @@ def test_cuda_op_reads_device_scalars_and_skips_on_found_inf():
     common = dict(penalized=[True, False], lam=1e-3, weight_decay=1e-4, max_factor=500.0, reweight=True,
                   granularity="element", maximize=False)
     lr, alpha, tau = 0.5, 0.3, 9.5
-    beta = sparse_rda.reference.decay(lr, tau)
-    native.rda_step(copies, grads, *state_copies, lr=lr, beta=beta, beta_b=beta, averaging=alpha, **common)
-    scalars = torch.tensor([lr, alpha], device="cuda")
-    native.rda_step(params, grads, *state, lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, **common,
-                    device_scalars=(scalars, torch.zeros((), device="cuda"), tau, tau))
+    beta = sparse_rda.scalars.decay(lr, tau)
+    rda_contract_call("cuda", copies, grads, *state_copies, lr=lr, beta=beta, beta_b=beta, averaging=alpha, **common)
+    lr_t = torch.tensor(lr, device="cuda")
+    on_device = torch.stack([lr_t, torch.tensor(alpha, device="cuda"), *(sparse_rda.scalars.decay(lr_t, tau),) * 2])
+    device_call = dict(lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, device=on_device, **common)
+    rda_contract_call("cuda", params, grads, *state, found_inf=torch.zeros((), device="cuda"), **device_call)
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     before = [p.clone() for p in params]
-    native.rda_step(params, grads, *state, lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, **common,
-                    device_scalars=(scalars, torch.ones((), device="cuda"), tau, tau))
+    rda_contract_call("cuda", params, grads, *state, found_inf=torch.ones((), device="cuda"), **device_call)
     assert all(torch.equal(p, b) for p, b in zip(params, before))

@@ -11,7 +11,8 @@ from sparse_rda import native
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
 SHAPES = [(8, 16), (5,), (16, 32)]
-SCALARS = (0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, None)  # lr ... maximize, grad_scale
+HYPER = [0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0]  # lr, lam, beta, beta_b, averaging, weight_decay, max_factor
+FLAGS = (True, False)  # reweight, maximize
 
 
 def rda_lists():
@@ -20,12 +21,13 @@ def rda_lists():
     grads = [torch.randn(s, generator=gen) for s in SHAPES]
     T = [p.clone() for p in params]
     B, A, v = ([torch.rand(s, generator=gen) for s in SHAPES] for _ in range(3))
-    return dict(params=params, grads=grads, T=T, B=B, A=A, v=v, factors=[1.0, 0.0, 1.0], group_sizes=[1, 1, 1])
+    return dict(params=params, grads=grads, T=T, B=B, A=A, v=v, group_means=[None, None, None],
+                factors=[1.0, 0.0, 1.0], hyper=HYPER)
 
 
-def call_rda(a, **extra):
-    return torch.ops.sparse_rda.rda_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["factors"],
-                                          a["group_sizes"], *SCALARS, **extra)
+def call_rda(a, device_hyper=None):
+    return torch.ops.sparse_rda.rda_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["group_means"],
+                                          a["factors"], a["hyper"], *FLAGS, None, device_hyper, None)
 
 
 def refused(call, args, match, **extra):
@@ -53,7 +55,10 @@ RDA_CASES = {
     "a state list too short": (lambda a: {**a, "v": a["v"][:2]}, "v has 2 tensors for 3 params"),
     "grads too short": (lambda a: {**a, "grads": a["grads"][:1]}, "grads has 1 tensors for 3 params"),
     "factors too short": (lambda a: {**a, "factors": [1.0]}, "factors has 1 values for 3 params"),
-    "group size not a divisor": (lambda a: {**a, "group_sizes": [1, 1, 3]}, r"group_sizes\[2\] = 3 does not divide"),
+    "group means not a divisor": (lambda a: with_item(a, "group_means", 2, torch.zeros(3)),
+                                  r"group_means\[2\] has 3 values, which does not divide"),
+    "group means too few": (lambda a: {**a, "group_means": [None]}, "group_means has 1 entries for 3 params"),
+    "hyper too short": (lambda a: {**a, "hyper": HYPER[:6]}, "hyper must hold 7 values"),
     "expanded state": (lambda a: with_item(a, "A", 1, torch.zeros(1).expand(5)), r"A\[1\] has elements that share"),
     "expanded param": (lambda a: with_item(a, "params", 1, torch.zeros(1).expand(5)), r"params\[1\] has elements"),
     "integer param": (lambda a: with_item(a, "params", 1, torch.zeros(5, dtype=torch.int32)), r"params\[1\] has dtype"),
@@ -67,7 +72,7 @@ def test_rda_step_refuses(case):
 
 
 def test_rda_step_refuses_short_capturable_scalars():
-    refused(call_rda, rda_lists(), "lr_alpha must hold at least 2 values", lr_alpha=torch.tensor([0.5]))
+    refused(call_rda, rda_lists(), "device_hyper must hold at least 4 values", device_hyper=torch.tensor([0.5]))
 
 
 def test_a_good_call_still_steps():
@@ -80,7 +85,7 @@ def test_a_good_call_still_steps():
 def block_lists(block=(8, 8)):
     a = rda_lists()
     shapes = [(8, 16), (16, 32)]
-    a = {k: [v[0], v[2]] for k, v in a.items()}
+    a = {k: [v[0], v[2]] for k, v in a.items() if k not in ("group_means", "factors", "hyper")}
     a["occupancy"] = [torch.zeros(-(-r // block[0]), -(-c // block[1]), dtype=torch.bool) for r, c in shapes]
     a["block"] = list(block)
     return a
@@ -88,7 +93,7 @@ def block_lists(block=(8, 8)):
 
 def call_block(a):
     return torch.ops.sparse_rda.rda_block_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
-                                                a["occupancy"], a["block"], *SCALARS)
+                                                a["occupancy"], a["block"], HYPER, *FLAGS, None)
 
 
 @pytest.mark.parametrize("make_bad, match", [
@@ -112,25 +117,22 @@ def test_block_step_refuses_a_1d_param():
 
 def grda_lists():
     a = rda_lists()
-    return dict(params=a["params"], grads=a["grads"], acc=a["T"], thresholds=[0.1, 0.0, 0.1])
+    return dict(params=a["params"], grads=a["grads"], acc=a["T"], thresholds=torch.tensor([0.1, 0.0, 0.1]))
 
 
-def call_grda(a, **extra):
-    if extra:
-        return torch.ops.sparse_rda.grda_step_(a["params"], a["grads"], a["acc"], a["thresholds"], 0.1, None,
-                                               extra["thresholds_device"], None, None)
-    return torch.ops.sparse_rda.grda_step_(a["params"], a["grads"], a["acc"], a["thresholds"], 0.1, None)
+def call_grda(a, lr_device=None):
+    return torch.ops.sparse_rda.grda_step_(a["params"], a["grads"], a["acc"], a["thresholds"], 0.1, lr_device, None,
+                                           None)
 
 
 @pytest.mark.parametrize("make_bad, match", [
     (lambda a: with_item(a, "acc", 0, torch.zeros(3)), r"acc\[0\] has 3 elements"),
-    (lambda a: {**a, "thresholds": [0.1]}, "thresholds has 1 values for 3 params"),
+    (lambda a: {**a, "thresholds": torch.tensor([0.1])}, "thresholds has 1 values for 3 params"),
     (lambda a: with_item(a, "grads", 2, torch.zeros(16, 31)), r"grads\[2\] has 496 elements"),
 ], ids=["acc of another size", "thresholds too few", "grad of another size"])
 def test_grda_step_refuses(make_bad, match):
     refused(call_grda, make_bad(grda_lists()), match)
 
 
-def test_grda_step_refuses_short_device_thresholds():
-    refused(call_grda, grda_lists(), "thresholds_device must hold at least 3 values",
-            thresholds_device=torch.zeros(2))
+def test_grda_step_refuses_an_empty_device_lr():
+    refused(call_grda, grda_lists(), "lr_device must hold at least 1 values", lr_device=torch.zeros(0))

@@ -7,7 +7,7 @@ import torch
 import sparse_rda
 from sparse_rda import native
 from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, native_devices,
-                     rda_error_scales, state_copy, step_both)
+                     rda_contract_call, rda_error_scales, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
@@ -18,8 +18,9 @@ def rda_args(shapes, dtype=torch.float32):
     T = [p.float().clone() for p in params]
     B, A, v = ([torch.rand(s) for s in shapes] for _ in range(3))
     factors = [1.0 if len(s) >= 2 else 0.0 for s in shapes]
-    sizes = [1] * len(shapes)
-    return (params, grads, T, B, A, v, factors, sizes, 0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0, True, False, None)
+    means = [None] * len(shapes)
+    hyper = [0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0]  # lr, lam, beta, beta_b, averaging, weight_decay, max_factor
+    return (params, grads, T, B, A, v, means, factors, hyper, True, False, None, None, None)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -30,7 +31,7 @@ def test_opcheck_rda_step(dtype):
 def test_opcheck_grda_step():
     shapes = [(5, 7), (3,)]
     args = ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],
-            [0.1, 0.0], 0.05, torch.tensor(4.0))
+            torch.tensor([0.1, 0.0]), 0.05, None, torch.tensor(0.25), None)
     torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default, args)
 
 
@@ -86,8 +87,8 @@ def test_float32_grads_on_bf16_params_match_the_reference():
     w_ref, state_ref = [p.clone() for p in w], [[t.clone() for t in ts] for ts in state]
     options = dict(penalized=[True, False], lr=0.5, lam=1e-2, beta=0.9, beta_b=0.9, averaging=0.2, weight_decay=0.0,
                    max_factor=500.0, reweight=True, granularity="element", maximize=False)
-    native.rda_step(w, g, *state, **options)
-    sparse_rda.reference.rda_step(w_ref, g, *state_ref, **options)
+    rda_contract_call("cpu", w, g, *state, **options)
+    rda_contract_call("torch", w_ref, g, *state_ref, **options)
     for ts, ts_ref in zip(state, state_ref):
         for t, t_ref in zip(ts, ts_ref):
             torch.testing.assert_close(t, t_ref, rtol=1e-5, atol=1e-6)
@@ -113,12 +114,12 @@ def test_nnz_comes_from_the_step():
 def test_opcheck_capturable_arguments():
     args = rda_args([(5, 7), (3,)])
     torch.library.opcheck(torch.ops.sparse_rda.rda_step_.default,
-                          args + (torch.tensor([0.5, 0.3]), torch.zeros(()), 1 / 9.5, 1 / 9.5))
+                          args[:-2] + (torch.tensor([0.5, 0.3, 0.9, 0.9]), torch.zeros(())))
     shapes = [(5, 7), (3,)]
     torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default,
                           ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],
-                           [torch.randn(s) for s in shapes], [0.0, 0.0], 0.0, None, torch.tensor([0.1, 0.0]),
-                           torch.tensor(0.05), torch.zeros(())))
+                           [torch.randn(s) for s in shapes], torch.tensor([0.1, 0.0]), 0.0, torch.tensor(0.05), None,
+                           torch.zeros(())))
 
 
 @pytest.mark.parametrize("device", native_devices())

@@ -7,8 +7,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import dispatch
-from helpers import (assert_state_close, assert_weights_match, assert_within_rounding_step,
-                     check_capturable_grda_against_host, compare_block_rda, rda_error_scales, state_copy, step_both)
+from helpers import (assert_state_close, assert_weights_match, assert_within_rounding_step, beside_the_reference,
+                     check_capturable_grda_against_host, make_params, state_copy, step_and_compare, step_both)
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -30,34 +30,11 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(tensor_table, "CHUNK", 2048)
 
 
-def make_params(shapes, dtype=torch.float32, zero_fraction=0.2):
-    params = []
-    for shape in shapes:
-        w = torch.randn(shape) * 0.5
-        w[torch.rand(shape) < zero_fraction] = 0.0
-        params.append(torch.nn.Parameter(w.to(device=DEVICE, dtype=dtype)))
-    return params
-
-
-def compare_rda(fused, ref, inputs, rtol=RTOL):
-    group = ref.param_groups[0]
-    for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
-        mine, theirs = fused.state[p], ref.state[q]
-        T_scale, v_scale = rda_error_scales(group, before, q.grad)
-        for key, scale in (("T", T_scale), ("B", None), ("A", None), ("v", v_scale)):
-            assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
-        assert float(mine["step"]) == float(theirs["step"])
-        assert_weights_match(p.data, q.data, theirs["T"], group["lam"] * theirs["B"], rtol, f"tensor {i} w", T_scale)
-
-
 def run_rda(shapes, steps, **options):
-    params = make_params(shapes)
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = sparse_rda.RDA(params, backend="triton", **options)
-    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    fused, ref = beside_the_reference(sparse_rda.RDA, make_params(shapes, zero_fraction=0.2, device=DEVICE),
+                                      "triton", **options)
     for k in range(steps):
-        grads = [torch.randn_like(p) for p in params]
-        compare_rda(fused, ref, step_both(fused, ref, grads))
+        step_and_compare(fused, ref, [torch.randn_like(p) for p in fused.param_groups[0]["params"]], RTOL)
     return fused
 
 
@@ -83,13 +60,11 @@ def test_block_granularity_matches_the_reference(block):
     """Tile kernels (kernels/rda_block_step.py) for the 2-D weights, element kernels for the rest; tiles padded
     to powers of two ((3, 5) -> (4, 8)) and ragged at the weights' edges."""
     shapes = [(7, 5), (13,), (33, 17), (1, 1), (4, 3, 3, 3), (16, 24)]
-    params = make_params(shapes)
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    options = dict(lr=0.8, lam=3e-2, averaging=0.3, weight_decay=1e-3, granularity=("block", *block))
-    fused = sparse_rda.RDA(params, backend="triton", **options)
-    ref = sparse_rda.RDA(copies, backend="torch", **options)
+    params = make_params(shapes, zero_fraction=0.2, device=DEVICE)
+    fused, ref = beside_the_reference(sparse_rda.RDA, params, "triton", lr=0.8, lam=3e-2, averaging=0.3,
+                                      weight_decay=1e-3, granularity=("block", *block))
     for _ in range(20):
-        compare_block_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]), RTOL)
+        step_and_compare(fused, ref, [torch.randn_like(p) for p in params], RTOL)
     nnz = fused.nnz()
     assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
     assert not fused.state[params[2]]["occupancy"].all(), "some tiles die"
@@ -97,22 +72,19 @@ def test_block_granularity_matches_the_reference(block):
 
 def test_many_small_tensors_and_non_contiguous_params():
     shapes = [(3, 2)] * 40 + [(5,)] * 20
-    params = make_params(shapes)
+    params = make_params(shapes, zero_fraction=0.2, device=DEVICE)
     params.append(torch.nn.Parameter(torch.randn(9, 7, device=DEVICE).t()))  # a transposed view
     assert not params[-1].is_contiguous()
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = sparse_rda.RDA(params, backend="triton", lam=1e-3, sparsify_1d=True)
-    ref = sparse_rda.RDA(copies, backend="torch", lam=1e-3, sparsify_1d=True)
+    fused, ref = beside_the_reference(sparse_rda.RDA, params, "triton", lam=1e-3, sparsify_1d=True)
     for _ in range(5):
-        compare_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]))
+        step_and_compare(fused, ref, [torch.randn_like(p) for p in params], RTOL)
     assert not params[-1].is_contiguous(), "the parameter keeps its layout"
 
 
 def test_grda_matches_the_reference_over_many_steps():
-    params = make_params(SHAPES)
-    copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
-    fused = sparse_rda.GRDA(params, backend="triton", lr=0.1, c=0.05, mu=0.55)
-    ref = sparse_rda.GRDA(copies, backend="torch", lr=0.1, c=0.05, mu=0.55)
+    params = make_params(SHAPES, zero_fraction=0.2, device=DEVICE)
+    fused, ref = beside_the_reference(sparse_rda.GRDA, params, "triton", lr=0.1, c=0.05, mu=0.55)
+    copies = ref.param_groups[0]["params"]
     for k in range(60):
         fused.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.1 if k < 30 else 0.03
         inputs = step_both(fused, ref, [torch.randn_like(p) for p in params])
@@ -132,7 +104,7 @@ def test_grda_matches_the_reference_over_many_steps():
     (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
 ])
 def test_grad_scaler_protocol_skips_on_inf_and_unscales_in_the_kernel(opt_cls, options):
-    params = make_params(SHAPES[:4])
+    params = make_params(SHAPES[:4], zero_fraction=0.2, device=DEVICE)
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     fused = opt_cls(params, backend="triton", **options)
     ref = opt_cls(copies, backend="torch", **options)
@@ -163,7 +135,7 @@ def test_grad_scaler_protocol_skips_on_inf_and_unscales_in_the_kernel(opt_cls, o
 def test_capturable_rda_reads_lr_and_averaging_from_device_tensors():
     """Capturable mode (device scalars, device step counters) against the host-scalar path, under a schedule
     that updates the tensors in place."""
-    params = make_params(SHAPES[:7])
+    params = make_params(SHAPES[:7], zero_fraction=0.2, device=DEVICE)
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     options = dict(lam=5e-4, weight_decay=1e-3, granularity="kernel")
     fused = sparse_rda.RDA(params, backend="triton", capturable=True, lr=torch.tensor(0.8, device=DEVICE),
@@ -172,7 +144,7 @@ def test_capturable_rda_reads_lr_and_averaging_from_device_tensors():
     lr_tensor = fused.param_groups[0]["lr"]
     schedules = [sparse_rda.schedules.CosineRDA(opt, total_steps=30) for opt in (fused, ref)]
     for _ in range(12):
-        compare_rda(fused, ref, step_both(fused, ref, [torch.randn_like(p) for p in params]))
+        step_and_compare(fused, ref, [torch.randn_like(p) for p in params], RTOL)
         for sched in schedules:
             sched.step()
     assert fused.param_groups[0]["lr"] is lr_tensor, "schedules update device hyper-parameters in place"
@@ -185,7 +157,7 @@ def test_capturable_rda_reads_lr_and_averaging_from_device_tensors():
     (sparse_rda.RDA, dict(lam=1e-3)), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
 ])
 def test_capturable_skips_on_found_inf_without_a_host_sync(opt_cls, options, monkeypatch):
-    params = make_params(SHAPES[:6])
+    params = make_params(SHAPES[:6], zero_fraction=0.2, device=DEVICE)
     opt = opt_cls(params, backend="triton", capturable=True, **options)
     for p in params:
         p.grad = torch.randn_like(p)
@@ -204,14 +176,14 @@ def test_capturable_skips_on_found_inf_without_a_host_sync(opt_cls, options, mon
 
 
 def test_capturable_grda_thresholds_match_the_host_path():
-    check_capturable_grda_against_host(make_params(SHAPES[:6]), "triton")
+    check_capturable_grda_against_host(make_params(SHAPES[:6], zero_fraction=0.2, device=DEVICE), "triton")
 
 
 def test_capturable_needs_a_kernel_backend():
     with pytest.raises(ValueError, match="capturable=True needs a kernel backend"):
-        sparse_rda.RDA(make_params([(3, 3)]), backend="torch", capturable=True)
+        sparse_rda.RDA(make_params([(3, 3)], zero_fraction=0.2, device=DEVICE), backend="torch", capturable=True)
     # outside capturable mode the reference takes a tensor lr, as torch's optimizers do (read on the host)
-    params = make_params([(3, 3)])
+    params = make_params([(3, 3)], zero_fraction=0.2, device=DEVICE)
     sparse_rda.RDA(params, lr=torch.tensor(1.0), backend="torch").step()
 
 
@@ -225,7 +197,7 @@ def test_cuda_graph_replay_matches_eager_steps(opt_cls, options, backend):
     """A captured step replayed with new grads and lr gives the eager steps, on Triton and on the native CUDA
     kernels (their tensor lists travel in the launch arguments, so the graph holds no host copies)."""
     shapes = [(64, 32), (17,), (8, 4, 3, 3)] + [(5, 3)] * 40  # > 36 tensors: two launches per kernel natively
-    params = make_params(shapes)
+    params = make_params(shapes, zero_fraction=0.2, device=DEVICE)
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     graphed = opt_cls(params, backend=backend, capturable=True, lr=torch.tensor(0.1, device="cuda"), **options)
     eager = opt_cls(copies, backend=backend, capturable=True, lr=torch.tensor(0.1, device="cuda"), **options)
@@ -259,7 +231,7 @@ def test_cuda_graph_replay_matches_eager_steps(opt_cls, options, backend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_params_on_gpu(dtype):
-    params = make_params(SHAPES, dtype=dtype)
+    params = make_params(SHAPES, dtype=dtype, zero_fraction=0.2, device=DEVICE)
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     fused = sparse_rda.RDA(params, backend="triton", lam=1e-3)
     ref = sparse_rda.RDA(copies, backend="torch", lam=1e-3)

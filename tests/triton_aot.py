@@ -10,14 +10,12 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-import sparse_rda.kernels  # noqa: F401  (the modules below; the package exports functions of the same names)
-
-RDA = sys.modules["sparse_rda.kernels.rda_step"]
-GRDA = sys.modules["sparse_rda.kernels.grda_step"]
-BLOCK_RDA = sys.modules["sparse_rda.kernels.rda_block_step"]
+import sparse_rda.kernels.grda_step as GRDA
+import sparse_rda.kernels.rda_block_step as BLOCK_RDA
+import sparse_rda.kernels.rda_step as RDA
 
 SCALAR_TYPES = {"n_tensors": "i32", "lr": "fp32", "lam": "fp32", "beta": "fp32", "beta_b": "fp32", "alpha": "fp32",
-                "inv_tau": "fp32", "inv_tau_b": "fp32", "weight_decay": "fp32", "max_factor": "fp32"}
+                "weight_decay": "fp32", "max_factor": "fp32"}
 POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "nnz": "*i64", "tile_table": "*i64"}
 
 

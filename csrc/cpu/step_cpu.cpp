@@ -19,6 +19,9 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 15;
 
+// A scalar tensor's first value, on the host (the checks allow more than one value).
+double first_value(const at::Tensor& t) { return t.reshape({-1})[0].item<double>(); }
+
 // a for element i: |w_i| in element mode, the mean |w| of its contiguous group in the structured modes.
 template <typename param_t>
 struct Magnitude {
@@ -127,7 +130,7 @@ at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad) {
 }
 
 bool found_inf_set(const std::optional<at::Tensor>& found_inf) {
-  return found_inf.has_value() && found_inf->item<double>() != 0.0;
+  return found_inf.has_value() && first_value(*found_inf) != 0.0;
 }
 
 at::Tensor count_nonzeros(at::TensorList params) {
@@ -136,35 +139,34 @@ at::Tensor count_nonzeros(at::TensorList params) {
   return nnz;
 }
 
-float inverse_scale(const std::optional<at::Tensor>& grad_scale) {
-  return grad_scale.has_value() ? static_cast<float>(1.0 / grad_scale->item<double>()) : 1.0f;
+float host_inv_scale(const std::optional<at::Tensor>& inv_scale) {
+  return inv_scale.has_value() ? static_cast<float>(first_value(*inv_scale)) : 1.0f;
 }
 
 at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
-                        at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
-                        at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
-                        double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
-                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
-                        const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b) {
-  check_rda_args("rda_step_", params, grads, T, B, A, v, factors, group_sizes, grad_scale, lr_alpha, found_inf);
+                        at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                        at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                        const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                        const std::optional<at::Tensor>& found_inf) {
+  check_rda_args("rda_step_", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
+                 found_inf);
   if (found_inf_set(found_inf)) return count_nonzeros(params);
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
-  RdaScalars s = make_rda_scalars(lr, lam, beta, beta_b, alpha, weight_decay, max_factor, inverse_scale(grad_scale),
-                                  maximize);
-  if (lr_alpha.has_value()) {
-    const at::Tensor values = lr_alpha->to(at::kCPU, at::kFloat).contiguous();
-    s = with_device_values(s, values.data_ptr<float>()[0], values.data_ptr<float>()[1], static_cast<float>(inv_tau),
-                           static_cast<float>(inv_tau_b));
+  RdaScalars s = make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize);
+  if (device_hyper.has_value()) {  // [lr, averaging, beta, beta_b], read as float as the CUDA kernels read them
+    const at::Tensor values = device_hyper->to(at::kCPU, at::kFloat).contiguous();
+    const float* x = values.data_ptr<float>();
+    s = with_device_values(s, x[0], x[1], x[2], x[3]);
   }
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
-    const int64_t group_size = group_sizes[t];
     const float factor = static_cast<float>(factors[t]);
-    at::Tensor means;  // structured modes: the reference's mean |w| per contiguous group
-    if (factor > 0.0f && group_size > 1) means = w.flat.to(at::kFloat).abs().view({-1, group_size}).mean(1);
+    at::Tensor means;  // structured modes, penalized: the caller's mean |w| per contiguous group
+    if (factor > 0.0f) means = group_means.get(t).value_or(at::Tensor());
+    const int64_t group_size = means.defined() ? group_size_of(params[t], means) : 1;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "rda_step_cpu", [&] {
       Magnitude<scalar_t> a{w.flat.data_ptr<scalar_t>(), means.defined() ? means.data_ptr<float>() : nullptr,
                             group_size};
@@ -183,28 +185,25 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
   return nnz;
 }
 
-at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
-                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
-                         const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
-                         const std::optional<at::Tensor>& found_inf) {
-  check_grda_args("grda_step_", params, grads, acc, thresholds, grad_scale, thresholds_device, lr_device,
-                  found_inf);
+at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
+                         double lr, const std::optional<at::Tensor>& lr_device,
+                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf) {
+  check_grda_args("grda_step_", params, grads, acc, thresholds, lr_device, inv_scale, found_inf);
   if (found_inf_set(found_inf)) return count_nonzeros(params);
-  if (lr_device.has_value()) lr = lr_device->item<double>();
-  at::Tensor l1s;  // capturable: the thresholds as a tensor (float32 on the host here)
-  if (thresholds_device.has_value()) l1s = thresholds_device->to(at::kCPU, at::kFloat).contiguous();
+  if (lr_device.has_value()) lr = first_value(*lr_device);
+  const at::Tensor l1s = thresholds.to(at::kCPU, at::kFloat).contiguous();
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
-  const float inv_scale = inverse_scale(grad_scale);
+  const float grad_factor = host_inv_scale(inv_scale);
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), accs(acc[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
-    const float l1 = l1s.defined() ? l1s.data_ptr<float>()[t] : static_cast<float>(thresholds[t]);
+    const float l1 = l1s.data_ptr<float>()[t];
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "grda_step_cpu", [&] {
       auto run = [&](auto* grad) {
         return grda_tensor(w.flat.data_ptr<scalar_t>(), grad, accs.flat.data_ptr<float>(), w.flat.numel(),
-                           static_cast<float>(lr), l1, inv_scale);
+                           static_cast<float>(lr), l1, grad_factor);
       };
       counts[t] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
     });

@@ -1,6 +1,7 @@
 // CPU implementations of the sparse_rda::rda_step_, rda_block_step_ and grda_step_ ops (schemas in bindings.cpp).
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -16,26 +17,24 @@
 namespace sparse_rda {
 
 at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
-                        at::TensorList A, at::TensorList v, at::ArrayRef<double> factors,
-                        at::IntArrayRef group_sizes, double lr, double lam, double beta, double beta_b,
-                        double alpha, double weight_decay, double max_factor, bool reweight, bool maximize,
-                        const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& lr_alpha,
-                        const std::optional<at::Tensor>& found_inf, double inv_tau, double inv_tau_b);
+                        at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                        at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                        const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                        const std::optional<at::Tensor>& found_inf);
 
 at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
-                              double lr, double lam, double beta, double beta_b, double alpha, double weight_decay,
-                              double max_factor, bool reweight, bool maximize,
-                              const std::optional<at::Tensor>& grad_scale);
+                              at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                              const std::optional<at::Tensor>& inv_scale);
 
-at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc,
-                         at::ArrayRef<double> thresholds, double lr, const std::optional<at::Tensor>& grad_scale,
-                         const std::optional<at::Tensor>& thresholds_device, const std::optional<at::Tensor>& lr_device,
-                         const std::optional<at::Tensor>& found_inf);
+at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
+                         double lr, const std::optional<at::Tensor>& lr_device,
+                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf);
 
-// Shared by the steps: the grad as read (its own dtype if the param's, else float32), GradScaler's 1 / scale.
+// Shared by the steps: the grad as read (its own dtype if the param's, else float32); the value of the caller's
+// 1 / GradScaler scale (1 without one), read on the host.
 at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad);
-float inverse_scale(const std::optional<at::Tensor>& grad_scale);
+float host_inv_scale(const std::optional<at::Tensor>& inv_scale);
 // Capturable mode: whether a GradScaler's found_inf says to skip the step (then nothing is written).
 bool found_inf_set(const std::optional<at::Tensor>& found_inf);
 // Each param's nonzero count, for a skipped step.

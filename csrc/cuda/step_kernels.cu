@@ -41,8 +41,8 @@ struct Resolved {
 };
 
 __device__ __forceinline__ Resolved resolve(RdaScalars s, const DeviceScalars& d) {
-  if (d.lr_alpha == nullptr) return {s, false};
-  return {with_device_values(s, d.lr_alpha[0], d.lr_alpha[1], d.inv_tau, d.inv_tau_b), *d.found_inf != 0.0f};
+  if (d.hyper != nullptr) s = with_device_values(s, d.hyper[0], d.hyper[1], d.hyper[2], d.hyper[3]);
+  return {s, d.found_inf != nullptr && *d.found_inf != 0.0f};
 }
 
 template <typename param_t>

@@ -20,7 +20,7 @@ struct RdaTensor {
   float* B;
   float* A;
   float* v;
-  const float* group_means;   // structured modes: mean |w| per contiguous group; null in element mode
+  const float* group_means;   // structured modes: mean |w| per contiguous group; null in element mode or unpenalized
   int64_t numel;
   int64_t group_size;
   float factor;               // sqrt(group size) when penalized, 0 when not
@@ -33,13 +33,11 @@ struct GrdaTensor {
   int64_t numel;
 };
 
-// Capturable mode: lr and averaging come from device memory and the momentum decays are computed on the device;
-// a nonzero *found_inf makes the kernels write nothing (nonzeros are still counted). All null when unused.
+// Capturable mode: lr, averaging and the momentum decays come from device memory; a nonzero *found_inf makes the
+// kernels write nothing (nonzeros are still counted). Both null when unused.
 struct DeviceScalars {
-  const float* lr_alpha;   // [lr, averaging]
+  const float* hyper;  // [lr, averaging, beta, beta_b]
   const float* found_inf;
-  float inv_tau;           // 1 / momentum_time, 0 for none
-  float inv_tau_b;         // 1 / reweight_time, 0 for none
 };
 
 // The launchers take the n tensors as a host array and pass them to the kernels by value (no device table), so
@@ -50,7 +48,7 @@ cudaError_t launch_rda_max_A(const RdaTensor* tensors, int64_t n, DType w_dtype,
                              float* max_A, cudaStream_t stream);
 
 // The RDA step; counts each tensor's nonzeros into nnz. max_A from launch_rda_max_A (unused without
-// reweighting); inv_scale: 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
+// reweighting); inv_scale: the caller's 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
 cudaError_t launch_rda_step(const RdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, RdaScalars s,
                             DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream);

@@ -74,7 +74,8 @@ static void rda_two_steps() {
   float w[4] = {2.0f, -1.0f, 0.5f, 0.0f};
   float T[4], B[4] = {0, 0, 0, 0}, A[4] = {0, 0, 0, 0}, v[4] = {0, 0, 0, 0};
   for (int i = 0; i < 4; ++i) T[i] = w[i];
-  const RdaScalars s = make_rda_scalars(0.5, 0.4, 0.0, 0.0, 0.5, 0.0, 5.0, 1.0f, false);
+  const double hyper[kHyperSize] = {0.5, 0.4, 0.0, 0.0, 0.5, 0.0, 5.0};  // lr, lam, beta, beta_b, alpha, wd, M
+  const RdaScalars s = make_rda_scalars(hyper, 1.0f, false);
   const float grads[2][4] = {{1.0f, 1.0f, -1.0f, 0.5f}, {0.2f, -0.4f, 0.0f, 1.0f}};
   for (int step = 0; step < 2; ++step) {
     float A_next[4], max_A = 0.0f;
@@ -108,7 +109,8 @@ static void rda_two_steps() {
 // beta = 1/2 exactly, alpha = 0, lam = 0, wd = .1: momentum SGD on T.
 static void momentum_and_weight_decay() {
   float w = 1.0f, T = 1.0f, B = 0.0f, v = 0.0f;
-  const RdaScalars s = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.1, 500.0, 1.0f, false);
+  const double hyper[kHyperSize] = {0.25, 0.0, 0.5, 0.0, 0.0, 0.1, 500.0};
+  const RdaScalars s = make_rda_scalars(hyper, 1.0f, false);
   w = rda_element(w, 0.5f, 1.0f, B, T, v, s);  // g = .6, v = .3, w = 1 - .075
   expect_near("momentum v1", v, 0.3);
   expect_near("momentum w1", w, 0.925);
@@ -117,9 +119,37 @@ static void momentum_and_weight_decay() {
   expect_near("momentum w2", w, 0.925 - 0.0490625);
   // maximize: the gradient's sign flips (and a GradScaler's 1/scale multiplies it)
   float w3 = 1.0f, T3 = 1.0f, B3 = 0.0f, v3 = 0.0f;
-  const RdaScalars up = make_rda_scalars(0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 500.0, 0.5f, true);
+  const double up_hyper[kHyperSize] = {0.25, 0.0, 0.5, 0.0, 0.0, 0.0, 500.0};
+  const RdaScalars up = make_rda_scalars(up_hyper, 0.5f, true);
   w3 = rda_element(w3, 1.0f, 1.0f, B3, T3, v3, up);  // g = -.5, v = -.25, w = 1 + .0625
   expect_near("maximize w", w3, 1.0625);
+}
+
+// hyper's order, and capturable mode's device values replacing lr, averaging and the decays (with their 1 - x).
+static void scalars_from_hyper() {
+  const double hyper[kHyperSize] = {0.5, 0.4, 0.25, 0.75, 0.125, 0.01, 5.0};
+  const RdaScalars s = make_rda_scalars(hyper, 0.5f, true);
+  expect_near("lr", s.lr, 0.5);
+  expect_near("lam", s.lam, 0.4);
+  expect_near("beta", s.beta, 0.25);
+  expect_near("1 - beta", s.one_minus_beta, 0.75);
+  expect_near("beta_b", s.beta_b, 0.75);
+  expect_near("1 - beta_b", s.one_minus_beta_b, 0.25);
+  expect_near("alpha", s.alpha, 0.125);
+  expect_near("1 - alpha", s.one_minus_alpha, 0.875);
+  expect_near("weight_decay", s.weight_decay, 0.01);
+  expect_near("max_factor", s.max_factor, 5.0);
+  expect_near("grad_factor, maximize", s.grad_factor, -0.5);
+  const RdaScalars d = with_device_values(s, 0.25f, 0.5f, 0.0f, 0.5f);
+  expect_near("device lr", d.lr, 0.25);
+  expect_near("device alpha", d.alpha, 0.5);
+  expect_near("device 1 - alpha", d.one_minus_alpha, 0.5);
+  expect_near("device beta (none)", d.beta, 0.0);
+  expect_near("device 1 - beta", d.one_minus_beta, 1.0);
+  expect_near("device beta_b", d.beta_b, 0.5);
+  expect_near("device 1 - beta_b", d.one_minus_beta_b, 0.5);
+  expect_near("device keeps lam", d.lam, 0.4);
+  expect_near("device keeps grad_factor", d.grad_factor, -0.5);
 }
 
 // mu = 1, c = .1: l1 = .0008 after lr .04; acc = 1 - .04 = .96, w = .9592.
@@ -137,6 +167,7 @@ int main() {
   nonfinite_cases();
   rda_two_steps();
   momentum_and_weight_decay();
+  scalars_from_hyper();
   grda_step();
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures == 0 ? 0 : 1;

@@ -1,0 +1,77 @@
+"""The backend contract: what a step hands each backend, and the loop over a group's buckets.
+
+Every backend (the reference included) implements the same two functions (registered in dispatch.py)::
+
+    rda_step(tensors: RdaTensors, bucket: plan.Bucket, scalars: scalars.RdaScalars) -> Tensor | None
+    grda_step(tensors: GrdaTensors, bucket: plan.Bucket, scalars: scalars.GrdaScalars) -> Tensor | None
+
+for one bucket's tensors (lists aligned with ``bucket.plans``), updating params and state in place and returning
+each param's nonzero count (int64, on the params' device) when it counted them, else None. They read per-tensor
+decisions from the plans and step-wide values from the scalars, and compute nothing the front end already knew.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .plan import Bucket
+
+
+class RdaTensors(NamedTuple):
+    """Per tensor: the parameter, its gradient, the state (float32), the tile map (tiled tensors, else None)
+    and, in the structured modes, the per-group mean |w| of this step's weights (else None)."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    T: list[torch.Tensor]
+    B: list[torch.Tensor]
+    A: list[torch.Tensor]
+    v: list[torch.Tensor]
+    occupancy: list[torch.Tensor | None]
+    group_means: list[torch.Tensor | None]
+
+
+class GrdaTensors(NamedTuple):
+    """Per tensor: the parameter, its gradient, the accumulator (float32); ``thresholds``: each tensor's l1, a
+    float32 vector (on the host, or the device in capturable mode)."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    acc: list[torch.Tensor]
+    thresholds: torch.Tensor
+
+
+def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
+    if len(indices) == n:
+        return tensors
+    return type(tensors)(*(column[list(indices)] if torch.is_tensor(column) else [column[i] for i in indices]
+                           for column in tensors))
+
+
+def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> torch.Tensor | None:
+    """kernel(tensors, bucket, scalars) for each bucket; the params' nonzero counts in the group's order, or None
+    when the backend does not count."""
+    n = len(tensors.params)
+    if len(buckets) == 1:
+        return kernel(_pick(tensors, buckets[0].indices, n), buckets[0], scalars)
+    counts = None
+    for bucket in buckets:
+        bucket_counts = kernel(_pick(tensors, bucket.indices, n), bucket, scalars)
+        if bucket_counts is None:
+            continue
+        if counts is None:
+            counts = torch.zeros(n, dtype=torch.int64, device=bucket_counts.device)
+        counts[list(bucket.indices)] = bucket_counts
+    return counts
+
+
+def group_means(param: torch.Tensor, group_size: int, out: torch.Tensor | None) -> torch.Tensor:
+    """The mean |w| of each contiguous run of ``group_size`` weights (a structured mode's magnitude), float32,
+    written into ``out`` when it fits (a buffer kept per parameter: its address stays the same from step to step,
+    as the kernels' cached address tables and CUDA graph replays need)."""
+    shape = (param.numel() // group_size,)
+    if out is None or out.shape != shape or out.device != param.device:
+        out = torch.empty(shape, dtype=torch.float32, device=param.device)
+    return torch.mean(param.detach().float().abs().reshape(shape[0], group_size), dim=1, out=out)
