@@ -63,12 +63,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy_report  # noqa: E402  (markdown table, plot, design-goal check)
-import optimizer_step  # noqa: E402  (machine info: the report header every runner shares)
+import accuracy_report  # (markdown table, plot, design-goal check)
+import common
 
-import sparse_rda  # noqa: E402
-from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist  # noqa: E402
+import sparse_rda
+from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist
 
 HERE = Path(__file__).resolve().parent
 
@@ -471,7 +470,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads or usable_cores())
     data = load_data(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = optimizer_step.machine_info(torch.device("cpu"))
+    machine = common.machine_info(torch.device("cpu"))
     command = "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     failures = 0
     for model in args.models:

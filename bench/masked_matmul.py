@@ -53,10 +53,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import optimizer_step  # noqa: E402  (machine info, names: the house conventions)
+import common
+import timing
 
-import sparse_rda.nn as snn  # noqa: E402  (what SparseLinear runs: the Triton kernels, or the dense math)
+import sparse_rda.nn as snn  # (what SparseLinear runs: the Triton kernels, or the dense math)
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -132,12 +132,12 @@ def time_fn(fn, device: torch.device, quick: bool = False, use_triton: bool = Tr
             except Exception as e:  # fall back to events
                 print(f"  do_bench failed ({type(e).__name__}: {e}); using CUDA events", file=sys.stderr)
         reps = 3 if est_ms > slow_ms else (10 if quick else 30)
-        times = optimizer_step.cuda_event_times(fn, 1 if est_ms > slow_ms else 3, reps)
+        times = timing.cuda_event_times(fn, 1 if est_ms > slow_ms else 3, reps)
         return dict(_stats(times), timer="CUDA events")
     warmup, reps = cpu_reps or ((0, 3) if quick else (1, 7))
     if est_ms > 2000:  # the interpreter on a larger shape: keep the smoke run short
         warmup, reps = 0, min(reps, 2)
-    return optimizer_step.time_cpu(fn, warmup, reps)
+    return timing.time_cpu(fn, warmup, reps)
 
 
 def free(device: torch.device) -> None:
@@ -482,7 +482,7 @@ def summary(report: dict) -> dict:
 
 def markdown_report(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
-    out = optimizer_step.report_header("Masked matmul", m) + [
+    out = common.report_header("Masked matmul", m) + [
         f"- command: `{cfg['command']}`",
         f"- dtype {cfg['dtype']}, tiles {BLOCK[0]}x{BLOCK[1]}, no bias; masked_linear runs: {cfg['masked_impl']}",
         f"- timing: {cfg['timer']}; ms is the median",
@@ -535,13 +535,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "always runs)")
     ap.add_argument("--quick", action="store_true", help="smoke run: one shape, four sparsities, short timing")
     ap.add_argument("--seed", type=int, default=0)
-    optimizer_step.add_runner_args(ap)
+    common.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = optimizer_step.runner_device(args)
+    device = common.runner_device(args)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     quick_shapes, quick_sparsities = QUICK[device.type]
     default_shapes = list(SHAPES) if device.type == "cuda" else list(CPU_SHAPES)
@@ -561,7 +561,7 @@ def main(argv=None) -> dict:
     use_triton = device.type == "cuda" and not args.no_triton_timer and do_bench_or_none() is not None
     impl = masked_impl(device, dtype)
 
-    machine = optimizer_step.machine_info(device)
+    machine = common.machine_info(device)
     if device.type == "cpu":
         print("NOTE: CPU run. These numbers are NOT the benchmark: masked_linear here is "
               f"{impl}. The benchmark is bf16 on a GPU (H200): python bench/masked_matmul.py --device cuda",
@@ -604,11 +604,11 @@ def main(argv=None) -> dict:
     if device.type == "cpu":
         print("(CPU run: not the benchmark; see above)")
     if not args.no_save:
-        suffix = "-" + "-".join(optimizer_step.slug(x) for x in shape_names) if args.shapes else ""
+        suffix = "-" + "-".join(common.slug(x) for x in shape_names) if args.shapes else ""
         suffix += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
         suffix += "-interp" if impl.startswith("triton interpreter") else ""
         suffix += "-quick" if args.quick else ""
-        optimizer_step.save_report(args.out, "masked_matmul", device, machine, suffix, report,
+        common.save_report(args.out, "masked_matmul", device, machine, suffix, report,
                                    markdown_report(report))
     return report
 

@@ -40,13 +40,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # noqa: E402  (models, batches, test accuracy, hyper-parameters)
-import optimizer_step  # noqa: E402  (machine info, report header)
+import accuracy  # (models, batches, test accuracy, hyper-parameters)
+import common
 
-import sparse_rda  # noqa: E402
-from sparse_rda import target  # noqa: E402
-from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist  # noqa: E402
+import sparse_rda
+from sparse_rda import target
+from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist
 
 HERE = Path(__file__).resolve().parent
 RULES = ("before", "now")
@@ -158,7 +157,7 @@ def run_key(run: dict) -> tuple:
 
 def markdown(results: dict) -> str:
     m, cfg = results["machine"], results["config"]
-    out = optimizer_step.report_header("target_sparsity: the rule before vs the controller now", m) + [
+    out = common.report_header("target_sparsity: the rule before vs the controller now", m) + [
         f"- command: `{cfg['command']}`",
         f"- Fashion-MNIST ({cfg['train_examples']} training / {cfg['test_examples']} test examples), batch "
         f"{accuracy.BATCH_SIZE}; epochs: LeNet-300-100 {cfg['epochs']['lenet']}, LeNet-5 {cfg['epochs']['cnn']}; "
@@ -276,7 +275,7 @@ def main(argv=None) -> int:
     command = "python bench/target_sparsity.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results.setdefault("runs", [])
     results["config"] = {**config, "command": command}
-    results["machine"] = optimizer_step.machine_info(torch.device("cpu"))
+    results["machine"] = common.machine_info(torch.device("cpu"))
     args.out.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in results["runs"]}
     for seed in args.seeds:

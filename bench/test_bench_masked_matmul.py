@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import masked_matmul  # noqa: E402
-import train_step  # noqa: E402
+import masked_matmul
+import train_step
 
+HERE = Path(__file__).resolve().parent
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 

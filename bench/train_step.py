@@ -52,12 +52,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import masked_matmul as mmb  # noqa: E402  (timing, operands)
-import optimizer_step  # noqa: E402  (machine info, names)
+import masked_matmul as mmb  # (timing, operands)
+import common
 
-import sparse_rda  # noqa: E402
-from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify  # noqa: E402
+import sparse_rda
+from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify
 
 HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -291,7 +290,7 @@ def markdown_table(result: dict) -> str:
 
 def markdown_report(report: dict) -> str:
     m, cfg, res = report["machine"], report["config"], report["result"]
-    out = optimizer_step.report_header("Training step, MLP block", m) + [
+    out = common.report_header("Training step, MLP block", m) + [
         f"- command: `{cfg['command']}`",
         f"- model: Linear({cfg['d']}, {4 * cfg['d']}) -> GELU -> Linear({4 * cfg['d']}, {cfg['d']}), "
         f"{cfg['tokens']} tokens, {cfg['dtype']} params (fp32 optimizer state); sparse: {cfg['sparsity']:.0%} of "
@@ -329,13 +328,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "a reference-backend row is added when this is not 'torch')")
     ap.add_argument("--quick", action="store_true", help="smoke run: smaller model, few reps")
     ap.add_argument("--seed", type=int, default=0)
-    optimizer_step.add_runner_args(ap)
+    common.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = optimizer_step.runner_device(args)
+    device = common.runner_device(args)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     d0, t0 = CONFIGS[device.type, args.quick]
     d, tokens = args.d or d0, args.tokens or t0
@@ -344,7 +343,7 @@ def main(argv=None) -> dict:
     cfg = dict(d=d, tokens=tokens, sparsity=args.sparsity / 100, seed=args.seed)
     use_triton = device.type == "cuda" and not args.no_triton_timer and mmb.do_bench_or_none() is not None
     impl = mmb.masked_impl(device, dtype)
-    machine = optimizer_step.machine_info(device)
+    machine = common.machine_info(device)
     if device.type == "cpu":
         print(f"NOTE: CPU run. These numbers are NOT the benchmark: masked_linear here is {impl}. "
               "The benchmark is the GPU run: python bench/train_step.py --device cuda", file=sys.stderr)
@@ -385,7 +384,7 @@ def main(argv=None) -> dict:
         suffix += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
         suffix += "-interp" if impl.startswith("triton interpreter") else ""
         suffix += "-quick" if args.quick else ""
-        optimizer_step.save_report(args.out, "train_step", device, machine, suffix, report, markdown_report(report))
+        common.save_report(args.out, "train_step", device, machine, suffix, report, markdown_report(report))
     return report
 
 

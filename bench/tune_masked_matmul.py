@@ -18,19 +18,17 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import masked_matmul as mmb  # noqa: E402  (timing, operands, tolerances)
-import optimizer_step  # noqa: E402  (machine info, runner options, result files)
+import masked_matmul as mmb  # (timing, operands, tolerances)
+import common
 
 try:
-    from sparse_rda.kernels import masked_matmul as mm  # noqa: E402
+    from sparse_rda.kernels import masked_matmul as mm
 except ImportError as err:  # the sweep tunes the Triton kernels' launch parameters: nothing to do without them
     sys.exit(f"tune_masked_matmul.py tunes the Triton kernels, which need triton ({err}): pip install triton")
 
@@ -92,7 +90,7 @@ def sweep(side: int, dtype: torch.dtype, mkn: tuple[int, int, int], sparsity: fl
 
 def markdown_report(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
-    out = optimizer_step.report_header("Masked matmul launch-parameter sweep", m) + [
+    out = common.report_header("Masked matmul launch-parameter sweep", m) + [
         f"- command: `{cfg['command']}`",
         f"- M x K x N = {cfg['shape']}, {cfg['sparsity']:.0%} of the tiles dead; masked_linear: {cfg['masked_impl']}",
         f"- timing: {cfg['timer']}; ms is the median; best = least fwd + dX",
@@ -120,13 +118,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shape", help="MxKxN (default 4096x4096x4096 on CUDA, 64x64x64 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead tiles (default 90)")
     ap.add_argument("--quick", action="store_true", help="two candidates only")
-    optimizer_step.add_runner_args(ap)
+    common.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = optimizer_step.runner_device(args)
+    device = common.runner_device(args)
     on_gpu = device.type == "cuda"
     sides = args.sides or ([64] if args.quick and on_gpu else [16] if not on_gpu else [32, 64, 128])
     dtypes = [DTYPES[d] for d in (args.dtypes or (["bf16", "fp32"] if on_gpu else ["fp32"]))]
@@ -138,7 +136,7 @@ def main(argv=None) -> dict:
         sys.exit("no GPU: run with TRITON_INTERPRET=1 to check the sweep in the interpreter")
     candidates = QUICK_CANDIDATES if args.quick else CANDIDATES
     use_triton = on_gpu and not args.no_triton_timer and mmb.do_bench_or_none() is not None
-    machine = optimizer_step.machine_info(device)
+    machine = common.machine_info(device)
     report = dict(machine=machine, config=dict(
         command="python bench/tune_masked_matmul.py " + " ".join(sys.argv[1:] if argv is None else argv),
         shape=shape, sparsity=args.sparsity / 100, masked_impl=mmb.masked_impl(device, dtypes[0]),
@@ -152,7 +150,7 @@ def main(argv=None) -> dict:
     print("\n" + markdown)
     if not args.no_save:
         suffix = "-quick" if args.quick else ""
-        optimizer_step.save_report(args.out, "tune_masked_matmul", device, machine, suffix, report, markdown)
+        common.save_report(args.out, "tune_masked_matmul", device, machine, suffix, report, markdown)
     return report
 
 
