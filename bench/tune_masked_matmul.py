@@ -4,7 +4,7 @@
 
     python bench/tune_masked_matmul.py                       # GPU: bf16 and fp32, 32/64/128 tiles, 4096^3, 90% dead
     python bench/tune_masked_matmul.py --sides 64 --dtypes bf16 --sparsity 50 --shape 8192x4096x16384
-    TRITON_INTERPRET=1 python bench/tune_masked_matmul.py --device cpu --quick   # checks the sweep runs (no timing value)
+    TRITON_INTERPRET=1 python bench/tune_masked_matmul.py --device cpu --quick  # checks the sweep runs (no timing)
 
 The sparsity tile is the kernel's W tile (kernels/masked_matmul.py), so the tile side is not a free parameter of the
 matmul: it is what the optimizer prunes. What is free per tile side: the rows per program (BLOCK_M) and the pipeline
@@ -24,8 +24,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-import masked_matmul as mmb  # (timing, operands, tolerances)
 import common
+from masked_operands import TOLERANCE, masked_impl, random_occupancy, rel_err
+from timing import free, time_adaptive, timer_label, use_triton_timer
 
 try:
     from sparse_rda.kernels import masked_matmul as mm
@@ -49,13 +50,13 @@ def sweep(side: int, dtype: torch.dtype, mkn: tuple[int, int, int], sparsity: fl
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
     dy = torch.randn(m, n, generator=gen).to(device=device, dtype=dtype)
-    occ = mmb.random_occupancy(n, k, block, sparsity, gen).to(device)
+    occ = random_occupancy(n, k, block, sparsity, gen).to(device)
     w = (torch.randn(n, k, generator=gen).to(device=device, dtype=dtype) * k**-0.5
          * mm.expand_occupancy(occ, block, (n, k))).contiguous()
     with torch.no_grad():
         want_y, want_dx = F.linear(x, w), dy @ w
     xr = x.detach().requires_grad_()
-    tol = mmb.TOLERANCE[dtype]
+    tol = TOLERANCE[dtype]
     key = config_key(side, dtype)
     default = mm.HOPPER_CONFIGS[key]
     rows, skipped = [], []
@@ -67,24 +68,24 @@ def sweep(side: int, dtype: torch.dtype, mkn: tuple[int, int, int], sparsity: fl
                 y = mm.masked_linear(xr, w, None, occ, block)
                 dx = lambda: torch.autograd.grad(y, xr, dy, retain_graph=True)[0]  # noqa: E731
                 with torch.no_grad():
-                    errors = (mmb.rel_err(fwd(), want_y), mmb.rel_err(dx(), want_dx))
+                    errors = (rel_err(fwd(), want_y), rel_err(dx(), want_dx))
                 if not max(errors) <= tol:
                     skipped.append(dict(config=cfg, reason=f"wrong result: rel err {max(errors):.2e} > {tol:.0e}"))
                     continue
                 with torch.no_grad():
-                    t_fwd = mmb.time_fn(fwd, device, quick, use_triton)["ms"]
-                t_dx = mmb.time_fn(dx, device, quick, use_triton)["ms"]
+                    t_fwd = time_adaptive(fwd, device, quick, use_triton)["ms"]
+                t_dx = time_adaptive(dx, device, quick, use_triton)["ms"]
                 rows.append(dict(config=cfg, fwd_ms=t_fwd, dx_ms=t_dx, rel_err=max(errors)))
-                print(f"  tile {side} {str(dtype)[6:]:>8} BLOCK_M={cfg[0]:<3} warps={cfg[1]} stages={cfg[2]}: "
-                      f"fwd {t_fwd:8.3f} ms  dX {t_dx:8.3f} ms")
+                print(f"  tile {side} {common.dtype_name(dtype):>8} BLOCK_M={cfg[0]:<3} warps={cfg[1]} "
+                      f"stages={cfg[2]}: fwd {t_fwd:8.3f} ms  dX {t_dx:8.3f} ms")
             except Exception as e:  # out of shared memory, a compile error: the next candidate
-                skipped.append(dict(config=cfg, reason=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"))
-            mmb.free(device)
+                skipped.append(dict(config=cfg, reason=common.error_text(e, 160)))
+            free(device)
     finally:
         mm.HOPPER_CONFIGS[key] = default
     best = min(rows, key=lambda r: r["fwd_ms"] + r["dx_ms"]) if rows else None
     current = next((r for r in rows if tuple(r["config"]) == tuple(default)), None)
-    return dict(side=side, dtype=str(dtype).replace("torch.", ""), key=list(key), default=list(default),
+    return dict(side=side, dtype=common.dtype_name(dtype), key=list(key), default=list(default),
                 rows=rows, skipped=skipped, best=best, default_row=current)
 
 
@@ -97,7 +98,8 @@ def markdown_report(report: dict) -> str:
         "",
     ]
     if m["device"] != "cuda":
-        out += ["**CPU run: the interpreter. These times say nothing about a GPU; this run only checks the sweep.**", ""]
+        out += ["**CPU run: the interpreter. These times say nothing about a GPU; this run only checks the "
+                "sweep.**", ""]
     out += ["| tile | dtype | default (BLOCK_M, warps, stages) | default fwd + dX ms | best | best fwd + dX ms | "
             "candidates timed / skipped |", "|--:|---|---|--:|---|--:|--:|"]
     for s in report["sweeps"]:
@@ -135,13 +137,12 @@ def main(argv=None) -> dict:
     if not on_gpu and not mm.INTERPRETED:
         sys.exit("no GPU: run with TRITON_INTERPRET=1 to check the sweep in the interpreter")
     candidates = QUICK_CANDIDATES if args.quick else CANDIDATES
-    use_triton = on_gpu and not args.no_triton_timer and mmb.do_bench_or_none() is not None
+    use_triton = use_triton_timer(args, device)
     machine = common.machine_info(device)
     report = dict(machine=machine, config=dict(
-        command="python bench/tune_masked_matmul.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        shape=shape, sparsity=args.sparsity / 100, masked_impl=mmb.masked_impl(device, dtypes[0]),
-        candidates=[list(c) for c in candidates], timer=("triton.testing.do_bench (median)" if use_triton else
-                                                        "CUDA events (median)" if on_gpu else "time.perf_counter")))
+        command=common.command_line("tune_masked_matmul.py", argv), shape=shape, sparsity=args.sparsity / 100,
+        masked_impl=masked_impl(device, dtypes[0]), candidates=[list(c) for c in candidates],
+        timer=timer_label(device, use_triton, cpu="time.perf_counter")))
     t0 = time.perf_counter()
     report["sweeps"] = [sweep(side, dtype, mkn, args.sparsity / 100, device, candidates, args.quick, use_triton)
                         for side in sides for dtype in dtypes]
