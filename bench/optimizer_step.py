@@ -129,7 +129,6 @@ def bench_set(name: str, device: torch.device, dtype: torch.dtype, backends: lis
                 results=rows, skipped=skipped)
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sets", help=f"comma-separated, from {', '.join(param_sets.SETS)} "
