@@ -108,7 +108,7 @@ def output_stem(model: str, args: argparse.Namespace) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--models", default="lenet,cnn", help=f"comma-separated, from {', '.join(MODELS)} "
                     "(default %(default)s)")
     ap.add_argument("--methods", help="comma-separated (default: dense, rda, rda-l1, grda and every "

@@ -214,7 +214,8 @@ def plot(results: dict, path: Path) -> None:
         kept_all += kept
         style = dict(label=method, marker="osD^v<>pP*XhH8d"[i % 15], markersize=5, capsize=2,
                      color="black" if method == "rda" else colors[(2 * i) % 20 + (2 * i) // 20],
-                     linewidth=2.5 if method == "rda" else 1.2, linestyle="--" if method in ("rda-l1", "rda-prox") else "-")
+                     linewidth=2.5 if method == "rda" else 1.2,
+                     linestyle="--" if method in ("rda-l1", "rda-prox") else "-")
         for ax in axes:
             ax.errorbar(kept, [c.accuracy for _, c in points], yerr=[c.spread for _, c in points], **style)
     for ax in axes:

@@ -198,6 +198,11 @@ def save_report(out: str | Path, kind: str, device: torch.device, machine: dict,
 # Command line
 
 
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A runner's parser: its docstring's first paragraph as the description, line breaks kept."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+
+
 def csv(text: str, convert=str) -> list:
     """A comma-separated option's values, blanks dropped."""
     return [convert(x.strip()) for x in text.split(",") if x.strip()]

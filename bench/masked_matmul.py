@@ -84,7 +84,7 @@ def parse_shape(text: str, device: torch.device) -> tuple[str, tuple[int, int, i
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--shapes", help="comma-separated names or MxKxN (default: all GPU shapes on CUDA, the tiny "
                     "CPU shapes on CPU)")
     ap.add_argument("--sparsities", help="comma-separated percentages of dead tiles (default 0,50,75,90,95,99)")

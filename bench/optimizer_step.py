@@ -130,7 +130,7 @@ def bench_set(name: str, device: torch.device, dtype: torch.dtype, backends: lis
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--sets", help=f"comma-separated, from {', '.join(param_sets.SETS)} "
                     "(default: resnet18 on CPU; resnet18,resnet50,transformer-1b on CUDA)")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="parameter dtype (state is fp32)")

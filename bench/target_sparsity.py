@@ -151,7 +151,7 @@ def run_key(run: dict) -> tuple:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, from %(default)s")
     ap.add_argument("--runs", default=",".join(f"{m}:{s}" for m, s in RUNS),
                     help="optimizer:schedule pairs, comma-separated (default %(default)s)")

@@ -53,6 +53,7 @@ from torch import nn
 import common
 import sparse_rda
 from masked_operands import masked_impl, random_occupancy
+from optimizer_step_methods import RDA_KW
 from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify, tile_occupancy
 from timing import free, time_adaptive, timer_label, use_triton_timer
 from train_step_report import (DENSE_BLOCK, DENSE_ELEMENT, LIVE_ONLY, SPARSE_BLOCK, SPARSE_BLOCK_REF, markdown_report,
@@ -60,9 +61,8 @@ from train_step_report import (DENSE_BLOCK, DENSE_ELEMENT, LIVE_ONLY, SPARSE_BLO
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BLOCK = (64, 64)
-# The house RDA settings (bench/optimizer_step.py); averaging 0: B = lr * om each step, so the thresholds do not
-# grow while timing and the 90% dead tiles stay dead (their penalty weight is max_factor, their gradients tiny).
-RDA_KW = dict(lr=1.0, lam=1e-6, momentum_time=9.5, weight_decay=5e-4)
+# RDA_KW: the house RDA settings (optimizer_step_methods.py); averaging 0: B = lr * om each step, so the thresholds
+# do not grow while timing and the 90% dead tiles stay dead (their penalty weight is max_factor, their gradients tiny).
 CONFIGS = {  # (d, tokens)
     ("cuda", False): (4096, 8192),
     ("cuda", True): (2048, 4096),
@@ -188,7 +188,7 @@ def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool,
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--d", type=int, help="model width (default: 4096 on CUDA, 2048 quick; 256 on CPU)")
     ap.add_argument("--tokens", type=int, help="tokens per step (default: 8192 on CUDA, 4096 quick; 512/256 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead 64x64 tiles (default 90)")

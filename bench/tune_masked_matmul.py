@@ -114,7 +114,7 @@ def markdown_report(report: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--sides", type=int, nargs="+", help="tile sides (default 32 64 128; quick: 16)")
     ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), help="default bf16 fp32 on CUDA, fp32 on CPU")
     ap.add_argument("--shape", help="MxKxN (default 4096x4096x4096 on CUDA, 64x64x64 on CPU)")
