@@ -51,254 +51,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy_report  # noqa: E402  (markdown table, plot, design-goal check)
-import optimizer_step  # noqa: E402  (machine info: the report header every runner shares)
+import accuracy_report  # markdown table, plot, design-goal check
+import common
+import fashion_mnist
+from accuracy_training import OWN_METHODS, all_methods, hyper_parameters, train_run
+from fashion_mnist import MODELS
+from sparse_rda.datasets import default_data_dir
 
-import sparse_rda  # noqa: E402
-from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-
-# Hyper-parameters. The starting lam / c only matter until the target-sparsity controller takes over.
-SGD_KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
-RDA_KW = dict(lr=1.0, lam=3.5e-6, momentum_time=9.5, weight_decay=5e-4)
-RDA_L1_KW = dict(RDA_KW, reweight=False)
-RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
-GRDA_KW = dict(lr=0.1, c=0.005, mu=0.55)
-BATCH_SIZE = 128
-
-OWN_METHODS = ("dense", "rda", "rda-l1", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
 DEFAULT_SPARSITIES = (90, 95, 98, 99)
 DEFAULT_SEEDS = (0, 1)
 QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), sparsities=(95,))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Models (both take the flat, standardized 784-pixel images the dataset loader returns)
-
-
-def lenet_300_100() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(784, 300), nn.ReLU(),
-        nn.Linear(300, 100), nn.ReLU(),
-        nn.Linear(100, 10),
-    )  # fmt: skip
-
-
-def small_cnn() -> nn.Module:
-    """LeNet-5 on 28 x 28 inputs: conv5x5(1->6) - pool - conv5x5(6->16) - pool - fc(256->120) - fc(120->84) - fc(10),
-    44k parameters. The classic small CNN of the pruning papers (with LeNet-300-100 in Han et al. 2015); wider
-    ones (16-32 channels and up) cost 2-6x the time per epoch on a CPU."""
-    return nn.Sequential(
-        nn.Unflatten(1, (1, 28, 28)),
-        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2),    # 6 x 12 x 12
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),   # 16 x 4 x 4
-        nn.Flatten(),
-        nn.Linear(256, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
-        nn.Linear(84, 10),
-    )  # fmt: skip
-
-
-# name -> (builder, title, default epochs). Epochs: chosen so each default table fits its time budget.
-MODELS = {
-    "lenet": (lenet_300_100, "LeNet-300-100", 20),
-    "cnn": (small_cnn, "LeNet-5 CNN (conv6-conv16-fc120-fc84)", 10),
-}
-
-
-@torch.no_grad()
-def weight_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
-    """The fraction of exact zeros over the >= 2-D weight tensors (pruner.sparsity()'s definition), and per
-    tensor. Read from the modules' ``weight`` attributes, so a mask applied by a parametrization counts too."""
-    weights = {
-        name: module.weight
-        for name, module in model.named_modules()
-        if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
-    }
-    zeros = {name: int((w == 0).sum()) for name, w in weights.items()}
-    total = sum(w.numel() for w in weights.values())
-    return sum(zeros.values()) / total, {name: zeros[name] / w.numel() for name, w in weights.items()}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Methods: each builds its optimizer (and pruner) for one run and says what one training step does
-
-
-def cosine(base: float, k: int, total_steps: int) -> float:
-    return 0.5 * base * (1.0 + math.cos(math.pi * min(k, total_steps) / total_steps))
-
-
-class SGDTraining:
-    """Dense SGD-momentum with a per-step cosine lr; with a pruner, every mask-based method. The lr is set by
-    hand from ``pruner.lr_step`` (not an LRScheduler) so iterative pruning can replay the schedule."""
-
-    def __init__(self, model: nn.Module, total_steps: int, pruner=None):
-        self.opt = torch.optim.SGD(model.parameters(), **SGD_KW)
-        self.pruner = pruner
-        self.total_steps = total_steps
-
-    def penalty(self):
-        return self.pruner.penalty() if self.pruner is not None else 0.0
-
-    def step(self, k: int) -> None:
-        """Step k (0-based) with the gradients in place; then the lr of step k + 1."""
-        if self.pruner is not None:
-            self.pruner.before_step(self.opt)
-        self.opt.step()
-        if self.pruner is not None:
-            self.pruner.after_step(self.opt)
-        schedule_step = self.pruner.lr_step(k + 1) if self.pruner is not None else k + 1
-        for group in self.opt.param_groups:
-            group["lr"] = cosine(SGD_KW["lr"], schedule_step, self.total_steps)
-
-    def finish(self) -> dict:
-        if self.pruner is not None:
-            self.pruner.finalize(self.opt)
-        return {}
-
-
-class RDATraining:
-    """sparse_rda.RDA with CosineRDA (or, without averaging, a cosine lr alone); its controller steers lam to reach
-    the target sparsity."""
-
-    def __init__(self, model: nn.Module, total_steps: int, target: float, kw: dict = RDA_KW):
-        self.opt = sparse_rda.RDA(sparse_rda.param_groups(model), **kw, target_sparsity=target,
-                                  total_steps=total_steps)
-        if kw is RDA_PROX_KW:  # averaging stays 0: the lr alone follows the cosine
-            self.schedule = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda k: cosine(1.0, k, total_steps))
-        else:
-            self.schedule = sparse_rda.schedules.CosineRDA(self.opt, total_steps=total_steps)
-
-    def penalty(self):
-        return 0.0
-
-    def step(self, k: int) -> None:
-        self.opt.step()
-        self.schedule.step()
-
-    def finish(self) -> dict:
-        return {"final_lam": float(self.opt.param_groups[0]["lam"])}  # where the controller left it
-
-
-class GRDATraining:
-    """sparse_rda.GRDA at a constant lr (the threshold schedule assumes one); the controller steers c."""
-
-    def __init__(self, model: nn.Module, total_steps: int, target: float):
-        self.opt = sparse_rda.GRDA(model.parameters(), **GRDA_KW, target_sparsity=target, total_steps=total_steps)
-
-    def penalty(self):
-        return 0.0
-
-    def step(self, k: int) -> None:
-        self.opt.step()
-
-    def finish(self) -> dict:
-        return {"final_c": float(self.opt.param_groups[0]["c"])}
-
-
-def pruning_methods() -> tuple[str, ...]:
-    from sparse_rda import pruning  # imported when needed: --report-only and the own methods run without it
-
-    return tuple(pruning.METHODS)
-
-
-def all_methods() -> tuple[str, ...]:
-    return OWN_METHODS + pruning_methods()
-
-
-def make_training(method: str, model: nn.Module, total_steps: int, target: float):
-    if method == "dense":
-        return SGDTraining(model, total_steps)
-    if method == "rda":
-        return RDATraining(model, total_steps, target)
-    if method == "rda-l1":
-        return RDATraining(model, total_steps, target, RDA_L1_KW)
-    if method == "rda-prox":
-        return RDATraining(model, total_steps, target, RDA_PROX_KW)
-    if method == "grda":
-        return GRDATraining(model, total_steps, target)
-    from sparse_rda import pruning
-
-    return SGDTraining(model, total_steps, pruning.make(method, model, sparsity=target, total_steps=total_steps))
-
-
-def hyper_parameters() -> dict:
-    """What the runs were trained with: part of the config a resumed table must match."""
-    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, rda_prox=RDA_PROX_KW, grda=GRDA_KW,
-                lr_schedule="cosine per step",
-                rda_schedule="CosineRDA per step", grda_schedule="constant lr", batch_size=BATCH_SIZE,
-                data_order="randperm per epoch, generator seeded seed * 1000 + epoch")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Training
-
-
-def epoch_batches(n: int, epoch: int, seed: int) -> list[torch.Tensor]:
-    """The shuffled batch indices of one epoch: a function of (seed, epoch) only, the same for every method."""
-    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    return list(torch.randperm(n, generator=gen).split(BATCH_SIZE))
-
-
-@torch.no_grad()
-def test_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
-    model.eval()
-    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size)))
-    return correct / len(x)
-
-
-def train_run(model_name: str, method: str, target: float, seed: int, epochs: int, data, bar: tqdm) -> dict:
-    """Trains one fresh model with one method; returns its record for the JSON."""
-    train_x, train_y, test_x, test_y = data
-    torch.manual_seed(seed)  # the same initial weights for every method at this seed
-    model = MODELS[model_name][0]()
-    steps_per_epoch = math.ceil(len(train_x) / BATCH_SIZE)
-    total_steps = epochs * steps_per_epoch
-    training = make_training(method, model, total_steps, target)
-    bar.reset(total=total_steps)
-    bar.set_description(f"{model_name} {method} {target:.0%} seed {seed}")
-
-    seconds, k, loss = 0.0, 0, None
-    for epoch in range(epochs):
-        model.train()
-        start = time.perf_counter()
-        for idx in epoch_batches(len(train_x), epoch, seed):
-            loss = F.cross_entropy(model(train_x[idx]), train_y[idx]) + training.penalty()
-            training.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            training.step(k)
-            k += 1
-            bar.update()
-            if k % 100 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-        seconds += time.perf_counter() - start
-    start = time.perf_counter()
-    extra = training.finish()  # e.g. the one-shot prune at the end: training time too
-    seconds += time.perf_counter() - start
-
-    sparsity, per_tensor = weight_sparsity(model)
-    return dict(
-        model=model_name, method=method, target_sparsity=target, seed=seed, epochs=epochs, steps=total_steps,
-        accuracy=test_accuracy(model, test_x, test_y), sparsity=sparsity, layer_sparsity=per_tensor,
-        final_loss=loss.item() if loss is not None else None, train_seconds=round(seconds, 2),
-        seconds_per_epoch=round(seconds / epochs, 3), threads=torch.get_num_threads(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **extra,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -326,12 +95,6 @@ def load_results(path: Path, config: dict, restart: bool) -> dict:
     return results
 
 
-def save_results(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)  # atomic: an interruption leaves the old file or the new one
-
-
 def output_stem(model: str, args: argparse.Namespace) -> str:
     stem = f"accuracy-{model}" + ("-quick" if args.quick else "")
     stem += f"-subset{args.subset}" if args.subset and not args.quick else ""
@@ -344,12 +107,8 @@ def output_stem(model: str, args: argparse.Namespace) -> str:
 # Main
 
 
-def csv(text: str, convert=str) -> list:
-    return [convert(x.strip()) for x in text.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--models", default="lenet,cnn", help=f"comma-separated, from {', '.join(MODELS)} "
                     "(default %(default)s)")
     ap.add_argument("--methods", help="comma-separated (default: dense, rda, rda-l1, grda and every "
@@ -366,11 +125,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=default_data_dir(),
                     help="directory of the Fashion-MNIST *-ubyte.gz files (default: $FASHION_MNIST_DIR, else "
                     "%(default)s)")
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="results folder (default: bench/results)")
+    ap.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (default: bench/results)")
     ap.add_argument("--restart", action="store_true", help="discard the runs already in the JSON")
     ap.add_argument("--report-only", action="store_true", help="only write the markdown table and plot from the JSON")
     args = ap.parse_args(argv)
-    args.models = csv(args.models)
+    args.models = common.csv(args.models)
     for name in args.models:
         if name not in MODELS:
             ap.error(f"--models: unknown model {name!r} (choose from {', '.join(MODELS)})")
@@ -378,32 +137,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def selected_runs(args: argparse.Namespace) -> tuple[list[str], list[float], list[int]]:
-    methods = csv(args.methods) if args.methods else list(all_methods())
+    methods = common.csv(args.methods) if args.methods else list(all_methods())
     if not set(methods) <= set(OWN_METHODS):  # only then does the check need sparse_rda.pruning
         known = all_methods()
         unknown = [m for m in methods if m not in known]
         if unknown:
             sys.exit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     default_sparsities = QUICK["sparsities"] if args.quick else DEFAULT_SPARSITIES
-    percents = csv(args.sparsities, float) if args.sparsities else list(default_sparsities)
+    percents = common.csv(args.sparsities, float) if args.sparsities else list(default_sparsities)
     if not all(0 < p < 100 for p in percents):
         sys.exit("--sparsities: percentages strictly between 0 and 100, e.g. 90,95,98,99")
-    seeds = csv(args.seeds, int) if args.seeds else list(QUICK["seeds"] if args.quick else DEFAULT_SEEDS)
+    seeds = common.csv(args.seeds, int) if args.seeds else list(QUICK["seeds"] if args.quick else DEFAULT_SEEDS)
     return methods, [p / 100 for p in percents], seeds
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may run on (containers, taskset)
-    except AttributeError:  # not on every OS
-        return os.cpu_count() or 1
-
-
 def load_data(args: argparse.Namespace):
-    try:
-        train_x, train_y, test_x, test_y = load_fashion_mnist(args.data)
-    except DatasetNotFoundError as err:
-        sys.exit(f"error: {err}")
+    train_x, train_y, test_x, test_y = fashion_mnist.load(args.data)
     n_train = QUICK["train_examples"] if args.quick else args.subset
     n_test = QUICK["test_examples"] if args.quick else None
     return train_x[:n_train], train_y[:n_train], test_x[:n_test], test_y[:n_test]
@@ -440,9 +189,8 @@ def run_model(model: str, args, data, methods, targets, seeds, machine: dict, co
                 results["failures"] = [f for f in results["failures"] if run_key(f) != run_key(run)]
                 tqdm.write(f"{method:>10} {target:>4.0%} seed {seed}: accuracy {run['accuracy']:.2%}, sparsity "
                            f"{run['sparsity']:.2%}, {run['seconds_per_epoch']:.2f} s/epoch")
-            if hasattr(os, "getloadavg"):
-                machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-            save_results(path, results)
+            common.note_load_end(machine)
+            common.write_json(path, results)
             runs_bar.update()
     return results
 
@@ -468,11 +216,11 @@ def main(argv=None) -> int:
         return 0
 
     methods, targets, seeds = selected_runs(args)
-    torch.set_num_threads(args.threads or usable_cores())
+    torch.set_num_threads(args.threads or common.usable_cpus())
     data = load_data(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    machine = optimizer_step.machine_info(torch.device("cpu"))
-    command = "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    machine = common.machine_info(torch.device("cpu"))
+    command = common.command_line("accuracy.py", argv)
     failures = 0
     for model in args.models:
         try:

@@ -3,14 +3,12 @@ plot of accuracy vs sparsity (``python bench/accuracy.py --report-only`` rewrite
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import optimizer_step  # noqa: E402  (the report header every runner shares)
+import common
 
 # docs/DESIGN.md, targets: "RDA at >= 95% sparsity within 0.5 point of dense, and ahead of every baseline at
 # 95/98/99%". Baselines: every method but dense and RDA itself (rda-l1 and rda-prox are RDA's ablations).
@@ -158,7 +156,7 @@ def markdown(results: dict) -> str:
     cfg, m = results["config"], results["machine"]
     hyper = cfg["hyper"]
     seeds = sorted({r["seed"] for r in results["runs"]})
-    out = optimizer_step.report_header(f"Accuracy vs sparsity, {cfg['title']}, Fashion-MNIST", m) + [
+    out = common.report_header(f"Accuracy vs sparsity, {cfg['title']}, Fashion-MNIST", m) + [
         f"- command: `{cfg['command']}`",
         f"- data: {cfg['train_examples']} training / {cfg['test_examples']} test examples; epochs: {cfg['epochs']}, "
         f"batch {hyper['batch_size']}, seeds {', '.join(map(str, seeds)) or '—'}; at a seed every method starts "
@@ -216,7 +214,8 @@ def plot(results: dict, path: Path) -> None:
         kept_all += kept
         style = dict(label=method, marker="osD^v<>pP*XhH8d"[i % 15], markersize=5, capsize=2,
                      color="black" if method == "rda" else colors[(2 * i) % 20 + (2 * i) // 20],
-                     linewidth=2.5 if method == "rda" else 1.2, linestyle="--" if method in ("rda-l1", "rda-prox") else "-")
+                     linewidth=2.5 if method == "rda" else 1.2,
+                     linestyle="--" if method in ("rda-l1", "rda-prox") else "-")
         for ax in axes:
             ax.errorbar(kept, [c.accuracy for _, c in points], yerr=[c.spread for _, c in points], **style)
     for ax in axes:

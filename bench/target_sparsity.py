@@ -14,7 +14,7 @@ Rules (``--rules``, default both):
   held scale that moves a fraction of the way to the quantile, control steps closer together while the sparsity
   drifts and at once after an lr jump.
 
-Runs (``--runs``): RDA (bench/accuracy.py's RDA_KW: lr=1, lam=3.5e-6 to start, momentum_time=9.5,
+Runs (``--runs``): RDA (bench/fashion_mnist.py's RDA_KW: lr=1, lam=3.5e-6 to start, momentum_time=9.5,
 weight_decay=5e-4) under ``constant`` (RDA's default: no schedule, averaging 0), ``CosineRDA``, ``StepLR`` (lr x0.1
 at 1/3 and 2/3), ``OneCycleLR`` and ``WarmRestarts`` (cosine restarts at 1/4, 1/2, 3/4); gRDA (GRDA_KW: lr=0.1,
 c=0.005 to start, mu=0.55) at a constant lr. Batch 128; at a seed every run starts from the same weights and sees
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,17 +39,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # noqa: E402  (models, batches, test accuracy, hyper-parameters)
-import optimizer_step  # noqa: E402  (machine info, report header)
-
-import sparse_rda  # noqa: E402
-from sparse_rda import target  # noqa: E402
-from sparse_rda.datasets import DatasetNotFoundError, default_data_dir, load_fashion_mnist  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-RULES = ("before", "now")
-MODELS = {"lenet": (accuracy.lenet_300_100, 20), "cnn": (accuracy.small_cnn, 10)}  # builder, epochs
+import common
+import fashion_mnist
+import sparse_rda
+from fashion_mnist import BATCH_SIZE, GRDA_KW, MODELS, RDA_KW
+from sparse_rda import target
+from sparse_rda.datasets import default_data_dir
+from target_sparsity_report import RULES, markdown
 LR = torch.optim.lr_scheduler
 SCHEDULES = {
     "constant": lambda opt, total: None,
@@ -104,18 +99,17 @@ def instrument(opt, rule: str) -> dict:
 
 def make_optimizer(method: str, model, goal: float, total: int):
     if method == "rda":
-        return sparse_rda.RDA(sparse_rda.param_groups(model), **accuracy.RDA_KW, target_sparsity=goal,
+        return sparse_rda.RDA(sparse_rda.param_groups(model), **RDA_KW, target_sparsity=goal,
                               total_steps=total)
-    return sparse_rda.GRDA(model.parameters(), **accuracy.GRDA_KW, target_sparsity=goal, total_steps=total)
+    return sparse_rda.GRDA(model.parameters(), **GRDA_KW, target_sparsity=goal, total_steps=total)
 
 
 def train_run(model_name: str, method: str, schedule: str, rule: str, goal: float, seed: int, epochs: int,
               data) -> dict:
     train_x, train_y, test_x, test_y = data
-    build = MODELS[model_name][0]
     torch.manual_seed(seed)
-    model = build()
-    total = epochs * math.ceil(len(train_x) / accuracy.BATCH_SIZE)
+    model = MODELS[model_name][0]()
+    total = epochs * math.ceil(len(train_x) / BATCH_SIZE)
     opt = make_optimizer(method, model, goal, total)
     scheduler = SCHEDULES[schedule](opt, total)
     record = instrument(opt, rule)
@@ -125,7 +119,7 @@ def train_run(model_name: str, method: str, schedule: str, rule: str, goal: floa
     after, control, k, start = [], [], 0, time.perf_counter()
     for epoch in range(epochs):
         model.train()
-        for idx in accuracy.epoch_batches(len(train_x), epoch, seed):
+        for idx in fashion_mnist.epoch_batches(len(train_x), epoch, seed):
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             record["control"] = False
@@ -143,7 +137,7 @@ def train_run(model_name: str, method: str, schedule: str, rule: str, goal: floa
     deviation = [int(z) / n - goal for z in after]
     return dict(
         model=model_name, method=method, schedule=schedule, rule=rule, target=goal, seed=seed, epochs=epochs,
-        steps=total, final_sparsity=int(after[-1]) / n, accuracy=accuracy.test_accuracy(model, test_x, test_y),
+        steps=total, final_sparsity=int(after[-1]) / n, accuracy=fashion_mnist.test_accuracy(model, test_x, test_y),
         control_max_dev=max(abs(int(z) / n - goal) for z in control), step_max_dev=max(map(abs, deviation)),
         step_rms_dev=math.sqrt(sum(d * d for d in deviation) / len(deviation)),
         step_mean_dev=sum(deviation) / len(deviation), control_steps_after_ramp=len(control),
@@ -156,73 +150,8 @@ def run_key(run: dict) -> tuple:
     return run["model"], run["method"], run["schedule"], run["rule"], round(run["target"], 6), run["seed"]
 
 
-def markdown(results: dict) -> str:
-    m, cfg = results["machine"], results["config"]
-    out = optimizer_step.report_header("target_sparsity: the rule before vs the controller now", m) + [
-        f"- command: `{cfg['command']}`",
-        f"- Fashion-MNIST ({cfg['train_examples']} training / {cfg['test_examples']} test examples), batch "
-        f"{accuracy.BATCH_SIZE}; epochs: LeNet-300-100 {cfg['epochs']['lenet']}, LeNet-5 {cfg['epochs']['cnn']}; "
-        f"RDA({', '.join(f'{k}={v}' for k, v in accuracy.RDA_KW.items())}), "
-        f"GRDA({', '.join(f'{k}={v}' for k, v in accuracy.GRDA_KW.items())}); torch threads {cfg['threads']}",
-        "- before: lam := the quantile of the schedule every total_steps // 200 steps, held; now: "
-        "sparse_rda/target.py (snap at control steps, a held scale moving part of the way, denser control "
-        "steps while the sparsity drifts and after an lr jump)",
-        "",
-        "Sparsity over the >= 2-D weights, deviations in points. After the ramp = the last 25% of training: "
-        "`ctrl` the worst deviation from the target after a control step, `step` after any step, `rms` and "
-        "`mean` over all those steps; `n ctrl` control steps after the ramp; `ctrl s` the time in the controller "
-        "(train s includes it and this benchmark's per-step count).",
-        "",
-        *summary(results["runs"]),
-        "",
-        "| model | optimizer | schedule | target | rule | seed | final % | accuracy % | ctrl max | step max "
-        "| step rms | mean | n ctrl | train s | ctrl s |",
-        "|---|---|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    order = {r: i for i, r in enumerate(RULES)}
-    for r in sorted(results["runs"], key=lambda r: (r["model"], r["method"], r["schedule"], r["target"],
-                                                    r["seed"], order[r["rule"]])):
-        out.append(
-            f"| {r['model']} | {r['method']} | {r['schedule']} | {r['target']:.0%} | {r['rule']} | {r['seed']} "
-            f"| {100 * r['final_sparsity']:.2f} | {100 * r['accuracy']:.2f} | {100 * r['control_max_dev']:.2f} "
-            f"| {100 * r['step_max_dev']:.2f} | {100 * r['step_rms_dev']:.2f} | {100 * r['step_mean_dev']:+.2f} "
-            f"| {r['control_steps_after_ramp']} | {r['train_seconds']:.0f} | {r['controller_seconds']:.2f} |")
-    return "\n".join(out) + "\n"
-
-
-def run_name(r: dict) -> str:
-    return f"{r['model']} {r['method']} {r['schedule']} {r['target']:.0%}"
-
-
-def summary(runs: list[dict]) -> list[str]:
-    """Per rule: the worst final and control-step deviations over all runs; CosineRDA's mean accuracy."""
-    out = ["Summary, in points:", ""]
-    for rule in RULES:
-        mine = [r for r in runs if r["rule"] == rule]
-        if not mine:
-            continue
-        final = max(mine, key=lambda r: abs(r["final_sparsity"] - r["target"]))
-        ctrl = max(mine, key=lambda r: r["control_max_dev"])
-        step = max(mine, key=lambda r: r["step_max_dev"])
-        out.append(f"- {rule}: final sparsity at most {100 * abs(final['final_sparsity'] - final['target']):.2f} "
-                   f"off the target ({run_name(final)}); after the ramp, control steps at most "
-                   f"{100 * ctrl['control_max_dev']:.2f} ({run_name(ctrl)}), single steps at most "
-                   f"{100 * step['step_max_dev']:.2f} ({run_name(step)})")
-    for model in sorted({r["model"] for r in runs}):
-        for goal in sorted({r["target"] for r in runs}):
-            cells = []
-            for rule in RULES:
-                acc = [r["accuracy"] for r in runs if (r["model"], r["target"], r["rule"], r["schedule"])
-                       == (model, goal, rule, "CosineRDA")]
-                if acc:
-                    cells.append(f"{rule} {100 * sum(acc) / len(acc):.2f}% ({len(acc)} seeds)")
-            if cells:
-                out.append(f"- {model} CosineRDA at {goal:.0%}, mean test accuracy: {', '.join(cells)}")
-    return out
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated, from %(default)s")
     ap.add_argument("--runs", default=",".join(f"{m}:{s}" for m, s in RUNS),
                     help="optimizer:schedule pairs, comma-separated (default %(default)s)")
@@ -233,18 +162,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, help="epochs per run for every model (default: lenet 20, cnn 10)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     ap.add_argument("--data", type=Path, default=default_data_dir(), help="Fashion-MNIST directory")
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="results folder (default: bench/results)")
+    ap.add_argument("--out", type=Path, default=common.RESULTS, help="results folder (default: bench/results)")
     ap.add_argument("--restart", action="store_true", help="discard the runs already in the JSON")
     ap.add_argument("--report-only", action="store_true", help="only write the markdown from the JSON")
     args = ap.parse_args(argv)
-    args.models = [s.strip() for s in args.models.split(",") if s.strip()]
-    args.runs = [tuple(r.strip().split(":")) for r in args.runs.split(",") if r.strip()]
+    args.models = common.csv(args.models)
+    args.runs = [tuple(r.split(":")) for r in common.csv(args.runs)]
     if args.schedules:
         keep = {s.strip() for s in args.schedules.split(",")}
         args.runs = [r for r in args.runs if r[1] in keep]
-    args.targets = [float(t) / 100 for t in args.targets.split(",") if t.strip()]
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    args.rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    args.targets = [t / 100 for t in common.csv(args.targets, float)]
+    args.seeds = common.csv(args.seeds, int)
+    args.rules = common.csv(args.rules)
     for name, allowed, given in (("--models", MODELS, args.models), ("--rules", RULES, args.rules),
                                  ("--runs", set(RUNS), args.runs)):
         for value in given:
@@ -262,21 +191,18 @@ def main(argv=None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        data = load_fashion_mnist(args.data)
-    except DatasetNotFoundError as err:
-        sys.exit(f"error: {err}")
-    config = dict(epochs={k: args.epochs or v[1] for k, v in MODELS.items()}, train_examples=len(data[0]),
-                  test_examples=len(data[2]), threads=torch.get_num_threads(), rda=accuracy.RDA_KW,
-                  grda=accuracy.GRDA_KW, batch_size=accuracy.BATCH_SIZE)
+    data = fashion_mnist.load(args.data)
+    config = dict(epochs={k: args.epochs or v[2] for k, v in MODELS.items()}, train_examples=len(data[0]),
+                  test_examples=len(data[2]), threads=torch.get_num_threads(), rda=RDA_KW,
+                  grda=GRDA_KW, batch_size=BATCH_SIZE)
     results = json.loads(json_path.read_text()) if json_path.exists() and not args.restart else {}
     saved = {k: v for k, v in results.get("config", {}).items() if k != "command"}
     if saved != json.loads(json.dumps(config)):  # runs of another config do not compare: start over
         results = {}
-    command = "python bench/target_sparsity.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = common.command_line("target_sparsity.py", argv)
     results.setdefault("runs", [])
     results["config"] = {**config, "command": command}
-    results["machine"] = optimizer_step.machine_info(torch.device("cpu"))
+    results["machine"] = common.machine_info(torch.device("cpu"))
     args.out.mkdir(parents=True, exist_ok=True)
     done = {run_key(r) for r in results["runs"]}
     for seed in args.seeds:
@@ -293,9 +219,8 @@ def main(argv=None) -> int:
                               f"control steps within {100 * run['control_max_dev']:.2f}, steps within "
                               f"{100 * run['step_max_dev']:.2f} (rms {100 * run['step_rms_dev']:.2f}) points; "
                               f"{run['train_seconds']:.0f} s", flush=True)
-                        if hasattr(os, "getloadavg"):
-                            results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-                        json_path.write_text(json.dumps(results, indent=1) + "\n")
+                        common.note_load_end(results["machine"])
+                        common.write_json(json_path, results)
                         md_path.write_text(markdown(results))
     print(f"wrote {json_path} and {md_path}")
     return 0

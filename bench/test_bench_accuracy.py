@@ -9,16 +9,12 @@ About 5 s on 2 idle cores (one thread: steady on a shared machine):
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import accuracy  # noqa: E402
-
-from sparse_rda import datasets  # noqa: E402
+import accuracy
+from sparse_rda import datasets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

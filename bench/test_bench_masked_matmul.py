@@ -21,18 +21,19 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import masked_matmul  # noqa: E402
-import train_step  # noqa: E402
+import masked_matmul
+import masked_matmul_shape
+import masked_operands
+import train_step
 
+HERE = Path(__file__).resolve().parent
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
 
 def test_random_occupancy_has_exactly_the_dead_fraction():
     gen = torch.Generator().manual_seed(0)
     for s in (0.0, 0.5, 0.9, 0.99, 1.0):
-        occ = masked_matmul.random_occupancy(300, 200, (64, 64), s, gen)  # ragged: 5 x 4 tiles
+        occ = masked_operands.random_occupancy(300, 200, (64, 64), s, gen)  # ragged: 5 x 4 tiles
         assert occ.shape == (5, 4) and occ.dtype == torch.bool
         assert int((~occ).sum()) == round(s * 20)
 
@@ -46,11 +47,11 @@ def test_target_marks():
             res["bsr.fwd"] = {"ms": bsr}
         return {"sparsity": s, "results": res}
 
-    t = masked_matmul.targets(row(0.9, 1.2, bsr=2.0), dense)["fwd"]  # budget 1.25 x 0.1 x 10 = 1.25 ms
+    t = masked_matmul_shape.targets(row(0.9, 1.2, bsr=2.0), dense)["fwd"]  # budget 1.25 x 0.1 x 10 = 1.25 ms
     assert t["status"] == "met" and t["budget_ms"] == pytest.approx(1.25) and t["vs_bsr"] == pytest.approx(2.0 / 1.2)
-    assert masked_matmul.targets(row(0.9, 1.3, bsr=2.0), dense)["fwd"]["status"] == "missed (time)"
-    assert masked_matmul.targets(row(0.5, 5.0, bsr=4.0), dense)["fwd"]["status"] == "missed (vs BSR)"
-    t = masked_matmul.targets(row(0.99, 5.0), dense)["fwd"]  # no time budget above 90%, no BSR row
+    assert masked_matmul_shape.targets(row(0.9, 1.3, bsr=2.0), dense)["fwd"]["status"] == "missed (time)"
+    assert masked_matmul_shape.targets(row(0.5, 5.0, bsr=4.0), dense)["fwd"]["status"] == "missed (vs BSR)"
+    t = masked_matmul_shape.targets(row(0.99, 5.0), dense)["fwd"]  # no time budget above 90%, no BSR row
     assert t["budget_ms"] is None and t["status"] == "—"
 
 

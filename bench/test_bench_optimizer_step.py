@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import optimizer_step  # noqa: E402
-import param_sets  # noqa: E402
-
-import sparse_rda  # noqa: E402
+import optimizer_step
+import optimizer_step_methods
+import param_sets
+import sparse_rda
 
 SET = "resnet18-subset"
 SHAPES = param_sets.shapes(SET)
@@ -49,7 +47,7 @@ def params():
 
 
 def _measure(benchmark, fn, *, method: str, backend: str) -> None:
-    bpe = optimizer_step.floor_bytes(method, ITEMSIZE) if method != "copy" else int(backend.split()[0])
+    bpe = optimizer_step_methods.floor_bytes(method, ITEMSIZE) if method != "copy" else int(backend.split()[0])
     benchmark.group = GROUP
     benchmark.extra_info.update(method=method, backend=backend, numel=NUMEL, bytes_per_elem=bpe)
     benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
@@ -62,7 +60,7 @@ def _check(params) -> None:
     assert all(torch.isfinite(p).all() for p in params)
 
 
-@pytest.mark.parametrize("bytes_per_elem", [optimizer_step.floor_bytes("RDA", ITEMSIZE)])
+@pytest.mark.parametrize("bytes_per_elem", [optimizer_step_methods.floor_bytes("RDA", ITEMSIZE)])
 def test_copy(benchmark, bytes_per_elem):
     """Baseline: copy_ of a flat buffer moving the RDA step's minimum bytes."""
     n = bytes_per_elem * NUMEL // 8
@@ -72,7 +70,7 @@ def test_copy(benchmark, bytes_per_elem):
 
 
 def test_sgd_momentum(benchmark, params):
-    opt, label = optimizer_step.make_sgd(params, DEVICE)  # fused where torch has it on CPU, else foreach
+    opt, label = optimizer_step_methods.make_sgd(params, DEVICE)  # fused where torch has it on CPU, else foreach
     _measure(benchmark, opt.step, method="SGD", backend=label)
     _check(params)
 
@@ -83,7 +81,7 @@ def test_sparse_step(benchmark, params, method, backend):
     if backend == "triton":
         pytest.skip("Triton on CPU runs in the interpreter: far too slow to benchmark")
     try:
-        opt = optimizer_step.make_sparse(method, params, backend)
+        opt = optimizer_step_methods.make_sparse(method, params, backend)
     except ValueError as e:  # the backend cannot run on this device
         pytest.skip(str(e))
     opt.step()  # first step allocates the state: keep it out of the timing

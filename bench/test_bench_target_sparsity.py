@@ -8,11 +8,8 @@ and gRDA write a well-formed JSON and markdown table, the controller's runs end 
 from __future__ import annotations
 
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import target_sparsity  # noqa: E402
+import target_sparsity
 
 
 def test_both_rules_write_json_and_markdown_and_resume(fake_data_dir, tmp_path):

@@ -43,29 +43,26 @@ Results: ``bench/results/train_step-<device>-<cpu-or-gpu-name>[-d<d>-t<tokens>][
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import masked_matmul as mmb  # noqa: E402  (timing, operands)
-import optimizer_step  # noqa: E402  (machine info, names)
+import common
+import sparse_rda
+from masked_operands import masked_impl, random_occupancy
+from optimizer_step_methods import RDA_KW
+from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify, tile_occupancy
+from timing import free, time_adaptive, timer_label, use_triton_timer
+from train_step_report import (DENSE_BLOCK, DENSE_ELEMENT, LIVE_ONLY, SPARSE_BLOCK, SPARSE_BLOCK_REF, markdown_report,
+                               markdown_table, summarize)
 
-import sparse_rda  # noqa: E402
-from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 BLOCK = (64, 64)
-TARGET_SPEEDUP = 2.0
-# The house RDA settings (bench/optimizer_step.py); averaging 0: B = lr * om each step, so the thresholds do not
-# grow while timing and the 90% dead tiles stay dead (their penalty weight is max_factor, their gradients tiny).
-RDA_KW = dict(lr=1.0, lam=1e-6, momentum_time=9.5, weight_decay=5e-4)
+# RDA_KW: the house RDA settings (optimizer_step_methods.py); averaging 0: B = lr * om each step, so the thresholds
+# do not grow while timing and the 90% dead tiles stay dead (their penalty weight is max_factor, their gradients tiny).
 CONFIGS = {  # (d, tokens)
     ("cuda", False): (4096, 8192),
     ("cuda", True): (2048, 4096),
@@ -96,7 +93,7 @@ def apply_tile_masks(model: nn.Module, sparsity: float, seed: int) -> None:
     for module in model.modules():
         if isinstance(module, SparseLinear):
             n, k = module.weight.shape
-            module.set_mask(mmb.random_occupancy(n, k, module.block, sparsity, gen))
+            module.set_mask(random_occupancy(n, k, module.block, sparsity, gen))
 
 
 def live_tiles(model: nn.Module) -> tuple[int, int]:
@@ -106,19 +103,14 @@ def live_tiles(model: nn.Module) -> tuple[int, int]:
             live += int(module.occupancy.sum())
             total += module.occupancy.numel()
         elif isinstance(module, nn.Linear):
-            occ = mmb.snn.tile_occupancy(module.weight, BLOCK)
+            occ = tile_occupancy(module.weight, BLOCK)
             live += int(occ.sum())
             total += occ.numel()
     return live, total
 
 
-# variant keys (stable, used in the summary) -> (model kind, optimizer granularity or None, backend option)
-DENSE_ELEMENT, DENSE_BLOCK, SPARSE_BLOCK, SPARSE_BLOCK_REF, LIVE_ONLY = (
-    "dense + RDA element", "dense + RDA block", "sparse + RDA block", "sparse + RDA block (reference)",
-    "sparse, dW live-only")
-
-
 def variants(block_backend: str) -> dict[str, tuple[str, str | None, str]]:
+    """Variant key -> (model kind, optimizer granularity or None, backend option)."""
     return {
         DENSE_ELEMENT: ("dense", "element", "auto"),
         DENSE_BLOCK: ("dense", "block", block_backend),
@@ -168,8 +160,8 @@ def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool,
         fwd_bwd()
         opt.step()
 
-    timed = lambda fn: mmb.time_fn(fn, device, quick, use_triton, slow_ms=float("inf"), min_reps=10,  # noqa: E731
-                                   cpu_reps=(1, 3) if quick else (2, 10))
+    timed = lambda fn: time_adaptive(fn, device, quick, use_triton, slow_ms=float("inf"), min_reps=10,  # noqa: E731
+                                     cpu_reps=(1, 3) if quick else (2, 10))
     row = dict(variant=name, model="SparseLinear" if sparse else "nn.Linear",
                optimizer=None if opt is None else ("RDA element" if granularity == "element" else
                                                    "RDA block %dx%d" % BLOCK),
@@ -191,136 +183,12 @@ def bench_variant(name: str, spec: tuple, cfg: dict, device, dtype, quick: bool,
     row["live_tiles_end"], _ = live_tiles(model)
     row["weight_sparsity_end"] = sparse_rda.sparsity(model).penalized
     del model, opt, x
-    mmb.free(device)
+    free(device)
     return row
 
 
-def summarize(rows: list[dict], sparsity: float, on_gpu: bool = True) -> dict:
-    by = {r["variant"]: r for r in rows}
-
-    def ms(variant, part):
-        r = by.get(variant)
-        return r["parts"][part]["ms"] if r and part in r["parts"] else None
-
-    def ratio(a, b):
-        return a / b if a is not None and b else None
-
-    out = dict(
-        block_backend=by[SPARSE_BLOCK]["backend"] if SPARSE_BLOCK in by else None,
-        full_step_speedup=ratio(ms(DENSE_ELEMENT, "full_step"), ms(SPARSE_BLOCK, "full_step")),
-        full_step_speedup_same_optimizer=ratio(ms(DENSE_BLOCK, "full_step"), ms(SPARSE_BLOCK, "full_step")),
-        full_step_speedup_reference=ratio(ms(DENSE_ELEMENT, "full_step"), ms(SPARSE_BLOCK_REF, "full_step")),
-        matmul_speedup=ratio(ms(DENSE_ELEMENT, "fwd_bwd"), ms(SPARSE_BLOCK, "fwd_bwd")),
-        matmul_speedup_dw_live_only=ratio(ms(DENSE_ELEMENT, "fwd_bwd"), ms(LIVE_ONLY, "fwd_bwd")),
-        opt_block_vs_element=ratio(ms(SPARSE_BLOCK, "opt_step"), ms(DENSE_ELEMENT, "opt_step")),
-        opt_block_reference_vs_element=ratio(ms(SPARSE_BLOCK_REF, "opt_step"), ms(DENSE_ELEMENT, "opt_step")),
-        # the matmul work left with a dense dW: fwd and dX scale with the live fraction, dW does not
-        matmul_speedup_bound_dense_dw=3.0 / (2.0 * (1.0 - sparsity) + 1.0),
-    )
-    parts = [ms(SPARSE_BLOCK, "fwd_bwd"), ms(DENSE_ELEMENT, "opt_step")]
-    if all(p is not None for p in parts):
-        out["estimated_sparse_step_with_fused_optimizer_ms"] = sum(parts)
-        out["estimated_speedup_with_fused_optimizer"] = ratio(ms(DENSE_ELEMENT, "full_step"), sum(parts))
-    sp = out["full_step_speedup"]
-    out["target_status"] = "—" if sp is None else ("met" if sp >= TARGET_SPEEDUP else "missed")
-    if not on_gpu and sp is not None:
-        out["target_status"] += " (CPU: not the benchmark)"
-    out["target"] = (f">= {TARGET_SPEEDUP:g}x the dense step (nn.Linear + fused element RDA) at 90% block "
-                     f"sparsity: {out['target_status']}")
-    if abs(sparsity - 0.9) > 1e-9:
-        out["target"] += f" (this run: {sparsity:.0%}; the target is stated for 90%)"
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Output
-
-
-def _fmt(x, spec: str, suffix: str = "") -> str:
-    return "—" if x is None else f"{x:{spec}}{suffix}"
-
-
-def markdown_table(result: dict) -> str:
-    rows = result["rows"]
-    base = next((r for r in rows if r["variant"] == DENSE_ELEMENT), None)
-    base_full = base["parts"].get("full_step", {}).get("ms") if base else None
-    lines = [
-        "| variant | optimizer (backend) | live tiles start -> end | fwd+bwd ms | opt step ms | refresh ms "
-        "| full step ms | dense full / this |",
-        "|---|---|--:|--:|--:|--:|--:|--:|",
-    ]
-    for r in rows:
-        p = r["parts"]
-        full = p.get("full_step", {}).get("ms")
-        opt = "— (fwd+bwd only)"
-        if r["optimizer"]:
-            opt = r["optimizer"] + (f" ({r['backend']})" if r["backend"] else "")
-        lines.append(
-            f"| {r['variant']} | {opt} "
-            f"| {r['live_tiles_start']}/{r['tiles']} -> {r['live_tiles_end']}/{r['tiles']} "
-            f"| {_fmt(p.get('fwd_bwd', {}).get('ms'), '.3f')} | {_fmt(p.get('opt_step', {}).get('ms'), '.3f')} "
-            f"| {_fmt(p.get('refresh', {}).get('ms'), '.3f')} | {_fmt(full, '.3f')} "
-            f"| {_fmt(base_full / full if base_full and full else None, '.2f', 'x')} |")
-    for k in result.get("skipped", []):
-        lines.append(f"| {k['variant']} | skipped: {k['reason']} | | | | | | |")
-    s = result["summary"]
-    lines += [
-        "",
-        f"- **full step, sparse + block RDA ({s['block_backend']}) vs dense + fused element RDA**: "
-        f"{_fmt(s['full_step_speedup'], '.2f', 'x')}; target {s['target']}",
-        "- full step, same optimizer (block RDA) on both sides: "
-        f"{_fmt(s['full_step_speedup_same_optimizer'], '.2f', 'x')}",
-    ]
-    if s.get("full_step_speedup_reference") is not None:
-        lines.append(f"- full step, sparse + block RDA on the reference backend: "
-                     f"{_fmt(s['full_step_speedup_reference'], '.2f', 'x')}")
-    lines += [
-        f"- matmul part (fwd + bwd, dense dW): {_fmt(s['matmul_speedup'], '.2f', 'x')} (bound at this sparsity "
-        f"with a dense dW: {s['matmul_speedup_bound_dense_dw']:.2f}x); with dW on live tiles only: "
-        f"{_fmt(s['matmul_speedup_dw_live_only'], '.2f', 'x')}",
-        f"- optimizer part: the block RDA step ({s['block_backend']}) takes "
-        f"{_fmt(s['opt_block_vs_element'], '.1f', 'x')} the fused element-wise step"
-        + (f"; on the reference backend {_fmt(s['opt_block_reference_vs_element'], '.1f', 'x')}"
-           if s.get("opt_block_reference_vs_element") is not None else ""),
-        f"- ESTIMATE (not measured): sparse fwd+bwd + a block step as fast as the fused element step = "
-        f"{_fmt(s.get('estimated_sparse_step_with_fused_optimizer_ms'), '.3f', ' ms')}, "
-        f"speed-up {_fmt(s.get('estimated_speedup_with_fused_optimizer'), '.2f', 'x')} over the dense step",
-    ]
-    return "\n".join(lines)
-
-
-def markdown_report(report: dict) -> str:
-    m, cfg, res = report["machine"], report["config"], report["result"]
-    out = optimizer_step.report_header("Training step, MLP block", m) + [
-        f"- command: `{cfg['command']}`",
-        f"- model: Linear({cfg['d']}, {4 * cfg['d']}) -> GELU -> Linear({4 * cfg['d']}, {cfg['d']}), "
-        f"{cfg['tokens']} tokens, {cfg['dtype']} params (fp32 optimizer state); sparse: {cfg['sparsity']:.0%} of "
-        f"{BLOCK[0]}x{BLOCK[1]} tiles dead; masked_linear runs: {cfg['masked_impl']}",
-        f"- RDA {cfg['rda']}; loss mean(y^2) (tiny gradients: the dead tiles stay dead while timing)",
-        f"- timing: {cfg['timer']}; ms is the median",
-        "",
-    ]
-    if m["device"] != "cuda":
-        out += ["**CPU run: these numbers are NOT the benchmark.** Without a GPU masked_linear is the dense "
-                "F.linear fallback (or the Triton interpreter under TRITON_INTERPRET=1): this run only shows that "
-                "the runner works. The benchmark is the GPU run.", ""]
-    backend = res["summary"].get("block_backend")
-    if backend == "torch":
-        out += ["Block RDA ran on the reference backend (pure torch, the only block implementation where this ran): "
-                "the sparse full step carries that slow optimizer step. The matmul part and the optimizer part "
-                "are given separately below; the last line is an estimate, not a measurement.", ""]
-    else:
-        out += [f"Block RDA ran on the {backend!r} backend; the reference-backend row shows the pure-torch step. "
-                "The last line below is an estimate, not a measurement.", ""]
-    out += [markdown_table(res)]
-    return "\n".join(out) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--d", type=int, help="model width (default: 4096 on CUDA, 2048 quick; 256 on CPU)")
     ap.add_argument("--tokens", type=int, help="tokens per step (default: 8192 on CUDA, 4096 quick; 512/256 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead 64x64 tiles (default 90)")
@@ -329,35 +197,34 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "a reference-backend row is added when this is not 'torch')")
     ap.add_argument("--quick", action="store_true", help="smoke run: smaller model, few reps")
     ap.add_argument("--seed", type=int, default=0)
-    optimizer_step.add_runner_args(ap)
+    common.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = optimizer_step.runner_device(args)
+    device = common.runner_device(args)
     dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     d0, t0 = CONFIGS[device.type, args.quick]
     d, tokens = args.d or d0, args.tokens or t0
     if not 0 <= args.sparsity <= 100:
         sys.exit("--sparsity: a percentage in [0, 100]")
     cfg = dict(d=d, tokens=tokens, sparsity=args.sparsity / 100, seed=args.seed)
-    use_triton = device.type == "cuda" and not args.no_triton_timer and mmb.do_bench_or_none() is not None
-    impl = mmb.masked_impl(device, dtype)
-    machine = optimizer_step.machine_info(device)
+    use_triton = use_triton_timer(args, device)
+    impl = masked_impl(device, dtype)
+    machine = common.machine_info(device)
     if device.type == "cpu":
         print(f"NOTE: CPU run. These numbers are NOT the benchmark: masked_linear here is {impl}. "
               "The benchmark is the GPU run: python bench/train_step.py --device cuda", file=sys.stderr)
     print(f"{machine.get('gpu') or machine['cpu']}: torch {machine['torch']}, triton {machine['triton']}; MLP d={d}, "
-          f"{tokens} tokens, {str(dtype).replace('torch.', '')}, {args.sparsity:g}% dead tiles; "
+          f"{tokens} tokens, {common.dtype_name(dtype)}, {args.sparsity:g}% dead tiles; "
           f"masked_linear: {impl}")
     report = dict(
         machine=machine,
-        config=dict(command="python bench/train_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
-                    **cfg, dtype=str(dtype).replace("torch.", ""), block=list(BLOCK), quick=args.quick,
+        config=dict(command=common.command_line("train_step.py", argv),
+                    **cfg, dtype=common.dtype_name(dtype), block=list(BLOCK), quick=args.quick,
                     masked_impl=impl, rda=RDA_KW, block_backend=args.block_backend,
-                    timer=("triton.testing.do_bench (median, >= 10 calls)" if use_triton else
-                           "CUDA events (median)" if device.type == "cuda" else "time.perf_counter (median)")),
+                    timer=timer_label(device, use_triton, "triton.testing.do_bench (median, >= 10 calls)")),
     )
     rows, skipped = [], []
     t_start = time.perf_counter()
@@ -368,13 +235,12 @@ def main(argv=None) -> dict:
             rows.append(bench_variant(name, spec, cfg, device, dtype, args.quick, use_triton))
         except Exception as e:  # e.g. out of memory: the other variants still run
             traceback.print_exc()
-            skipped.append(dict(variant=name, reason=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
-            mmb.free(device)
+            skipped.append(dict(variant=name, reason=common.error_text(e)))
+            free(device)
     result = dict(rows=rows, skipped=skipped, summary=summarize(rows, cfg["sparsity"], device.type == "cuda"))
     report["result"] = result
     report["seconds"] = round(time.perf_counter() - t_start, 1)
-    if hasattr(os, "getloadavg"):
-        machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    common.note_load_end(machine)
     print()
     print(markdown_table(result))
     if device.type == "cpu":
@@ -385,7 +251,7 @@ def main(argv=None) -> dict:
         suffix += "" if dtype == (torch.bfloat16 if device.type == "cuda" else torch.float32) else f"-{args.dtype}"
         suffix += "-interp" if impl.startswith("triton interpreter") else ""
         suffix += "-quick" if args.quick else ""
-        optimizer_step.save_report(args.out, "train_step", device, machine, suffix, report, markdown_report(report))
+        common.save_report(args.out, "train_step", device, machine, suffix, report, markdown_report(report))
     return report
 
 

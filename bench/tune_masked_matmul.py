@@ -4,7 +4,7 @@
 
     python bench/tune_masked_matmul.py                       # GPU: bf16 and fp32, 32/64/128 tiles, 4096^3, 90% dead
     python bench/tune_masked_matmul.py --sides 64 --dtypes bf16 --sparsity 50 --shape 8192x4096x16384
-    TRITON_INTERPRET=1 python bench/tune_masked_matmul.py --device cpu --quick   # checks the sweep runs (no timing value)
+    TRITON_INTERPRET=1 python bench/tune_masked_matmul.py --device cpu --quick  # checks the sweep runs (no timing)
 
 The sparsity tile is the kernel's W tile (kernels/masked_matmul.py), so the tile side is not a free parameter of the
 matmul: it is what the optimizer prunes. What is free per tile side: the rows per program (BLOCK_M) and the pipeline
@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import masked_matmul as mmb  # noqa: E402  (timing, operands, tolerances)
-import optimizer_step  # noqa: E402  (machine info, runner options, result files)
+import common
+from masked_operands import TOLERANCE, masked_impl, random_occupancy, rel_err
+from timing import free, time_adaptive, timer_label, use_triton_timer
 
 try:
-    from sparse_rda.kernels import masked_matmul as mm  # noqa: E402
+    from sparse_rda.kernels import masked_matmul as mm
 except ImportError as err:  # the sweep tunes the Triton kernels' launch parameters: nothing to do without them
     sys.exit(f"tune_masked_matmul.py tunes the Triton kernels, which need triton ({err}): pip install triton")
 
@@ -51,13 +50,13 @@ def sweep(side: int, dtype: torch.dtype, mkn: tuple[int, int, int], sparsity: fl
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(m, k, generator=gen).to(device=device, dtype=dtype)
     dy = torch.randn(m, n, generator=gen).to(device=device, dtype=dtype)
-    occ = mmb.random_occupancy(n, k, block, sparsity, gen).to(device)
+    occ = random_occupancy(n, k, block, sparsity, gen).to(device)
     w = (torch.randn(n, k, generator=gen).to(device=device, dtype=dtype) * k**-0.5
          * mm.expand_occupancy(occ, block, (n, k))).contiguous()
     with torch.no_grad():
         want_y, want_dx = F.linear(x, w), dy @ w
     xr = x.detach().requires_grad_()
-    tol = mmb.TOLERANCE[dtype]
+    tol = TOLERANCE[dtype]
     key = config_key(side, dtype)
     default = mm.HOPPER_CONFIGS[key]
     rows, skipped = [], []
@@ -69,37 +68,38 @@ def sweep(side: int, dtype: torch.dtype, mkn: tuple[int, int, int], sparsity: fl
                 y = mm.masked_linear(xr, w, None, occ, block)
                 dx = lambda: torch.autograd.grad(y, xr, dy, retain_graph=True)[0]  # noqa: E731
                 with torch.no_grad():
-                    errors = (mmb.rel_err(fwd(), want_y), mmb.rel_err(dx(), want_dx))
+                    errors = (rel_err(fwd(), want_y), rel_err(dx(), want_dx))
                 if not max(errors) <= tol:
                     skipped.append(dict(config=cfg, reason=f"wrong result: rel err {max(errors):.2e} > {tol:.0e}"))
                     continue
                 with torch.no_grad():
-                    t_fwd = mmb.time_fn(fwd, device, quick, use_triton)["ms"]
-                t_dx = mmb.time_fn(dx, device, quick, use_triton)["ms"]
+                    t_fwd = time_adaptive(fwd, device, quick, use_triton)["ms"]
+                t_dx = time_adaptive(dx, device, quick, use_triton)["ms"]
                 rows.append(dict(config=cfg, fwd_ms=t_fwd, dx_ms=t_dx, rel_err=max(errors)))
-                print(f"  tile {side} {str(dtype)[6:]:>8} BLOCK_M={cfg[0]:<3} warps={cfg[1]} stages={cfg[2]}: "
-                      f"fwd {t_fwd:8.3f} ms  dX {t_dx:8.3f} ms")
+                print(f"  tile {side} {common.dtype_name(dtype):>8} BLOCK_M={cfg[0]:<3} warps={cfg[1]} "
+                      f"stages={cfg[2]}: fwd {t_fwd:8.3f} ms  dX {t_dx:8.3f} ms")
             except Exception as e:  # out of shared memory, a compile error: the next candidate
-                skipped.append(dict(config=cfg, reason=f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"))
-            mmb.free(device)
+                skipped.append(dict(config=cfg, reason=common.error_text(e, 160)))
+            free(device)
     finally:
         mm.HOPPER_CONFIGS[key] = default
     best = min(rows, key=lambda r: r["fwd_ms"] + r["dx_ms"]) if rows else None
     current = next((r for r in rows if tuple(r["config"]) == tuple(default)), None)
-    return dict(side=side, dtype=str(dtype).replace("torch.", ""), key=list(key), default=list(default),
+    return dict(side=side, dtype=common.dtype_name(dtype), key=list(key), default=list(default),
                 rows=rows, skipped=skipped, best=best, default_row=current)
 
 
 def markdown_report(report: dict) -> str:
     m, cfg = report["machine"], report["config"]
-    out = optimizer_step.report_header("Masked matmul launch-parameter sweep", m) + [
+    out = common.report_header("Masked matmul launch-parameter sweep", m) + [
         f"- command: `{cfg['command']}`",
         f"- M x K x N = {cfg['shape']}, {cfg['sparsity']:.0%} of the tiles dead; masked_linear: {cfg['masked_impl']}",
         f"- timing: {cfg['timer']}; ms is the median; best = least fwd + dX",
         "",
     ]
     if m["device"] != "cuda":
-        out += ["**CPU run: the interpreter. These times say nothing about a GPU; this run only checks the sweep.**", ""]
+        out += ["**CPU run: the interpreter. These times say nothing about a GPU; this run only checks the "
+                "sweep.**", ""]
     out += ["| tile | dtype | default (BLOCK_M, warps, stages) | default fwd + dX ms | best | best fwd + dX ms | "
             "candidates timed / skipped |", "|--:|---|---|--:|---|--:|--:|"]
     for s in report["sweeps"]:
@@ -114,19 +114,19 @@ def markdown_report(report: dict) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = common.parser(__doc__)
     ap.add_argument("--sides", type=int, nargs="+", help="tile sides (default 32 64 128; quick: 16)")
     ap.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), help="default bf16 fp32 on CUDA, fp32 on CPU")
     ap.add_argument("--shape", help="MxKxN (default 4096x4096x4096 on CUDA, 64x64x64 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead tiles (default 90)")
     ap.add_argument("--quick", action="store_true", help="two candidates only")
-    optimizer_step.add_runner_args(ap)
+    common.add_runner_args(ap)
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    device = optimizer_step.runner_device(args)
+    device = common.runner_device(args)
     on_gpu = device.type == "cuda"
     sides = args.sides or ([64] if args.quick and on_gpu else [16] if not on_gpu else [32, 64, 128])
     dtypes = [DTYPES[d] for d in (args.dtypes or (["bf16", "fp32"] if on_gpu else ["fp32"]))]
@@ -137,13 +137,12 @@ def main(argv=None) -> dict:
     if not on_gpu and not mm.INTERPRETED:
         sys.exit("no GPU: run with TRITON_INTERPRET=1 to check the sweep in the interpreter")
     candidates = QUICK_CANDIDATES if args.quick else CANDIDATES
-    use_triton = on_gpu and not args.no_triton_timer and mmb.do_bench_or_none() is not None
-    machine = optimizer_step.machine_info(device)
+    use_triton = use_triton_timer(args, device)
+    machine = common.machine_info(device)
     report = dict(machine=machine, config=dict(
-        command="python bench/tune_masked_matmul.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        shape=shape, sparsity=args.sparsity / 100, masked_impl=mmb.masked_impl(device, dtypes[0]),
-        candidates=[list(c) for c in candidates], timer=("triton.testing.do_bench (median)" if use_triton else
-                                                        "CUDA events (median)" if on_gpu else "time.perf_counter")))
+        command=common.command_line("tune_masked_matmul.py", argv), shape=shape, sparsity=args.sparsity / 100,
+        masked_impl=masked_impl(device, dtypes[0]), candidates=[list(c) for c in candidates],
+        timer=timer_label(device, use_triton, cpu="time.perf_counter")))
     t0 = time.perf_counter()
     report["sweeps"] = [sweep(side, dtype, mkn, args.sparsity / 100, device, candidates, args.quick, use_triton)
                         for side in sides for dtype in dtypes]
@@ -152,7 +151,7 @@ def main(argv=None) -> dict:
     print("\n" + markdown)
     if not args.no_save:
         suffix = "-quick" if args.quick else ""
-        optimizer_step.save_report(args.out, "tune_masked_matmul", device, machine, suffix, report, markdown)
+        common.save_report(args.out, "tune_masked_matmul", device, machine, suffix, report, markdown)
     return report
 
 

@@ -1,0 +1,179 @@
+"""The accuracy benchmark's methods (bench/accuracy.py's docstring lists them): each builds its optimizer (and pruner)
+for one run and says what one training step does; and one run, trained and measured."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+import sparse_rda
+from fashion_mnist import BATCH_SIZE, GRDA_KW, MODELS, RDA_KW, SGD_KW, epoch_batches, test_accuracy
+
+RDA_L1_KW = dict(RDA_KW, reweight=False)
+RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
+OWN_METHODS = ("dense", "rda", "rda-l1", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
+
+
+@torch.no_grad()
+def weight_sparsity(model: nn.Module) -> tuple[float, dict[str, float]]:
+    """The fraction of exact zeros over the >= 2-D weight tensors (pruner.sparsity()'s definition), and per
+    tensor. Read from the modules' ``weight`` attributes, so a mask applied by a parametrization counts too."""
+    weights = {
+        name: module.weight
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "weight", None), torch.Tensor) and module.weight.dim() >= 2
+    }
+    zeros = {name: int((w == 0).sum()) for name, w in weights.items()}
+    total = sum(w.numel() for w in weights.values())
+    return sum(zeros.values()) / total, {name: zeros[name] / w.numel() for name, w in weights.items()}
+
+
+def cosine(base: float, k: int, total_steps: int) -> float:
+    return 0.5 * base * (1.0 + math.cos(math.pi * min(k, total_steps) / total_steps))
+
+
+class SGDTraining:
+    """Dense SGD-momentum with a per-step cosine lr; with a pruner, every mask-based method. The lr is set by
+    hand from ``pruner.lr_step`` (not an LRScheduler) so iterative pruning can replay the schedule."""
+
+    def __init__(self, model: nn.Module, total_steps: int, pruner=None):
+        self.opt = torch.optim.SGD(model.parameters(), **SGD_KW)
+        self.pruner = pruner
+        self.total_steps = total_steps
+
+    def penalty(self):
+        return self.pruner.penalty() if self.pruner is not None else 0.0
+
+    def step(self, k: int) -> None:
+        """Step k (0-based) with the gradients in place; then the lr of step k + 1."""
+        if self.pruner is not None:
+            self.pruner.before_step(self.opt)
+        self.opt.step()
+        if self.pruner is not None:
+            self.pruner.after_step(self.opt)
+        schedule_step = self.pruner.lr_step(k + 1) if self.pruner is not None else k + 1
+        for group in self.opt.param_groups:
+            group["lr"] = cosine(SGD_KW["lr"], schedule_step, self.total_steps)
+
+    def finish(self) -> dict:
+        if self.pruner is not None:
+            self.pruner.finalize(self.opt)
+        return {}
+
+
+class RDATraining:
+    """sparse_rda.RDA with CosineRDA (or, without averaging, a cosine lr alone); its controller steers lam to reach
+    the target sparsity."""
+
+    def __init__(self, model: nn.Module, total_steps: int, target: float, kw: dict = RDA_KW):
+        self.opt = sparse_rda.RDA(sparse_rda.param_groups(model), **kw, target_sparsity=target,
+                                  total_steps=total_steps)
+        if kw is RDA_PROX_KW:  # averaging stays 0: the lr alone follows the cosine
+            self.schedule = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda k: cosine(1.0, k, total_steps))
+        else:
+            self.schedule = sparse_rda.schedules.CosineRDA(self.opt, total_steps=total_steps)
+
+    def penalty(self):
+        return 0.0
+
+    def step(self, k: int) -> None:
+        self.opt.step()
+        self.schedule.step()
+
+    def finish(self) -> dict:
+        return {"final_lam": float(self.opt.param_groups[0]["lam"])}  # where the controller left it
+
+
+class GRDATraining:
+    """sparse_rda.GRDA at a constant lr (the threshold schedule assumes one); the controller steers c."""
+
+    def __init__(self, model: nn.Module, total_steps: int, target: float):
+        self.opt = sparse_rda.GRDA(model.parameters(), **GRDA_KW, target_sparsity=target, total_steps=total_steps)
+
+    def penalty(self):
+        return 0.0
+
+    def step(self, k: int) -> None:
+        self.opt.step()
+
+    def finish(self) -> dict:
+        return {"final_c": float(self.opt.param_groups[0]["c"])}
+
+
+def pruning_methods() -> tuple[str, ...]:
+    from sparse_rda import pruning  # imported when needed: --report-only and the own methods run without it
+
+    return tuple(pruning.METHODS)
+
+
+def all_methods() -> tuple[str, ...]:
+    return OWN_METHODS + pruning_methods()
+
+
+def make_training(method: str, model: nn.Module, total_steps: int, target: float):
+    if method == "dense":
+        return SGDTraining(model, total_steps)
+    if method == "rda":
+        return RDATraining(model, total_steps, target)
+    if method == "rda-l1":
+        return RDATraining(model, total_steps, target, RDA_L1_KW)
+    if method == "rda-prox":
+        return RDATraining(model, total_steps, target, RDA_PROX_KW)
+    if method == "grda":
+        return GRDATraining(model, total_steps, target)
+    from sparse_rda import pruning
+
+    return SGDTraining(model, total_steps, pruning.make(method, model, sparsity=target, total_steps=total_steps))
+
+
+def hyper_parameters() -> dict:
+    """What the runs were trained with: part of the config a resumed table must match."""
+    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, rda_prox=RDA_PROX_KW, grda=GRDA_KW,
+                lr_schedule="cosine per step",
+                rda_schedule="CosineRDA per step", grda_schedule="constant lr", batch_size=BATCH_SIZE,
+                data_order="randperm per epoch, generator seeded seed * 1000 + epoch")
+
+
+def train_run(model_name: str, method: str, target: float, seed: int, epochs: int, data, bar: tqdm) -> dict:
+    """Trains one fresh model with one method; returns its record for the JSON."""
+    train_x, train_y, test_x, test_y = data
+    torch.manual_seed(seed)  # the same initial weights for every method at this seed
+    model = MODELS[model_name][0]()
+    steps_per_epoch = math.ceil(len(train_x) / BATCH_SIZE)
+    total_steps = epochs * steps_per_epoch
+    training = make_training(method, model, total_steps, target)
+    bar.reset(total=total_steps)
+    bar.set_description(f"{model_name} {method} {target:.0%} seed {seed}")
+
+    seconds, k, loss = 0.0, 0, None
+    for epoch in range(epochs):
+        model.train()
+        start = time.perf_counter()
+        for idx in epoch_batches(len(train_x), epoch, seed):
+            loss = F.cross_entropy(model(train_x[idx]), train_y[idx]) + training.penalty()
+            training.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            training.step(k)
+            k += 1
+            bar.update()
+            if k % 100 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        seconds += time.perf_counter() - start
+    start = time.perf_counter()
+    extra = training.finish()  # e.g. the one-shot prune at the end: training time too
+    seconds += time.perf_counter() - start
+
+    sparsity, per_tensor = weight_sparsity(model)
+    return dict(
+        model=model_name, method=method, target_sparsity=target, seed=seed, epochs=epochs, steps=total_steps,
+        accuracy=test_accuracy(model, test_x, test_y), sparsity=sparsity, layer_sparsity=per_tensor,
+        final_loss=loss.item() if loss is not None else None, train_seconds=round(seconds, 2),
+        seconds_per_epoch=round(seconds / epochs, 3), threads=torch.get_num_threads(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **extra,
+    )

@@ -1,0 +1,36 @@
+"""What the masked-matmul runners (bench/masked_matmul.py, bench/tune_masked_matmul.py) and bench/train_step.py
+share: random tile maps with an exact dead fraction, the error measure and its tolerances, and what
+``masked_linear`` runs on this machine."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import sparse_rda.nn as snn  # what SparseLinear runs: the Triton kernels, or the dense math
+
+# max |got - want| / max |want| allowed: fp32 a few ulps of the sums; 16-bit: the output rounding (~2 ulps)
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+def masked_impl(device: torch.device, dtype: torch.dtype) -> str:
+    """What masked_linear runs here (sparse_rda.nn.matmul_kernel; the interpreter takes fp32 only)."""
+    kind = snn.matmul_kernel(device)
+    if kind == "triton-interpreter" and dtype != torch.float32:
+        kind = "dense"
+    return {"triton": "triton", "triton-interpreter": "triton interpreter (TRITON_INTERPRET=1)",
+            "dense": "dense F.linear fallback (no GPU and no TRITON_INTERPRET, or no triton)"}[kind]
+
+
+def random_occupancy(n: int, k: int, block, dead_fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """A tile map with exactly round(dead_fraction * tiles) dead tiles at random places (CPU bool)."""
+    shape = (math.ceil(n / block[0]), math.ceil(k / block[1]))
+    live = torch.ones(shape, dtype=torch.bool)
+    live.view(-1)[torch.randperm(live.numel(), generator=gen)[: round(dead_fraction * live.numel())]] = False
+    return live
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    scale = want.abs().max().float().item() if want.numel() else 0.0
+    return (got.float() - want.float()).abs().max().item() / max(scale, 1e-30) if want.numel() else 0.0
