@@ -116,6 +116,13 @@ SPARSE_RDA_HD float rda_element(float w, float grad, float om_factor, float& B, 
   return soft_threshold(T, s.lam * B);
 }
 
+// One element of an unpenalized tensor: the dual average and no threshold, w = T, whatever B holds (a state
+// loaded from a run that penalized the tensor keeps its B; the reference ignores it too).
+SPARSE_RDA_HD float rda_unpenalized_element(float w, float grad, float& T, float& v, const RdaScalars& s) {
+  dual_average(w, grad, T, v, s);
+  return T;
+}
+
 // Block mode's group prox (ALGORITHMS.md section 3): the factor a tile of norm ||T_tile|| and threshold t is
 // scaled by, max(0, 1 - t sqrt(n) / ||T_tile||); an all-zero tile stays zero (0, not NaN); a tile whose norm is
 // NaN or inf is not shrunk (1: only its non-finite elements are non-finite); a NaN threshold gives NaN.

@@ -127,7 +127,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         their grads') and the group's layout options stay the same."""
         granularity = group.get("granularity")
         key = (tuple(granularity) if isinstance(granularity, list) else granularity, group.get("penalize", True),
-               group.get("sparsify_1d"), tuple((id(p), p.shape, p.dtype, p.grad.dtype) for p in params))
+               group.get("sparsify_1d"), tuple([(id(p), p.shape, p.dtype, p.grad.dtype) for p in params]))
         cached = self._plans.get(key)
         if cached is None:
             if len(self._plans) > 64:  # the set of params with grads keeps changing: do not grow without bound

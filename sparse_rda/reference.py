@@ -180,5 +180,6 @@ def grda_step(tensors: GrdaTensors, bucket, s: GrdaScalars) -> None:
     """One gRDA step (ALGORITHMS.md section 2): acc -= lr * grad; w = S_{l1}(acc), l1 per tensor."""
     params, grads, acc, thresholds = tensors
     torch._foreach_add_(acc, unscaled_grads(grads, s.inv_scale), alpha=-s.lr)
-    new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds.tolist())]
+    new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds)]  # l1: 0-d tensors (a Python float
+    # costs ~5 us more per op)
     torch._foreach_copy_(list(params), new_w)

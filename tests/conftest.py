@@ -42,3 +42,16 @@ def cpu_backends():
 @pytest.fixture(params=cpu_backends())
 def backend(request):
     return request.param
+
+
+def _backend_device_params():
+    from helpers import backend_devices
+
+    return backend_devices()
+
+
+@pytest.fixture(params=_backend_device_params())
+def backend_device(request):
+    """(backend, device): every backend on every device it runs on (helpers.backend_devices; CUDA pairs marked
+    gpu), for tests that hold for all of them."""
+    return request.param

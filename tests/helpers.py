@@ -66,17 +66,32 @@ def rda_error_scales(group: dict, before: dict, grad: torch.Tensor | None) -> tu
     return T_scale, v_scale
 
 
-def native_devices():
-    """pytest params for the native backends' devices: "cpu" where the extension is built, "cuda" (marked gpu)
-    where it has CUDA kernels."""
+def backend_devices(*names):
+    """The backend x device matrix as pytest params ``(backend, device)``: each named backend (default: all) on each
+    device it runs on, CUDA pairs marked gpu, each skipped with the reason where this installation lacks the backend.
+    Triton runs CPU tensors only under TRITON_INTERPRET=1 (else that pair is skipped)."""
     import pytest
-    from sparse_rda import native
+    from sparse_rda import dispatch
 
-    return [
-        pytest.param("cpu", marks=pytest.mark.skipif(not native.has_kernels("cpu"), reason="extension not built")),
-        pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not native.has_kernels("cuda"),
-                                                                        reason="extension built without CUDA kernels")]),
-    ]
+    runs_on = {"torch": ("cpu", "cuda"), "cpu": ("cpu",), "triton": ("cpu", "cuda"), "cuda": ("cuda",)}
+    params = []
+    for name in names or tuple(runs_on):
+        for device in runs_on[name]:
+            marks = [pytest.mark.gpu] if device == "cuda" else []
+            if name not in dispatch.installed():
+                marks.append(pytest.mark.skip(reason=dispatch._MISSING[name]))
+            elif device == "cpu" and not dispatch._runs_on(name, torch.device("cpu")):
+                marks.append(pytest.mark.skip(reason=f"{name} runs CPU tensors only under TRITON_INTERPRET=1"))
+            params.append(pytest.param((name, device), id=f"{name}-{device}", marks=marks))
+    return params
+
+
+def native_devices():
+    """pytest params for the native backends' devices (the backend's name is its device's): "cpu" where the
+    extension is built, "cuda" (marked gpu) where it has CUDA kernels."""
+    import pytest
+
+    return [pytest.param(p.values[0][1], marks=p.marks, id=p.id.split("-")[1]) for p in backend_devices("cpu", "cuda")]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -97,3 +97,57 @@ def test_an_extension_that_does_not_load_says_so():
     assert "native extension does not load" in warned and "--no-build-isolation" in warned, warned
     assert "'cpu'" not in listed, listed
     assert "backend='cpu' is not available" in error and "undefined symbol" in error, error
+
+
+def test_every_backend_meets_the_contract(backend_device):
+    """sparse_rda/step.py: each backend's rda_step and grda_step, called on one bucket as the optimizers call them,
+    update in place what the reference updates (within ALGORITHMS.md's fused-kernel tolerance) and count the
+    nonzeros they leave (or return None and leave counting to nnz())."""
+    from helpers import rda_contract_call
+    from sparse_rda import dispatch, plan, scalars, step
+
+    name, device = backend_device
+    shapes = [(5, 7), (3,), (2, 3, 3, 3)]
+    gen = torch.Generator().manual_seed(3)
+    make = lambda: [torch.randn(s, generator=gen).to(device) for s in shapes]  # noqa: E731
+    params, grads, T, B, A, v = make(), make(), make(), make(), make(), make()
+    B, A = [b.abs() for b in B], [a.abs() for a in A]
+    copies = [[t.clone() for t in ts] for ts in (params, T, B, A, v)]
+    hyper = dict(lr=0.5, lam=0.3, beta=0.9, beta_b=0.8, averaging=0.3, weight_decay=1e-4, max_factor=50.0,
+                 reweight=True, maximize=False, penalized=[True, False, True], granularity="kernel")
+    counts = rda_contract_call(name, params, grads, T, B, A, v, **hyper)
+    rda_contract_call("torch", copies[0], grads, *copies[1:], **hyper)
+    for got, want in zip([params, T, B, A, v], copies):
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    if counts is not None:
+        assert counts.tolist() == [int(torch.count_nonzero(p)) for p in params]
+
+    acc = make()
+    acc_ref, w_ref = [a.clone() for a in acc], [p.clone() for p in params]
+    plans = tuple(plan.tensor_plan(p.shape, "element", True) for p in params)
+    bucket, = plan.buckets(plans, tuple((p.dtype, g.dtype) for p, g in zip(params, grads)))
+    thresholds, s = torch.tensor([0.5, 0.0, 1.0]), scalars.GrdaScalars(0.1)
+    counts = dispatch.backend(name).grda_step(step.GrdaTensors(params, grads, acc, thresholds), bucket, s)
+    dispatch.backend("torch").grda_step(step.GrdaTensors(w_ref, grads, acc_ref, thresholds), bucket, s)
+    torch.testing.assert_close(acc, acc_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(params, w_ref, rtol=1e-5, atol=1e-6)
+    if counts is not None:
+        assert counts.tolist() == [int(torch.count_nonzero(p)) for p in params]
+
+
+def test_the_kernels_import_nothing_from_the_package():
+    """kernels/ is a backend: per-tensor decisions reach it in plans and scalars objects, never by importing
+    sparse_rda (docs/DESIGN.md)."""
+    import ast
+    from pathlib import Path
+
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    found = []
+    for path in sorted(kernels.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level > 1 or (node.module or "").startswith("sparse_rda")):
+                found.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
+            elif isinstance(node, ast.Import) and any(a.name.startswith("sparse_rda") for a in node.names):
+                found.append(f"{path.name}: import {', '.join(a.name for a in node.names)}")
+    assert not found, found

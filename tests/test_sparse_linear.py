@@ -248,3 +248,22 @@ def test_block_rda_writes_the_layers_map_in_its_step():
     opt2 = sparse_rda.RDA(sparse_rda.param_groups(layer), lr=0.5, lam=0.05, granularity=("block", 16, 16))
     opt2.load_state_dict(opt.state_dict())
     assert opt2.state[layer.weight]["occupancy"] is layer.occupancy
+
+
+def test_block_rda_in_other_tiles_warns_and_keeps_its_own_map():
+    """The layer's map and the optimizer's tiles must agree for the step to write the map (nn.bind_tile_map); when
+    they differ the optimizer says so, keeps its own map, and refresh_occupancy brings the layer's up to date."""
+    import sparse_rda
+    from sparse_rda.nn import tile_map, tile_occupancy
+
+    torch.manual_seed(0)
+    layer = SparseLinear(48, 40, block=(16, 16))
+    opt = sparse_rda.RDA(sparse_rda.param_groups(layer), lr=0.5, lam=0.05, granularity=("block", 8, 8))
+    layer(torch.randn(8, 48)).pow(2).mean().backward()
+    with pytest.warns(UserWarning, match=r"through \(16, 16\) tiles and the optimizer steps it in \(8, 8\) tiles"):
+        opt.step()
+    assert tile_map(layer.weight)[1] is layer.occupancy
+    assert opt.state[layer.weight]["occupancy"] is not layer.occupancy
+    assert opt.state[layer.weight]["occupancy"].shape == (5, 6)
+    refresh_occupancy(layer)
+    assert torch.equal(layer.occupancy, tile_occupancy(layer.weight, (16, 16)))

@@ -51,9 +51,15 @@ SPARSE_RDA_CPU_CLONES int64_t rda_range(param_t* __restrict__ w, const grad_t* _
       A[i] = A_next;
       om_factor = (REWEIGHT ? reweight_factor(A_next, max_A, s.max_factor) : 1.0f) * factor;
     }
-    float Bi = B[i], Ti = T[i], vi = v[i];
-    const param_t stored = static_cast<param_t>(rda_element(wi, static_cast<float>(g[i]), om_factor, Bi, Ti, vi, s));
-    if constexpr (PENALIZED) B[i] = Bi;
+    float Ti = T[i], vi = v[i];
+    param_t stored;
+    if constexpr (PENALIZED) {
+      float Bi = B[i];
+      stored = static_cast<param_t>(rda_element(wi, static_cast<float>(g[i]), om_factor, Bi, Ti, vi, s));
+      B[i] = Bi;
+    } else {  // no threshold whatever B holds, as the reference (B is not read)
+      stored = static_cast<param_t>(rda_unpenalized_element(wi, static_cast<float>(g[i]), Ti, vi, s));
+    }
     T[i] = Ti;
     v[i] = vi;
     w[i] = stored;

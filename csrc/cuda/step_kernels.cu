@@ -77,16 +77,14 @@ __global__ void rda_max_A_kernel(const RdaBatch b, RdaScalars host, DeviceScalar
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + ti, running);
 }
 
-// One element of the RDA step on registers: A (penalized tensors only), B, T and v updated in place; returns the
-// weight to store. B and A of an unpenalized tensor are not stored back (its B stays 0).
+// One element of the RDA step on registers: A and B (penalized tensors only), T and v updated in place; returns
+// the weight to store. An unpenalized tensor's A and B are neither used nor stored back.
 template <typename param_t>
 __device__ __forceinline__ param_t rda_values(const RdaTensor& t, int64_t i, float wi, float gi, float& A, float& B,
                                               float& T, float& v, bool reweight, float max_A, const RdaScalars& s) {
-  float om_factor = 0.0f;
-  if (t.factor > 0.0f) {
-    A = new_A(A, magnitude(t, static_cast<const param_t*>(t.w), i, wi), s);
-    om_factor = (reweight ? reweight_factor(A, max_A, s.max_factor) : 1.0f) * t.factor;
-  }
+  if (t.factor == 0.0f) return from_float<param_t>(rda_unpenalized_element(wi, gi, T, v, s));
+  A = new_A(A, magnitude(t, static_cast<const param_t*>(t.w), i, wi), s);
+  const float om_factor = (reweight ? reweight_factor(A, max_A, s.max_factor) : 1.0f) * t.factor;
   return from_float<param_t>(rda_element(wi, gi, om_factor, B, T, v, s));
 }
 
@@ -112,8 +110,9 @@ __global__ void rda_step_kernel(const RdaBatch b, RdaScalars host, DeviceScalars
     for (int64_t i = start + threadIdx.x * kVec; i < vec_end; i += kThreads * kVec) {
       Pack<param_t> wp = load_pack(w, i);
       const Pack<grad_t> gp = load_pack(g, i);
-      Pack<float> Tp = load_pack<float>(t.T, i), vp = load_pack<float>(t.v, i), Bp = load_pack<float>(t.B, i);
+      Pack<float> Tp = load_pack<float>(t.T, i), vp = load_pack<float>(t.v, i);
       Pack<float> Ap = penalized ? load_pack<float>(t.A, i) : Pack<float>{};
+      Pack<float> Bp = penalized ? load_pack<float>(t.B, i) : Pack<float>{};
 #pragma unroll
       for (int k = 0; k < kVec; ++k) {
         wp.x[k] = rda_values<param_t>(t, i + k, to_float(wp.x[k]), to_float(gp.x[k]), Ap.x[k], Bp.x[k], Tp.x[k],
@@ -129,7 +128,7 @@ __global__ void rda_step_kernel(const RdaBatch b, RdaScalars host, DeviceScalars
       store_pack(w, i, wp);
     }
     for (int64_t i = vec_end + threadIdx.x; i < end; i += kThreads) {
-      float A = penalized ? t.A[i] : 0.0f, B = t.B[i], T = t.T[i], v = t.v[i];
+      float A = penalized ? t.A[i] : 0.0f, B = penalized ? t.B[i] : 0.0f, T = t.T[i], v = t.v[i];
       const param_t stored = rda_values<param_t>(t, i, to_float(w[i]), to_float(g[i]), A, B, T, v, reweight, m, r.s);
       if (penalized) {
         t.A[i] = A;
