@@ -71,11 +71,12 @@ class GRDA(SparseOptimizer):
             if not self.state[p]:
                 self.state[p].update(self._initial_state(p, self._capturable(group)))
         scalars = grda_scalars(group, grad_scale, found_inf, self._capturable(group), params[0].device)
+        plans, buckets = self._step_plan(group, params)
         counters = self._scalar_rows(params, ("step", "l1"))
-        advanced = self._advance_thresholds(group, params, counters, scalars, found_inf)
+        advanced = self._advance_thresholds(group, [plan.penalized for plan in plans], counters, scalars, found_inf)
         tensors = step.GrdaTensors(params, [p.grad for p in params], [self.state[p]["acc"] for p in params],
                                    thresholds=advanced[:, 1].float())
-        counts = step.run(backend.grda_step, tensors, self._step_plan(group, params)[1], scalars)
+        counts = step.run(backend.grda_step, tensors, buckets, scalars)
         counters.copy_(advanced)  # after the update: a refused call leaves the counters as they were
         return counts
 
@@ -89,7 +90,7 @@ class GRDA(SparseOptimizer):
                     l1=torch.zeros((), dtype=torch.float64, device=device),
                     acc=p.detach().to(torch.float32, copy=True))
 
-    def _advance_thresholds(self, group, params, counters, scalars, found_inf) -> torch.Tensor:
+    def _advance_thresholds(self, group, penalized: list[bool], counters, scalars, found_inf) -> torch.Tensor:
         """The group's (step, l1) rows one step on: n + 1 and, for penalized tensors, l1 + c lr^(mu+1/2)
         (n^mu - (n-1)^mu), as a few ops on a copy of ``counters``."""
         counters = counters.clone()
@@ -97,7 +98,6 @@ class GRDA(SparseOptimizer):
         self._count_steps(n, found_inf)
         lr = scalars.lr if scalars.lr_device is None else scalars.lr_device.double()
         growth = reference.grda_threshold_increment(float(group["c"]), lr, float(group["mu"]), n)
-        penalized = [self._is_penalized(group, p) for p in params]
         if not all(penalized):
             growth = growth * torch.tensor(penalized, dtype=torch.float64, device=n.device)
         if found_inf is not None:

@@ -62,9 +62,7 @@ def rda_spec_step(p, grad, st, *, lr, lam, momentum_time=9.5, reweight_time=None
         else:
             om = max_factor / (1 + (max_factor - 1) * (st["A"] / max_A))
         om = om * scale
-    else:
-        om = torch.zeros_like(w)
-    st["B"] = averaging * st["B"] + lr * om
+        st["B"] = averaging * st["B"] + lr * om
     st["T"] = averaging * st["T"] + (1 - averaging) * w
     st["v"] = beta * st["v"] + (1 - beta) * g
     st["T"] = st["T"] - lr * st["v"]
@@ -77,8 +75,10 @@ def rda_spec_step(p, grad, st, *, lr, lam, momentum_time=9.5, reweight_time=None
             shrink = max(0.0, 1.0 - (lam * st["B"][rs, cs][0, 0] * T_tile.numel() ** 0.5 / norm).item()) if norm > 0 else 0.0
             new_w[rs, cs] = T_tile * shrink
             st["occupancy"].append(shrink > 0)
-    else:
+    elif penalized:
         new_w = soft(st["T"], lam * st["B"])
+    else:  # no penalty: the iterate itself, whatever B holds (ALGORITHMS.md)
+        new_w = st["T"].clone()
     with torch.no_grad():
         p.copy_(new_w)
 
