@@ -14,7 +14,7 @@ import sparse_rda
 from test_bad_input import assert_untouched, snapshot
 
 
-def make_params(seed=0):
+def seeded_params(seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.nn.Parameter(torch.randn(6, 8, generator=g)), torch.nn.Parameter(torch.randn(8, generator=g))]
 
@@ -39,7 +39,7 @@ OPTIMIZERS = {
 
 
 def stepped(name, backend, steps=3):
-    params = make_params()
+    params = seeded_params()
     opt = OPTIMIZERS[name](params, backend=backend)
     run(opt, params, steps)
     return opt, params
@@ -64,10 +64,10 @@ def assert_same_run(opt_a, params_a, opt_b, params_b, steps=3, first_seed=100):
 @pytest.mark.parametrize("saved_as, loaded_as", [("element", ("block", 2, 4)), (("block", 2, 4), "element"),
                                                  (("block", 2, 4), ("block", 4, 4)), ("element", "kernel")])
 def test_a_state_dict_of_another_granularity_is_refused(saved_as, loaded_as, backend):
-    saved_params = make_params()
+    saved_params = seeded_params()
     saved = sparse_rda.RDA(saved_params, lr=0.1, granularity=saved_as, backend=backend)
     run(saved, saved_params, 2)
-    params = make_params()
+    params = seeded_params()
     opt = sparse_rda.RDA(params, lr=0.1, granularity=loaded_as, backend=backend)
     run(opt, params, 1)
     snap = snapshot(opt, params)
@@ -132,7 +132,7 @@ def test_a_copied_optimizer_steps_exactly_like_the_original(name, how, backend):
 
 
 def test_a_copy_keeps_the_sparsity_controller(backend):
-    params = make_params()
+    params = seeded_params()
     opt = sparse_rda.RDA(params, lr=0.1, lam=1e-4, target_sparsity=0.5, total_steps=20, backend=backend)
     run(opt, params, 10)
     opt_b, params_b = copy.deepcopy((opt, params))
@@ -157,7 +157,7 @@ HAND_EDITS = {
 
 @pytest.mark.parametrize("edit", list(HAND_EDITS))
 def test_state_edited_by_hand_fails_the_next_step_before_any_change(edit, backend):
-    params = make_params()
+    params = seeded_params()
     bias_group_first = [{"params": [params[1]], "penalize": False}, {"params": [params[0]]}]
     opt = sparse_rda.RDA(bias_group_first, lr=0.1, lam=1e-2, backend=backend)
     run(opt, params, 2)
@@ -208,7 +208,7 @@ def test_an_expanded_or_sparse_parameter_is_refused():
     (lambda params, lr, backend: sparse_rda.GRDA(params, lr=lr, c=0.01, mu=0.55, backend=backend), ("lr",)),
 ], ids=["rda", "grda"])
 def test_a_tensor_lr_steps_as_the_float_and_follows_a_scheduler(make, keys, backend):
-    params_t, params_f = make_params(), make_params()
+    params_t, params_f = seeded_params(), seeded_params()
     opt_t = make(params_t, torch.tensor(0.1), backend)
     opt_f = make(params_f, 0.1, backend)
     assert all(isinstance(opt_t.param_groups[0][k], torch.Tensor) for k in keys)
@@ -231,13 +231,13 @@ def test_a_tensor_lr_steps_as_the_float_and_follows_a_scheduler(make, keys, back
 ])
 def test_a_bad_tensor_lr_is_refused(lr, match, error):
     with pytest.raises(error, match=match):
-        sparse_rda.RDA(make_params(), lr=lr)
+        sparse_rda.RDA(seeded_params(), lr=lr)
 
 
 def test_a_capturable_lr_on_another_device_is_refused_before_any_change():
     if "cpu" not in sparse_rda.backends():
         pytest.skip("needs the native CPU kernels (capturable groups need a kernel backend)")
-    params = make_params()
+    params = seeded_params()
     opt = sparse_rda.RDA(params, lr=torch.tensor(0.1), capturable=True, backend="cpu")
     run(opt, params, 1)
     opt.param_groups[0]["lr"] = torch.tensor(0.1, device="meta")
