@@ -24,18 +24,23 @@ def inverse_scale(grad_scale: torch.Tensor | None) -> torch.Tensor | None:
     return None if grad_scale is None else grad_scale.double().reciprocal().float()
 
 
-def device_scalar(value, device: torch.device) -> torch.Tensor:
-    """A hyper-parameter as a float32 device scalar, made by a kernel (capturable), not a host copy."""
+def scalar_tensor(value, device: torch.device) -> torch.Tensor:
+    """A hyper-parameter as a float64 0-d tensor on ``device``, made on the device without reading the value on
+    the host: a tensor is converted, a Python number multiplies a tensor of ones. So a CUDA graph replays a
+    tensor's new values, and under torch.compile a number that changes becomes a symbolic input of the graph
+    (dynamo's automatic dynamic: one recompile the first time it changes) instead of a constant guarded per value:
+    ``torch.tensor(number)``, ``math.exp`` or a number passed to an op would specialize it."""
     if isinstance(value, torch.Tensor):
-        return value.to(device=device, dtype=torch.float32).reshape(())
-    return torch.full((), value, dtype=torch.float32, device=device)
+        return value.to(device=device, dtype=torch.float64).reshape(())
+    return torch.ones((), dtype=torch.float64, device=device) * value
 
 
 @dataclass(frozen=True)
 class RdaScalars:
-    """One RDA group step's scalars (docs/ALGORITHMS.md section 1). ``device``: capturable mode's float32
-    [lr, averaging, beta, beta_b] on the params' device, which the kernels read instead of the host values (those
-    are then 0); ``found_inf`` (capturable only): a GradScaler's flag, the kernels write nothing when it is set."""
+    """One RDA group step's scalars (docs/ALGORITHMS.md section 1). ``device`` (capturable mode, and any step
+    traced by torch.compile): float32 [lr, averaging, beta, beta_b, lam] on the params' device, which the
+    backends read instead of the host values (those are then 0); ``found_inf`` (capturable only): a GradScaler's
+    flag, the kernels write nothing when it is set."""
 
     lr: float
     lam: float
@@ -54,26 +59,39 @@ class RdaScalars:
         """The float values in the order the native ops take them (``hyper``)."""
         return [self.lr, self.lam, self.beta, self.beta_b, self.averaging, self.weight_decay, self.max_factor]
 
+    def changing(self):
+        """(lr, averaging, beta, beta_b, lam): the values a schedule or the sparsity controller changes, as host
+        floats, or in the device form 0-d float32 tensors."""
+        if self.device is None:
+            return self.lr, self.averaging, self.beta, self.beta_b, self.lam
+        return tuple(self.device.unbind())
 
-def rda_scalars(group: dict, grad_scale, found_inf, capturable: bool, device: torch.device) -> RdaScalars:
+
+DEVICE_VALUES = ("lr", "averaging", "beta", "beta_b", "lam")  # the order of RdaScalars.device
+
+
+def rda_scalars(group: dict, grad_scale, found_inf, on_device: bool, device: torch.device) -> RdaScalars:
+    """The group's scalars for this step; ``on_device``: the device form (capturable mode, or traced)."""
     tau = group["momentum_time"]
     tau_b = tau if group["reweight_time"] is None else group["reweight_time"]
-    fixed = dict(lam=float(group["lam"]), weight_decay=float(group["weight_decay"]),
-                 max_factor=float(group["max_factor"]), reweight=group["reweight"], maximize=group["maximize"],
-                 inv_scale=inverse_scale(grad_scale))
-    if capturable:
-        lr, averaging = (device_scalar(group[k], device) for k in ("lr", "averaging"))
-        on_device = torch.stack([lr, averaging, decay(lr, tau), decay(lr, tau_b)])
-        return RdaScalars(lr=0.0, beta=0.0, beta_b=0.0, averaging=0.0, device=on_device, found_inf=found_inf, **fixed)
+    fixed = dict(weight_decay=float(group["weight_decay"]), max_factor=float(group["max_factor"]),
+                 reweight=group["reweight"], maximize=group["maximize"], inv_scale=inverse_scale(grad_scale))
+    if on_device:
+        lr, averaging, lam = (scalar_tensor(group[k], device) for k in ("lr", "averaging", "lam"))
+        # computed in float64 and rounded once, as the host values are
+        on_device = torch.stack([lr, averaging, decay(lr, tau), decay(lr, tau_b), lam]).float()
+        return RdaScalars(lr=0.0, lam=0.0, beta=0.0, beta_b=0.0, averaging=0.0, device=on_device,
+                          found_inf=found_inf, **fixed)
     lr = float(group["lr"])
-    return RdaScalars(lr=lr, beta=decay(lr, tau), beta_b=decay(lr, tau_b), averaging=float(group["averaging"]),
-                      **fixed)
+    return RdaScalars(lr=lr, lam=float(group["lam"]), beta=decay(lr, tau), beta_b=decay(lr, tau_b),
+                      averaging=float(group["averaging"]), **fixed)
 
 
 @dataclass(frozen=True)
 class GrdaScalars:
-    """One gRDA group step's scalars (docs/ALGORITHMS.md section 2); capturable mode: ``lr_device`` (float32
-    device scalar) replaces ``lr``, and ``found_inf`` makes the kernels write nothing."""
+    """One gRDA group step's scalars (docs/ALGORITHMS.md section 2); the device form (capturable, or traced):
+    ``lr_device`` (float32 device scalar) replaces ``lr``; ``found_inf`` (capturable) makes the kernels write
+    nothing."""
 
     lr: float
     inv_scale: torch.Tensor | None = None
@@ -81,7 +99,7 @@ class GrdaScalars:
     found_inf: torch.Tensor | None = None
 
 
-def grda_scalars(group: dict, grad_scale, found_inf, capturable: bool, device: torch.device) -> GrdaScalars:
-    if capturable:
-        return GrdaScalars(0.0, inverse_scale(grad_scale), device_scalar(group["lr"], device), found_inf)
+def grda_scalars(group: dict, grad_scale, found_inf, on_device: bool, device: torch.device) -> GrdaScalars:
+    if on_device:
+        return GrdaScalars(0.0, inverse_scale(grad_scale), scalar_tensor(group["lr"], device).float(), found_inf)
     return GrdaScalars(float(group["lr"]), inverse_scale(grad_scale))
