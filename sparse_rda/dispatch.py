@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import native, reference
+from . import native, opaque, reference
 
 # parameter dtypes the kernel backends take; "auto" gives a group with others (float64) to the reference
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -28,7 +28,9 @@ def triton_interpreted() -> bool:
 @dataclass(frozen=True)
 class Backend:
     """A backend: its implementations of the contract (sparse_rda/step.py), the devices it runs on (``where``
-    says so in errors), and whether it takes capturable groups (device scalars, no host sync)."""
+    says so in errors), whether it takes capturable groups (device scalars, no host sync) and whether dynamo
+    can trace its functions (torch ops and plain torch code); an untraceable one runs behind opaque ops in a
+    compiled step (sparse_rda/opaque.py)."""
 
     name: str
     rda_step: Callable
@@ -36,9 +38,11 @@ class Backend:
     runs_on: Callable[[torch.device], bool]
     where: str
     capturable: bool = True
+    traceable: bool = True
 
 
 _BACKENDS: dict[str, Backend] = {}
+_OPAQUE: dict[str, Backend] = {}  # untraceable backends behind opaque ops, for compiled steps (opaque.py)
 # name -> why this installation lacks it (for the error that names `backend`)
 _MISSING: dict[str, str] = {}
 
@@ -46,6 +50,8 @@ _MISSING: dict[str, str] = {}
 def register(backend: Backend) -> None:
     """Make a backend selectable as ``backend=<name>``."""
     _BACKENDS[backend.name] = backend
+    if not backend.traceable:  # (made here, not while tracing: dynamo defers Python side effects)
+        _OPAQUE[backend.name] = opaque.wrap(backend)
 
 
 register(Backend("torch", reference.rda_step, reference.grda_step, lambda device: True, "tensors on any device",
@@ -60,7 +66,7 @@ except ImportError as err:  # no triton: the reference (and native backends) sti
 else:  # compiled for CUDA devices; the interpreter runs it on CPU tensors
     register(Backend("triton", _triton_rda_step, _triton_grda_step,
                      lambda device: device.type == "cuda" or (device.type == "cpu" and triton_interpreted()),
-                     "CUDA tensors, or CPU tensors under TRITON_INTERPRET=1"))
+                     "CUDA tensors, or CPU tensors under TRITON_INTERPRET=1", traceable=False))
 for _device_type in ("cpu", "cuda"):
     if native.has_kernels(_device_type):
         register(Backend(_device_type, native.rda_step, native.grda_step,
@@ -118,5 +124,7 @@ def resolve(name: str, device: torch.device, capturable: bool = False, dtypes=()
 
 
 def backend(name: str) -> Backend:
-    """A resolved backend's implementations."""
-    return _BACKENDS[name]
+    """A resolved backend's implementations; while torch.compile traces, an untraceable backend's behind its
+    opaque ops."""
+    chosen = _BACKENDS[name]
+    return _OPAQUE[name] if torch.compiler.is_compiling() and not chosen.traceable else chosen

@@ -70,10 +70,10 @@ class GRDA(SparseOptimizer):
         for p in params:
             if not self.state[p]:
                 self.state[p].update(self._initial_state(p, self._capturable(group)))
-        scalars = grda_scalars(group, grad_scale, found_inf, self._capturable(group), params[0].device)
+        scalars = grda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         plans, buckets = self._step_plan(group, params)
         counters = self._scalar_rows(params, ("step", "l1"))
-        advanced = self._advance_thresholds(group, [plan.penalized for plan in plans], counters, scalars, found_inf)
+        advanced = self._advance_thresholds(group, plans, counters, scalars, found_inf)
         tensors = step.GrdaTensors(params, [p.grad for p in params], [self.state[p]["acc"] for p in params],
                                    thresholds=advanced[:, 1].float())
         counts = step.run(backend.grda_step, tensors, buckets, scalars)
@@ -90,20 +90,30 @@ class GRDA(SparseOptimizer):
                     l1=torch.zeros((), dtype=torch.float64, device=device),
                     acc=p.detach().to(torch.float32, copy=True))
 
-    def _advance_thresholds(self, group, penalized: list[bool], counters, scalars, found_inf) -> torch.Tensor:
+    def _advance_thresholds(self, group, plans, counters, scalars, found_inf) -> torch.Tensor:
         """The group's (step, l1) rows one step on: n + 1 and, for penalized tensors, l1 + c lr^(mu+1/2)
-        (n^mu - (n-1)^mu), as a few ops on a copy of ``counters``."""
+        (n^mu - (n-1)^mu), as a few ops on a copy of ``counters``. c is used as it is (a number that changes,
+        under target_sparsity, stays symbolic under torch.compile; float() would specialize it)."""
         counters = counters.clone()
         n = counters[:, 0]
         self._count_steps(n, found_inf)
         lr = scalars.lr if scalars.lr_device is None else scalars.lr_device.double()
-        growth = reference.grda_threshold_increment(float(group["c"]), lr, float(group["mu"]), n)
-        if not all(penalized):
-            growth = growth * torch.tensor(penalized, dtype=torch.float64, device=n.device)
+        growth = reference.grda_threshold_increment(group["c"], lr, float(group["mu"]), n)
+        if not all(plan.penalized for plan in plans):
+            growth = growth * self._penalized_mask(plans, n.device)
         if found_inf is not None:
             growth = growth * (1 - found_inf).double()
         counters[:, 1].add_(growth)
         return counters
+
+    def _penalized_mask(self, plans, device: torch.device) -> torch.Tensor:
+        """1.0 for the penalized tensors, 0.0 for the others (float64, on the counters' device): made once per
+        plans and device, so that a capturable step copies nothing from the host."""
+        key = (plans, device)
+        if key not in self._masks:
+            self._masks[key] = torch.tensor([float(plan.penalized) for plan in plans], dtype=torch.float64,
+                                            device=device)
+        return self._masks[key]
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""

@@ -42,6 +42,8 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._plans: dict[tuple, tuple[tuple[plan.TensorPlan, ...], tuple[plan.Bucket, ...]]] = {}
         # id(param) -> its structured mode's group-mean buffer, see _group_means
         self._means: dict[int, torch.Tensor] = {}
+        # (plans, device) -> which of them are penalized, as a device tensor (gRDA's threshold growth)
+        self._masks: dict[tuple, torch.Tensor] = {}
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         # group index -> (its params' state values, (granularity, param addresses)) when last checked, see
@@ -171,6 +173,12 @@ class SparseOptimizer(torch.optim.Optimizer):
         (its convention for torch's optimizers); a traced step here runs the host-scalar path instead."""
         return group.get("capturable", False) and not torch.compiler.is_compiling()
 
+    def _on_device(self, group: dict) -> bool:
+        """Whether this step hands the backends the scalars' device form (sparse_rda/scalars.py): in capturable
+        mode, and in any step traced by torch.compile, so that a schedule's new lr (or the controller's lam)
+        reaches the graph as a tensor instead of a constant it would recompile for."""
+        return self._capturable(group) or torch.compiler.is_compiling()
+
     @torch.no_grad()
     def step(self, closure=None):
         """One step over every param group. All checks run first: a bad value changes nothing.
@@ -203,15 +211,17 @@ class SparseOptimizer(torch.optim.Optimizer):
                 counts = self._group_step(group, dispatch.backend(backend), params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))
-                self._steer_sparsity(group, params)
+                if group.get("target_sparsity") is not None:
+                    self._steer_sparsity(group, params)
         return loss
 
+    # The controller's decisions are host-side (step counts, quantiles, a Python lam), so under torch.compile it
+    # runs eagerly, outside the graph: one graph break after the update, in groups with target_sparsity only.
+    @torch.compiler.disable
     def _steer_sparsity(self, group: dict, stepped: list[torch.Tensor]) -> None:
         """With ``target_sparsity``, decide whether this step is a control step (sparse_rda/target.py): every
         ``target_interval`` steps, or at once after an lr jump."""
-        wanted = group.get("target_sparsity")
-        if wanted is None:
-            return
+        wanted = group["target_sparsity"]
         penalized = [p for p in group["params"] if self._is_penalized(group, p) and self.state[p]]
         if not penalized:
             return

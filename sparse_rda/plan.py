@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
@@ -76,7 +75,20 @@ class TensorPlan:
         return self.group_size > 1
 
 
-@lru_cache(maxsize=4096)
+# Plans and buckets are values, cached in plain dicts (dynamo traces a dict lookup; it warns on lru_cache)
+_PLANS: dict[tuple, TensorPlan] = {}
+_BUCKETS: dict[tuple, tuple[Bucket, ...]] = {}
+
+
+def _memo(cache: dict, key: tuple, make, limit: int):
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= limit:
+            cache.clear()
+        value = cache[key] = make(*key)
+    return value
+
+
 def _plan(shape: tuple[int, ...], granularity, penalized: bool) -> TensorPlan:
     if not penalized:
         return TensorPlan(ELEMENT, False)
@@ -88,7 +100,7 @@ def tensor_plan(shape, granularity, penalized: bool) -> TensorPlan:
     """The plan of a tensor of this shape in a group with this granularity (cached: plans are values)."""
     if isinstance(granularity, list):  # a granularity loaded from JSON
         granularity = tuple(granularity)
-    return _plan(tuple(shape), granularity, penalized)
+    return _memo(_PLANS, (tuple(shape), granularity, penalized), _plan, 4096)
 
 
 @dataclass(frozen=True)
@@ -107,9 +119,12 @@ class Bucket:
         return self.block is not None
 
 
-@lru_cache(maxsize=256)
 def buckets(plans: tuple[TensorPlan, ...], dtypes: tuple[tuple[torch.dtype, torch.dtype], ...]) -> tuple[Bucket, ...]:
-    """The group's tensors split by (tiled, parameter dtype, gradient dtype), in first-seen order."""
+    """The group's tensors split by (tiled, parameter dtype, gradient dtype), in first-seen order (cached)."""
+    return _memo(_BUCKETS, (plans, dtypes), _buckets, 256)
+
+
+def _buckets(plans, dtypes) -> tuple[Bucket, ...]:
     members: dict[tuple, list[int]] = {}
     for i, (plan, pair) in enumerate(zip(plans, dtypes)):
         members.setdefault((plan.block if plan.tiled else None, *pair), []).append(i)

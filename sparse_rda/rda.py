@@ -201,7 +201,7 @@ class RDA(SparseOptimizer):
             params, [p.grad for p in params], *([s[key] for s in states] for key in ("T", "B", "A", "v")),
             occupancy=[s.get("occupancy") for s in states],
             group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
-        scalars = rda_scalars(group, grad_scale, found_inf, self._capturable(group), params[0].device)
+        scalars = rda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]
         counts = step.run(backend.rda_step, tensors, buckets, scalars)
         self._count_steps(steps, found_inf)  # after the update: a refused call leaves the counters as they were

@@ -2,7 +2,8 @@
 
 Every line follows docs/ALGORITHMS.md (sections 1 to 3) in its order. All math is float32 whatever the
 parameter dtype; scalars that depend only on hyper-parameters are computed on the host as Python floats, so
-a step never waits on the device. Each step works on one param group at a time and batches its tensors with
+a step never waits on the device, or in the scalars' device form (a step traced by torch.compile) come as 0-d
+tensors the same lines take. Each step works on one param group at a time and batches its tensors with
 ``torch._foreach_*`` where the math is the same for every tensor.
 """
 
@@ -21,7 +22,7 @@ from .step import GrdaTensors, RdaTensors
 # Host-side scalars
 
 
-def grda_threshold_increment(c: float, lr: float, mu: float, step: int) -> float:
+def grda_threshold_increment(c, lr, mu: float, step):
     """gRDA's threshold growth at this tensor's step n (1-based), at the current lr:
     c * lr^(mu + 1/2) * (n^mu - (n - 1)^mu)."""
     return c * lr ** (mu + 0.5) * (step**mu - (step - 1) ** mu)
@@ -67,7 +68,18 @@ def magnitude(w: torch.Tensor, plan: TensorPlan) -> torch.Tensor:
 def finite_max(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per tensor, the max of its finite values (0 when none is): the reweighting's max A ignores NaN and inf, so
     one bad element cannot switch the reweighting off for its whole tensor (ALGORITHMS.md, non-finite values)."""
-    return torch._foreach_max([torch.where(torch.isfinite(t), t, 0.0) for t in tensors])
+    finite = [torch.where(torch.isfinite(t), t, 0.0) for t in tensors]
+    if torch.compiler.is_compiling():  # dynamo has no rule for _foreach_max (a graph break); the same values
+        return [torch.amax(t) for t in finite]
+    return torch._foreach_max(finite)
+
+
+def add_scaled_(ys: list[torch.Tensor], xs: list[torch.Tensor], scale) -> None:
+    """ys += scale * xs, scale a float or a 0-d tensor (foreach's ``alpha`` takes numbers only)."""
+    if isinstance(scale, torch.Tensor):
+        torch._foreach_add_(ys, torch._foreach_mul(xs, scale))
+    else:
+        torch._foreach_add_(ys, xs, alpha=scale)
 
 
 def reweight_factor(A: torch.Tensor, max_A: torch.Tensor, max_factor: float) -> torch.Tensor:
@@ -127,6 +139,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     """
     params, grads, T, B, A, v, occupancy, _ = tensors
     plans = bucket.plans
+    lr, averaging, beta, beta_b, lam = s.changing()
     w = as_float32(params)
     g = unscaled_grads(grads, s.inv_scale)
     if s.maximize:
@@ -146,30 +159,30 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
                 for state in (A[i], B[i]):
                     state.copy_(tile_broadcast(state[::rows, ::cols], state.shape, plans[i].block))
         a = [magnitude(w[i], plans[i]) for i in idx]
-        torch._foreach_mul_(A_p, s.beta_b)
-        torch._foreach_add_(A_p, a, alpha=1.0 - s.beta_b)
+        torch._foreach_mul_(A_p, beta_b)
+        add_scaled_(A_p, a, 1.0 - beta_b)
         factors = [plans[i].factor for i in idx]
-        torch._foreach_mul_(B_p, s.averaging)
+        torch._foreach_mul_(B_p, averaging)
         if s.reweight:
             max_A = finite_max(A_p)  # this step's A, whole tensor
             om = [reweight_factor(A_i, m, s.max_factor) for A_i, m in zip(A_p, max_A)]
             torch._foreach_mul_(om, factors)
-            torch._foreach_add_(B_p, om, alpha=s.lr)
+            add_scaled_(B_p, om, lr)
         else:
-            torch._foreach_add_(B_p, [s.lr * f for f in factors])
+            torch._foreach_add_(B_p, [lr * f for f in factors])
 
-    torch._foreach_mul_(T, s.averaging)
-    torch._foreach_add_(T, w, alpha=1.0 - s.averaging)
-    torch._foreach_mul_(v, s.beta)
-    torch._foreach_add_(v, g, alpha=1.0 - s.beta)
-    torch._foreach_add_(T, v, alpha=-s.lr)
+    torch._foreach_mul_(T, averaging)
+    add_scaled_(T, w, 1.0 - averaging)
+    torch._foreach_mul_(v, beta)
+    add_scaled_(v, g, 1.0 - beta)
+    add_scaled_(T, v, -lr)
 
     new_w = []
     for i, plan in enumerate(plans):
         if not plan.penalized:
             new_w.append(T[i])
             continue
-        w_i, live = rda_prox(T[i], s.lam * B[i], plan)
+        w_i, live = rda_prox(T[i], lam * B[i], plan)
         new_w.append(w_i)
         if live is not None and occupancy[i] is not None:
             occupancy[i].copy_(live)
@@ -179,7 +192,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
 def grda_step(tensors: GrdaTensors, bucket, s: GrdaScalars) -> None:
     """One gRDA step (ALGORITHMS.md section 2): acc -= lr * grad; w = S_{l1}(acc), l1 per tensor."""
     params, grads, acc, thresholds = tensors
-    torch._foreach_add_(acc, unscaled_grads(grads, s.inv_scale), alpha=-s.lr)
+    add_scaled_(acc, unscaled_grads(grads, s.inv_scale), -s.lr if s.lr_device is None else -s.lr_device)
     new_w = [soft_threshold(acc_i, l1) for acc_i, l1 in zip(acc, thresholds)]  # l1: 0-d tensors (a Python float
     # costs ~5 us more per op)
     torch._foreach_copy_(list(params), new_w)

@@ -43,11 +43,25 @@ class GrdaTensors(NamedTuple):
     thresholds: torch.Tensor
 
 
+_INDEX: dict[tuple, torch.Tensor] = {}  # (indices, device) -> the indices as a device tensor
+
+
+def _index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A bucket's indices as an int64 tensor on ``device``, made once: indexing a device tensor with a Python list
+    copies the list from the host every step (which a CUDA graph cannot capture)."""
+    key = (indices, device)
+    if key not in _INDEX:
+        if len(_INDEX) > 1024:
+            _INDEX.clear()
+        _INDEX[key] = torch.tensor(indices, dtype=torch.int64, device=device)
+    return _INDEX[key]
+
+
 def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
     if len(indices) == n:
         return tensors
-    return type(tensors)(*(column[list(indices)] if torch.is_tensor(column) else [column[i] for i in indices]
-                           for column in tensors))
+    return type(tensors)(*(column.index_select(0, _index(indices, column.device)) if torch.is_tensor(column)
+                           else [column[i] for i in indices] for column in tensors))
 
 
 def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> torch.Tensor | None:
@@ -63,7 +77,7 @@ def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> to
             continue
         if counts is None:
             counts = torch.zeros(n, dtype=torch.int64, device=bucket_counts.device)
-        counts[list(bucket.indices)] = bucket_counts
+        counts.index_copy_(0, _index(bucket.indices, counts.device), bucket_counts)
     return counts
 
 
