@@ -102,7 +102,7 @@ class GRDA(SparseOptimizer):
         if not all(plan.penalized for plan in plans):
             growth = growth * self._penalized_mask(plans, n.device)
         if found_inf is not None:
-            growth = growth * (1 - found_inf).double()
+            growth = growth * (1 - found_inf).double().to(n.device)  # (host counters in a traced step)
         counters[:, 1].add_(growth)
         return counters
 

@@ -165,7 +165,7 @@ class SparseOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _count_steps(steps: torch.Tensor, found_inf) -> None:
         """Step counters (a float64 column of _scalar_rows) advance, unless the scaler found infs."""
-        steps.add_(1.0 if found_inf is None else (1 - found_inf).double())
+        steps.add_(1.0 if found_inf is None else (1 - found_inf).double().to(steps.device))
 
     @staticmethod
     def _capturable(group: dict) -> bool:
@@ -178,6 +178,11 @@ class SparseOptimizer(torch.optim.Optimizer):
         mode, and in any step traced by torch.compile, so that a schedule's new lr (or the controller's lam)
         reaches the graph as a tensor instead of a constant it would recompile for."""
         return self._capturable(group) or torch.compiler.is_compiling()
+
+    def _skips_inside(self, group: dict, backend: str) -> bool:
+        """Whether a GradScaler's inf flag goes to the kernels, which then skip the update themselves (no host
+        sync): capturable groups, and kernel backends in a traced step (the reference reads it on the host)."""
+        return self._on_device(group) and dispatch.backend(backend).capturable
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -200,14 +205,14 @@ class SparseOptimizer(torch.optim.Optimizer):
                 self._check_live_state(g, group, params)
             work.append((group, backend, params))
         found_inf = getattr(self, "found_inf", None)
-        host_checked = any(params and not self._capturable(group) for group, _, params in work)
+        host_checked = any(params and not self._skips_inside(group, backend) for group, backend, params in work)
         if found_inf is not None and host_checked and found_inf.item():
             return loss
         grad_scale = getattr(self, "grad_scale", None)
         self._nnz = []
         for group, backend, params in work:
             if params:
-                inf = found_inf if self._capturable(group) else None
+                inf = found_inf if self._skips_inside(group, backend) else None
                 counts = self._group_step(group, dispatch.backend(backend), params, grad_scale, inf)
                 if counts is not None:
                     self._nnz.append((params, counts))

@@ -132,7 +132,9 @@ def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, .
     for key in scalar_keys:
         value = state.get(key)
         if isinstance(value, torch.Tensor):
-            ok = value.numel() == 1 and not value.is_complex() and not value.is_meta
+            # (a meta counter only beside a meta parameter: a model on the meta device steps without values)
+            ok = value.numel() == 1 and not value.is_complex() and (
+                not value.is_meta or (device is not None and device.type == "meta"))
         else:
             number = isinstance(value, numbers.Real) and not isinstance(value, bool)
             ok = device is None and number and math.isfinite(value)

@@ -211,3 +211,31 @@ def test_whole_training_step_compiled(model_fn, kind, schedule):
     """forward, backward, opt.step() and sched.step() in one compiled function, as users write it."""
     train_side_by_side(kind, FAST_BACKEND, "element", False, schedule, "aot_eager", model_fn=model_fn,
                        whole_step=True)
+
+
+@pytest.mark.parametrize("backend", [p for p in BACKEND_PARAMS if p.values[0] != "torch"])
+@pytest.mark.parametrize("kind", ["RDA", "GRDA"])
+def test_grad_scaler_skip_in_a_compiled_step(kind, backend):
+    """A GradScaler's scale and inf flag (set on the optimizer, as torch.amp.GradScaler does) reach the kernels of
+    a compiled step, which unscale and skip inside: no .item(), one graph; a skipped step changes nothing."""
+    torch.manual_seed(0)
+    model = mlp()
+    twin = copy.deepcopy(model)
+    opt, opt_eager = (make_optimizer(kind, m, backend, "element", False) for m in (model, twin))
+    torch._dynamo.reset()
+    counters.clear()
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
+    for k in range(6):
+        for m in (model, twin):
+            for p in m.parameters():
+                p.grad = torch.full_like(p, 0.1 * (k + 1)) * 8.0
+        before = [p.detach().clone() for p in model.parameters()]
+        for o in (opt, opt_eager):
+            o.grad_scale = torch.tensor(8.0)
+            o.found_inf = torch.tensor(1.0 if k == 3 else 0.0)
+        step()
+        opt_eager.step()
+        assert_same_state(opt, opt_eager, f"step {k}")
+        if k == 3:
+            assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    assert graph_breaks_in_step() == {}

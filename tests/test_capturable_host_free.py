@@ -1,0 +1,86 @@
+"""CUDA graphs need a capturable step to copy nothing from the host and wait on nothing: checked here without a
+GPU by recording every op a capturable step dispatches on a model on the meta device (a device that is not the
+host, where every op runs without data: the backends' fake kernels stand in for theirs). A host-to-device copy
+shows as an op that takes a CPU tensor, a tensor made from Python data as ``lift_fresh``, ``.item()`` as
+``_local_scalar_dense``. The backend's own launch code is not run here (on a GPU, tests/test_cuda_graphs.py
+captures and replays the real thing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import sparse_rda
+from sparse_rda import dispatch
+
+
+class HostTraffic(TorchDispatchMode):
+    """Records the ops that would touch the host during capture."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        name = str(func)
+        if any(t.device.type == "cpu" for t in tensors) or "lift_fresh" in name or "_local_scalar_dense" in name:
+            self.found.append(f"{name} on {sorted({str(t.device) for t in tensors})}")
+        return out
+
+
+def meta_param(*shape, dtype=torch.float32):
+    return torch.nn.Parameter(torch.ones(shape, device="meta", dtype=dtype))
+
+
+@pytest.fixture
+def on_meta(monkeypatch):
+    """The kernel backends accept meta tensors (their Python glue and fake kernels run; Triton's behind its
+    opaque ops, sparse_rda/opaque.py, as in a compiled step)."""
+    for name in ("cpu", "triton"):
+        if name in dispatch.installed():
+            chosen = dispatch._OPAQUE.get(name, dispatch.backend(name))
+            monkeypatch.setitem(dispatch._BACKENDS, name, dataclasses.replace(chosen, runs_on=lambda device: True))
+
+
+def test_the_recorder_sees_host_traffic():
+    """The check can fail: a tensor made from a Python list and a copy from the host are both recorded."""
+    with HostTraffic() as traffic:
+        torch.tensor([1.0, 0.0], device="meta")
+        torch.ones(2).to("meta")
+    assert len(traffic.found) >= 2, traffic.found
+
+
+CONFIGS = [
+    (sparse_rda.RDA, dict(lam=1e-3)),
+    (sparse_rda.RDA, dict(lam=1e-3, granularity="kernel")),
+    (sparse_rda.GRDA, dict(c=0.01, mu=0.55)),
+]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("opt_cls, options", CONFIGS, ids=["rda", "rda-kernel", "grda"])
+def test_capturable_step_is_host_free(on_meta, backend, opt_cls, options):
+    """Mixed dtypes (two buckets), an unpenalized group (gRDA's penalty mask), a GradScaler's scale and inf flag,
+    tensor lr: after the warm-up steps (state, caches), a step dispatches nothing that touches the host."""
+    if backend not in dispatch.installed():
+        pytest.skip(dispatch._MISSING[backend])
+    conv, fc, half, bias = meta_param(4, 2, 3, 3), meta_param(8, 6), meta_param(3, 8, dtype=torch.float16), meta_param(8)
+    lr = torch.full((), 0.1, device="meta")
+    opt = opt_cls([{"params": [conv, fc, half]}, {"params": [bias], "penalize": False}], lr=lr, backend=backend,
+                  capturable=True, **options)
+    for p in (conv, fc, half, bias):
+        p.grad = torch.zeros_like(p)
+    opt.grad_scale = torch.ones((), device="meta")  # as torch.amp.GradScaler hands them to the step
+    opt.found_inf = torch.zeros((), device="meta")
+    opt.step()
+    opt.step()
+    with HostTraffic() as traffic:
+        opt.step()
+    assert traffic.found == []
