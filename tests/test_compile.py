@@ -166,20 +166,12 @@ MODES += [("GRDA", "element", t) for t in (False, True)]
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind, granularity, target", MODES, ids=str)
 def test_compiled_step_equals_eager_and_stops_recompiling(kind, granularity, target, backend):
-    # each configuration under one of the schedules, in turn, so that every schedule meets every backend
+    # each configuration under one of the schedules, in turn: every schedule runs on at least two backends
     schedules = SCHEDULES[kind]
     schedule = schedules[(MODES.index((kind, granularity, target)) + ["torch", "cpu", "triton"].index(backend))
                          % len(schedules)]
     new_graphs = train_side_by_side(kind, backend, granularity, target, schedule, "aot_eager")
     assert new_graphs == 0, f"{new_graphs} graphs compiled after the warm-up under {schedule}"
-
-
-@pytest.mark.parametrize("kind", ["RDA", "GRDA"])
-@pytest.mark.parametrize("schedule", ["CosineRDA", "StepRDA", "CosineAnnealingLR", "OneCycleLR", "manual"])
-def test_every_schedule_compiles_once(kind, schedule):
-    if schedule not in SCHEDULES[kind]:
-        pytest.skip("RDA's schedules set averaging, which gRDA has not")
-    assert train_side_by_side(kind, FAST_BACKEND, "element", False, schedule, "aot_eager") == 0
 
 
 # The two cases the first compile support got silently wrong, and one per optimizer x backend, under inductor:
