@@ -122,7 +122,7 @@ def test_opcheck_rda_block_step(device):
     args = (params, [torch.randn(s, device=device) for s in shapes], [p.clone() for p in params],
             *([torch.rand(s, device=device) for s in shapes] for _ in range(3)),
             [torch.zeros(2, 4, dtype=torch.bool, device=device), torch.zeros(3, 2, dtype=torch.bool, device=device)],
-            [3, 2], [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0], True, False, torch.tensor(0.5, device=device))
+            [3, 2], [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0], True, False, torch.tensor(0.5, device=device), None, None)
     torch.library.opcheck(torch.ops.sparse_rda.rda_block_step_.default, args)
 
 

@@ -72,7 +72,7 @@ def test_rda_step_refuses(case):
 
 
 def test_rda_step_refuses_short_capturable_scalars():
-    refused(call_rda, rda_lists(), "device_hyper must hold at least 4 values", device_hyper=torch.tensor([0.5]))
+    refused(call_rda, rda_lists(), "device_hyper must hold at least 5 values", device_hyper=torch.tensor([0.5]))
 
 
 def test_a_good_call_still_steps():
@@ -91,9 +91,10 @@ def block_lists(block=(8, 8)):
     return a
 
 
-def call_block(a):
+def call_block(a, device_hyper=None, found_inf=None):
     return torch.ops.sparse_rda.rda_block_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
-                                                a["occupancy"], a["block"], HYPER, *FLAGS, None)
+                                                a["occupancy"], a["block"], HYPER, *FLAGS, None, device_hyper,
+                                                found_inf)
 
 
 @pytest.mark.parametrize("make_bad, match", [
