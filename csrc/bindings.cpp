@@ -71,7 +71,7 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor inv = device_f32(inv_scale, device);
   const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
-  // capturable: lr, averaging, the decays and the skip flag read by the kernels from the device
+  // the device form: lr, averaging, the decays, lam and the skip flag read by the kernels from the device
   const at::Tensor hyper_f32 = device_f32(device_hyper, device), skip = device_f32(found_inf, device);
   const cuda::DeviceScalars scalars{ptr_or_null(hyper_f32), ptr_or_null(skip)};
   const int64_t n = static_cast<int64_t>(params.size());
@@ -102,15 +102,21 @@ at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::Tensor
 at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                                at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
                                at::ArrayRef<double> hyper, bool reweight, bool maximize,
-                               const std::optional<at::Tensor>& inv_scale) {
+                               const std::optional<at::Tensor>& inv_scale,
+                               const std::optional<at::Tensor>& device_hyper,
+                               const std::optional<at::Tensor>& found_inf) {
   TORCH_CHECK(!params.empty(), "rda_block_step_: params is empty");
-  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale);
+  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
+                        device_hyper, found_inf);
   check_one_dtype_pair("rda_block_step_", params, grads);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor inv = device_f32(inv_scale, device);
   const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
+  // the device form: the changing values and the skip flag read by the kernels from the device
+  const at::Tensor hyper_f32 = device_f32(device_hyper, device), skip = device_f32(found_inf, device);
+  const cuda::DeviceScalars scalars{ptr_or_null(hyper_f32), ptr_or_null(skip)};
   const int64_t n = static_cast<int64_t>(params.size());
   std::vector<Flat> flats;
   flats.reserve(n * 6);
@@ -127,7 +133,7 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
   auto max_A = at::zeros({n}, params[0].options().dtype(at::kFloat));
   auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
   check(cuda::launch_rda_block_step(tensors.data(), n, static_cast<int>(block[0]), static_cast<int>(block[1]),
-                                    kernel_dtype(params[0].scalar_type()), grads_float32(params, grads), s,
+                                    kernel_dtype(params[0].scalar_type()), grads_float32(params, grads), s, scalars,
                                     ptr_or_null(inv), reweight, max_A.data_ptr<float>(), counts_ptr(counts), stream));
   for (Flat& f : flats) f.finish();
   return counts;
@@ -178,7 +184,7 @@ TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float[] hyper, bool reweight, bool maximize, "
-      "Tensor? inv_scale) -> Tensor");
+      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf) -> Tensor");
   m.def(
       "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, Tensor thresholds, float lr, "
       "Tensor? lr_device, Tensor? inv_scale, Tensor? found_inf) -> Tensor");

@@ -85,12 +85,12 @@ inline void check_hyper(const char* op, at::ArrayRef<double> hyper) {
 
 // An optional tensor of scalars read by the step: at least `numel` floating values. On a CUDA step (params on
 // `device`) and with on_device, it must be there: capturable mode reads it in the kernels, and a graph cannot
-// replay a copy from the host.
+// replay a copy from the host. `layout` names the values in the error.
 inline void check_scalars(const char* op, const char* name, const std::optional<at::Tensor>& t, int64_t numel,
-                          const at::Device& device, bool on_device = false) {
+                          const at::Device& device, bool on_device = false, const char* layout = "") {
   if (!t.has_value()) return;
-  TORCH_CHECK(t->defined() && t->numel() >= numel, op, ": ", name, " must hold at least ", numel, " values, got ",
-              t->defined() ? t->numel() : 0);
+  TORCH_CHECK(t->defined() && t->numel() >= numel, op, ": ", name, " must hold at least ", numel, " values", layout,
+              ", got ", t->defined() ? t->numel() : 0);
   TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating, got ", t->scalar_type());
   TORCH_CHECK(!on_device || device.is_cpu() || t->device() == device, op, ": ", name, " is on ", t->device(),
               ", params on ", device);
@@ -156,6 +156,16 @@ inline void check_one_dtype_pair(const char* op, at::TensorList params, at::Tens
   }
 }
 
+// The RDA ops' device form (rda_math.h's DeviceHyperIndex order), and found_inf, which only it reads.
+inline void check_device_form(const char* op, const std::optional<at::Tensor>& device_hyper,
+                              const std::optional<at::Tensor>& found_inf, const at::Device& device) {
+  check_scalars(op, "device_hyper", device_hyper, kDeviceHyperSize, device, /*on_device=*/true,
+                " [lr, averaging, beta, beta_b, lam]");
+  check_scalars(op, "found_inf", found_inf, 1, device);
+  TORCH_CHECK(device_hyper.has_value() || !found_inf.has_value(), op,
+              ": found_inf is only read with device_hyper (capturable mode)");
+}
+
 // Each op's whole argument check, shared by its CPU and CUDA implementations.
 inline void check_rda_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList T,
                            at::TensorList B, at::TensorList A, at::TensorList v,
@@ -168,20 +178,21 @@ inline void check_rda_args(const char* op, at::TensorList params, at::TensorList
   check_hyper(op, hyper);
   const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
   check_scalars(op, "inv_scale", inv_scale, 1, device);
-  check_scalars(op, "device_hyper", device_hyper, 4, device, /*on_device=*/true);
-  check_scalars(op, "found_inf", found_inf, 1, device);
-  TORCH_CHECK(device_hyper.has_value() || !found_inf.has_value(), op,
-              ": found_inf is only read with device_hyper (capturable mode)");
+  check_device_form(op, device_hyper, found_inf, device);
 }
 
 inline void check_block_step_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList T,
                                   at::TensorList B, at::TensorList A, at::TensorList v, at::TensorList occupancy,
                                   at::IntArrayRef block, at::ArrayRef<double> hyper,
-                                  const std::optional<at::Tensor>& inv_scale) {
+                                  const std::optional<at::Tensor>& inv_scale,
+                                  const std::optional<at::Tensor>& device_hyper,
+                                  const std::optional<at::Tensor>& found_inf) {
   check_tensor_lists(op, params, grads, {{"T", T}, {"B", B}, {"A", A}, {"v", v}});
   check_block_args(op, params, occupancy, block);
   check_hyper(op, hyper);
-  check_scalars(op, "inv_scale", inv_scale, 1, params.empty() ? at::Device(at::kCPU) : params[0].device());
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  check_scalars(op, "inv_scale", inv_scale, 1, device);
+  check_device_form(op, device_hyper, found_inf, device);
 }
 
 // thresholds: one floating value per param, on the host or on the params' device.

@@ -49,10 +49,15 @@ inline RdaScalars make_rda_scalars(const double* hyper, float grad_factor, bool 
           maximize ? -grad_factor : grad_factor};
 }
 
-// Capturable mode: lr, averaging and the decays read from device memory (a CUDA graph replays with new values),
-// their 1 - x values then computed in float.
-SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha, float beta, float beta_b) {
+// The device form's values (capturable mode, and steps traced by torch.compile), in this order: a float32 tensor
+// of kDeviceHyperSize on the params' device (sparse_rda/scalars.py builds it; check_args.h checks the length).
+enum DeviceHyperIndex : int { kDeviceLr, kDeviceAveraging, kDeviceBeta, kDeviceBetaB, kDeviceLam, kDeviceHyperSize };
+
+// The device form: lr, averaging, the decays and lam read from device memory (a CUDA graph replays with new
+// values), their 1 - x values then computed in float.
+SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha, float beta, float beta_b, float lam) {
   s.lr = lr;
+  s.lam = lam;
   s.alpha = alpha;
   s.beta = beta;
   s.beta_b = beta_b;
@@ -60,6 +65,11 @@ SPARSE_RDA_HD RdaScalars with_device_values(RdaScalars s, float lr, float alpha,
   s.one_minus_beta = 1.0f - beta;
   s.one_minus_beta_b = 1.0f - beta_b;
   return s;
+}
+
+// with_device_values from the kDeviceHyperSize values at x (host or device memory).
+SPARSE_RDA_HD RdaScalars with_device_hyper(RdaScalars s, const float* x) {
+  return with_device_values(s, x[kDeviceLr], x[kDeviceAveraging], x[kDeviceBeta], x[kDeviceBetaB], x[kDeviceLam]);
 }
 
 // sign(x) * max(|x| - t, 0); NaN stays NaN. Branch-free (selects), so loops over it vectorize.

@@ -5,6 +5,22 @@ import triton.language as tl
 
 
 @triton.jit
+def step_scalars(device_scalars, found_inf, lr, lam, beta, beta_b, alpha, DEVICE_SCALARS: tl.constexpr):
+    """(skip, lr, lam, beta, beta_b, alpha) of an RDA step: the host's values, or in the device form (capturable
+    mode, traced steps) read from the device ([lr, averaging, beta, beta_b, lam]) with skip = found_inf != 0."""
+    if DEVICE_SCALARS:
+        skip = tl.load(found_inf) != 0
+        lr = tl.load(device_scalars)
+        alpha = tl.load(device_scalars + 1)
+        beta = tl.load(device_scalars + 2)
+        beta_b = tl.load(device_scalars + 3)
+        lam = tl.load(device_scalars + 4)
+    else:
+        skip = False
+    return skip, lr, lam, beta, beta_b, alpha
+
+
+@triton.jit
 def soft_threshold(x, threshold):
     """sign(x) * max(|x| - t, 0); NaN stays NaN, like the reference."""
     shrunk = tl.maximum(tl.abs(x) - threshold, 0.0, propagate_nan=tl.PropagateNan.ALL)

@@ -9,6 +9,8 @@ a 2-D weight, over all such tiles of a param group (a tile table, as kernels/ten
    parameter's shape, as in the other modes).
 
 Tiles are padded to powers of two for tl.arange and masked at their own size and at the weight's ragged edge.
+The device form (DEVICE_SCALARS) reads the step's scalars as kernels/rda_step.py does (math.step_scalars); a set
+found_inf makes both kernels write nothing, the occupancy maps included.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .math import count_nonzero, dual_average, finite_or_zero, group_shrink, load_f32, reweight_factor, store
+from .math import (count_nonzero, dual_average, finite_or_zero, group_shrink, load_f32, reweight_factor,
+                   step_scalars, store)
 from .tensor_table import TORCH_TO_TL, address_table
 
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
@@ -51,21 +54,30 @@ def _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE: tl.constexp
 
 
 @triton.jit
-def _max_A_kernel(table, n_tensors, tile_table, max_A, beta_b, W_DTYPE: tl.constexpr,
+def _max_A_kernel(table, n_tensors, tile_table, max_A, device_scalars, found_inf, beta_b,
+                  DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr,
                   ROWS: tl.constexpr, COLS: tl.constexpr, ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
+    skip, _, _, _, beta_b, _ = step_scalars(device_scalars, found_inf, 0.0, 0.0, 0.0, beta_b, 0.0, DEVICE_SCALARS)
+    if skip:
+        return
     t, offs, mask, first, _ = _tile(table, n_tensors, tile_table, tl.program_id(0), ROWS, COLS, ROWS_P, COLS_P)
     A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
     tl.atomic_max(max_A + t, finite_or_zero(A_new))
 
 
 @triton.jit
-def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale,
+def _step_kernel(table, n_tensors, tile_table, max_A, nnz, inv_scale, device_scalars, found_inf,
                  lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
                  REWEIGHT: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
-                 W_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+                 DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
                  ROWS: tl.constexpr, COLS: tl.constexpr, ROWS_P: tl.constexpr, COLS_P: tl.constexpr):
+    skip, lr, lam, beta, beta_b, alpha = step_scalars(device_scalars, found_inf, lr, lam, beta, beta_b, alpha,
+                                                      DEVICE_SCALARS)
     t, offs, mask, first, tile = _tile(table, n_tensors, tile_table, tl.program_id(0), ROWS, COLS, ROWS_P, COLS_P)
     A_new, w, count = _tile_A(table, n_tensors, t, offs, mask, first, beta_b, W_DTYPE)
+    if skip:  # GradScaler found infs: write nothing (the occupancy bit neither), count the weights as they are
+        tl.atomic_add(nnz + t, count_nonzero(w, mask, W_DTYPE).to(tl.int64))
+        return
     if REWEIGHT:
         m = tl.load(max_A + t)
         om = reweight_factor(A_new, m, max_factor)
@@ -103,8 +115,8 @@ def _tile_table(shapes: list[tuple[int, int]], block: tuple[int, int], device) -
 
 def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tensor:
     """Block-mode RDA over penalized 2-D weights (all contiguous, one param dtype and one grad dtype) with the
-    step's scalars ``s`` (host values: capturable block mode is not implemented); writes each weight's occupancy
-    map (bool) and returns each weight's nonzero count."""
+    step's scalars ``s`` (host values, or the device form: ``s.device`` and ``s.found_inf``); writes each
+    weight's occupancy map (bool) and returns each weight's nonzero count."""
     device = params[0].device
     n = len(params)
     occ_bytes = [o.view(torch.uint8) for o in occupancy]
@@ -118,10 +130,14 @@ def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tens
     sizes = dict(ROWS=rows, COLS=cols, ROWS_P=triton.next_power_of_2(rows), COLS_P=triton.next_power_of_2(cols))
     grid = (tiles.shape[0],)
     w_dtype, g_dtype = TORCH_TO_TL[params[0].dtype], TORCH_TO_TL[grads[0].dtype]
+    on_device = s.device is not None
+    device_scalars = s.device if on_device else max_A  # (an unused pointer)
+    found_inf = s.found_inf if s.found_inf is not None else torch.zeros((), device=device) if on_device else max_A
     if s.reweight:
-        _max_A_kernel[grid](table, n, tiles, max_A, s.beta_b, W_DTYPE=w_dtype, **sizes)
+        _max_A_kernel[grid](table, n, tiles, max_A, device_scalars, found_inf, s.beta_b,
+                            DEVICE_SCALARS=on_device, W_DTYPE=w_dtype, **sizes)
     _step_kernel[grid](table, n, tiles, max_A, nnz, s.inv_scale if s.inv_scale is not None else max_A,
-                       s.lr, s.lam, s.beta, s.beta_b, s.averaging, s.weight_decay, s.max_factor,
-                       REWEIGHT=s.reweight, MAXIMIZE=s.maximize, HAS_SCALE=s.inv_scale is not None,
-                       W_DTYPE=w_dtype, G_DTYPE=g_dtype, **sizes)
+                       device_scalars, found_inf, s.lr, s.lam, s.beta, s.beta_b, s.averaging, s.weight_decay,
+                       s.max_factor, REWEIGHT=s.reweight, MAXIMIZE=s.maximize, HAS_SCALE=s.inv_scale is not None,
+                       DEVICE_SCALARS=on_device, W_DTYPE=w_dtype, G_DTYPE=g_dtype, **sizes)
     return nnz

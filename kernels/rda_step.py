@@ -9,9 +9,9 @@ The max must be this step's, over the whole tensor (the reference's), so it need
 would save it (see bench/NOTES.md). Structured modes take `a` from the per-group mean |w| the front end passes
 (``group_means``), broadcast by index: offs // group_size.
 
-Capturable mode (``scalars.device``): lr, averaging and the decays are read from a device tensor, and a
-GradScaler's found_inf makes the kernels write nothing, with no host sync, so the step can be captured in a CUDA
-graph.
+The device form (``scalars.device``: capturable mode, and steps traced by torch.compile): lr, averaging, the decays
+and lam are read from a device tensor, and a GradScaler's found_inf makes the kernels write nothing, with no host
+sync, so the step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -20,29 +20,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .math import count_nonzero, dual_average, finite_or_zero, load_f32, reweight_factor, soft_threshold, store
+from .math import (count_nonzero, dual_average, finite_or_zero, load_f32, reweight_factor, soft_threshold,
+                   step_scalars, store)
 from .rda_block_step import rda_block_step
 from .tensor_table import TORCH_TO_TL, Contiguous, address_table, chunk_table, float_table, kernel_grads
 
 BLOCK = 1024
 # rows of the address table: tensor addresses, then integers per tensor
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_A_GROUP, ROW_NUMEL, ROW_GROUP_SIZE = (tl.constexpr(i) for i in range(9))
-
-
-
-@triton.jit
-def _scalars(device_scalars, found_inf, lr, beta, beta_b, alpha, DEVICE_SCALARS: tl.constexpr):
-    """(skip, lr, beta, beta_b, alpha): the host's values, or in capturable mode read from the device
-    ([lr, averaging, beta, beta_b], sparse_rda/scalars.py)."""
-    if DEVICE_SCALARS:
-        skip = tl.load(found_inf) != 0
-        lr = tl.load(device_scalars)
-        alpha = tl.load(device_scalars + 1)
-        beta = tl.load(device_scalars + 2)
-        beta_b = tl.load(device_scalars + 3)
-    else:
-        skip = False
-    return skip, lr, beta, beta_b, alpha
 
 
 @triton.jit
@@ -63,7 +48,8 @@ def _max_A_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, d
                   DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr):
     c = tl.program_id(0)
     t = tl.load(chunk_tensor + c)
-    skip, lr, beta, beta_b, alpha = _scalars(device_scalars, found_inf, lr, beta, beta_b, alpha, DEVICE_SCALARS)
+    skip, lr, _, beta, beta_b, alpha = step_scalars(device_scalars, found_inf, lr, 0.0, beta, beta_b, alpha,
+                                                    DEVICE_SCALARS)
     if tl.load(factors + t) == 0 or skip:  # unpenalized tensors have no A
         return
     start = tl.load(chunk_start + c)
@@ -90,7 +76,8 @@ def _step_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, nn
     numel = tl.load(table + ROW_NUMEL * n_tensors + t)
     factor = tl.load(factors + t)  # sqrt(group size), 0 when the tensor is not penalized
     m = tl.load(max_A + t)
-    skip, lr, beta, beta_b, alpha = _scalars(device_scalars, found_inf, lr, beta, beta_b, alpha, DEVICE_SCALARS)
+    skip, lr, lam, beta, beta_b, alpha = step_scalars(device_scalars, found_inf, lr, lam, beta, beta_b, alpha,
+                                                      DEVICE_SCALARS)
     count = 0
     for i in range(0, tl.minimum(CHUNK, numel - start), BLOCK):
         offs = start + i + tl.arange(0, BLOCK)

@@ -51,7 +51,8 @@ if _C is not None:
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
     @torch.library.register_fake("sparse_rda::rda_block_step_")
-    def _rda_block_step_fake(params, grads, T, B, A, v, occupancy, block, hyper, reweight, maximize, inv_scale):
+    def _rda_block_step_fake(params, grads, T, B, A, v, occupancy, block, hyper, reweight, maximize, inv_scale,
+                             device_hyper, found_inf):
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
     @torch.library.register_fake("sparse_rda::grda_step_")
@@ -65,7 +66,8 @@ def rda_step(tensors, bucket, s) -> torch.Tensor:
     params, grads, T, B, A, v, occupancy, group_means = tensors
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_step_(params, grads, T, B, A, v, occupancy, list(bucket.block),
-                                                    s.host_values(), s.reweight, s.maximize, s.inv_scale)
+                                                    s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,
+                                                    s.found_inf)
     return torch.ops.sparse_rda.rda_step_(params, grads, T, B, A, v, group_means,
                                           [plan.factor for plan in bucket.plans], s.host_values(), s.reweight,
                                           s.maximize, s.inv_scale, s.device, s.found_inf)

@@ -208,3 +208,102 @@ def rda_contract_call(backend: str, params, grads, T, B, A, v, *, penalized, gra
                               list(occupancy) if occupancy is not None else [None] * len(params), means)
     s = scalars.RdaScalars(**hyper, inv_scale=inv_scale, device=device, found_inf=found_inf)
     return dispatch.backend(backend).rda_step(tensors, bucket, s)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RDA's scalars in the device form (capturable mode, steps traced by torch.compile), through the contract
+
+# lam is not the default (1e-6), so a backend reading the device form's host lam (0) prunes nothing and fails
+DEVICE_FORM_GROUP = dict(lr=0.8, lam=3e-2, averaging=0.3, momentum_time=9.5, reweight_time=4.0, weight_decay=1e-3,
+                         max_factor=50.0, reweight=True, maximize=False)
+
+
+def scalar_fields(s) -> dict:
+    """An RdaScalars as rda_contract_call's keywords (the tensors themselves, not copies)."""
+    import dataclasses
+
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+
+
+def contract_inputs(shapes, granularity, device, dtype=torch.float32, seed=0, fresh=True):
+    """[params, T, B, A, v, tile maps or None] for rda_contract_call: N(0, 0.5^2) weights, some exactly 0; a
+    first step's state (T = w, the rest 0, every tile live) or, fresh=False, random state and maps."""
+    from sparse_rda import plan
+
+    gen = torch.Generator().manual_seed(seed)
+    w = [torch.randn(s, generator=gen) * 0.5 for s in shapes]
+    w = [torch.where(torch.rand(s, generator=gen) < 0.2, 0.0, x) for s, x in zip(shapes, w)]
+    state = [[x.clone() for x in w]] + [[torch.zeros(s) if fresh else torch.rand(s, generator=gen) for s in shapes]
+                                        for _ in range(3)]
+    block = plan.block_shape(granularity)
+    maps = None
+    if block:
+        grids = [plan.tile_grid(s, block) for s in shapes]
+        maps = [torch.ones(g, dtype=torch.bool) if fresh else torch.rand(g, generator=gen) < 0.5 for g in grids]
+        maps = [m.to(device) for m in maps]
+    return [[x.to(device=device, dtype=dtype) for x in w], *[[x.to(device) for x in xs] for xs in state], maps]
+
+
+def row_scaled_grads(params, gen):
+    """Gradients growing down the rows of 2-D weights (1e-2 to 1), so that some tiles and elements die, some live."""
+    return [torch.randn(p.shape, generator=gen).to(p) * (torch.logspace(-2, 0, p.shape[0])[:, None].to(p)
+                                                         if p.dim() == 2 else 1.0) for p in params]
+
+
+def check_device_form_matches_host(backend, device, shapes, granularity, penalized, steps=3, dtype=torch.float32,
+                                   rtol=1e-5):
+    """``steps`` contract calls with RDA's scalars in the device form (``rda_scalars(..., on_device=True)``, a zero
+    found_inf) against the host form, teacher-forced from the same inputs: params, state, tile maps and counts
+    agree (rtol: the device form's 1 - x values are float math, the host's double)."""
+    from sparse_rda import plan, scalars
+
+    host = scalars.rda_scalars(DEVICE_FORM_GROUP, None, None, False, torch.device(device))
+    on_device = scalars.rda_scalars(DEVICE_FORM_GROUP, None, torch.zeros((), device=device), True,
+                                    torch.device(device))
+    assert on_device.device.numel() == 5 and on_device.lam == 0.0, "the device form's lam is on the device only"
+    block = plan.block_shape(granularity) is not None
+    mine = contract_inputs(shapes, granularity, device, dtype)
+    gen = torch.Generator().manual_seed(1)
+    for k in range(steps):
+        grads = row_scaled_grads(mine[0], gen)
+        theirs = [None if xs is None else [x.clone() for x in xs] for xs in mine]
+        counts = rda_contract_call(backend, mine[0], grads, *mine[1:5], occupancy=mine[5], penalized=penalized,
+                                   granularity=granularity, **scalar_fields(on_device))
+        expected = rda_contract_call(backend, theirs[0], grads, *theirs[1:5], occupancy=theirs[5],
+                                     penalized=penalized, granularity=granularity, **scalar_fields(host))
+        for i in range(len(shapes)):
+            for name, xs, ys in zip("TBAv", mine[1:5], theirs[1:5]):
+                assert_state_close(xs[i], ys[i], rtol, f"step {k} tensor {i} {name}")
+            w, w_ref = mine[0][i], theirs[0][i]
+            if block and dtype != torch.float32:
+                assert_within_rounding_step(w, w_ref, f"step {k} tensor {i} w")
+            elif block:
+                assert_state_close(w, w_ref, rtol, f"step {k} tensor {i} w")
+            else:
+                assert_weights_match(w, w_ref, theirs[1][i], DEVICE_FORM_GROUP["lam"] * theirs[2][i], rtol,
+                                     f"step {k} tensor {i} w")
+            if block:
+                assert torch.equal(mine[5][i], theirs[5][i]), f"step {k} tensor {i} map"
+        assert counts.tolist() == expected.tolist() == [int(torch.count_nonzero(w)) for w in mine[0]]
+    # with lam read as 0, w would be T as stored
+    assert any(not torch.equal(w, T.to(w.dtype)) for w, T, pen in zip(mine[0], mine[1], penalized) if pen), "lam acts"
+    if not block:
+        assert any(int(c) < w.numel() for c, w, pen in zip(counts, mine[0], penalized) if pen), "lam prunes"
+
+
+def check_device_form_skip_writes_nothing(backend, device, shapes, granularity, penalized, dtype=torch.float32):
+    """found_inf = 1 in the device form: params, state and tile maps bit-identical (random state, which a step
+    would change), and the counts are the unchanged weights' nonzeros."""
+    from sparse_rda import scalars
+
+    s = scalars.rda_scalars(DEVICE_FORM_GROUP, None, torch.ones((), device=device), True, torch.device(device))
+    mine = contract_inputs(shapes, granularity, device, dtype, fresh=False)
+    before = [None if xs is None else [x.clone() for x in xs] for xs in mine]
+    grads = row_scaled_grads(mine[0], torch.Generator().manual_seed(1))
+    counts = rda_contract_call(backend, mine[0], grads, *mine[1:5], occupancy=mine[5], penalized=penalized,
+                               granularity=granularity, **scalar_fields(s))
+    for name, xs, ys in zip(["params", "T", "B", "A", "v", "occupancy"], mine, before):
+        for i, (x, y) in enumerate(zip(xs or [], ys or [])):
+            assert torch.equal(x, y), f"{name}[{i}] changed on a skipped step"
+    assert counts.tolist() == [int(torch.count_nonzero(w)) for w in mine[0]]
+    assert any(int(c) < w.numel() for c, w in zip(counts, mine[0])), "the counts see the zeros"

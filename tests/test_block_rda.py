@@ -8,7 +8,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import native, plan, reference
-from helpers import beside_the_reference, native_devices, step_and_compare
+from helpers import (beside_the_reference, check_device_form_matches_host, check_device_form_skip_writes_nothing,
+                     native_devices, step_and_compare)
 
 RTOL = 1e-5  # docs/ALGORITHMS.md section 5: fused kernel vs the fp32 reference
 
@@ -116,14 +117,36 @@ def test_native_block_options_and_grad_scale(options, device):
 
 
 @pytest.mark.parametrize("device", NATIVE_DEVICES)
-def test_opcheck_rda_block_step(device):
+@pytest.mark.parametrize("device_form", [False, True], ids=["host", "device-form"])
+def test_opcheck_rda_block_step(device, device_form):
     shapes = [(5, 7), (9, 4)]
     params = [torch.randn(s, device=device) for s in shapes]
+    # the device form: [lr, averaging, beta, beta_b, lam] and found_inf on the device, the host values 0
+    hyper = [0.0, 0.0, 0.0, 0.0, 0.0, 1e-4, 500.0] if device_form else [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0]
+    device_args = ((torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-2], device=device), torch.zeros((), device=device))
+                   if device_form else (None, None))
     args = (params, [torch.randn(s, device=device) for s in shapes], [p.clone() for p in params],
             *([torch.rand(s, device=device) for s in shapes] for _ in range(3)),
             [torch.zeros(2, 4, dtype=torch.bool, device=device), torch.zeros(3, 2, dtype=torch.bool, device=device)],
-            [3, 2], [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0], True, False, torch.tensor(0.5, device=device))
+            [3, 2], hyper, True, False, torch.tensor(0.5, device=device), *device_args)
     torch.library.opcheck(torch.ops.sparse_rda.rda_block_step_.default, args)
+
+
+# The device form through the block op: ragged tiles ((3, 5) on odd shapes), a tile as large as a weight
+BLOCK_SHAPES = [(7, 5), (33, 17), (16, 24), (1, 1)]
+
+
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
+@pytest.mark.parametrize("block, dtype", [((3, 5), torch.float32), ((4, 8), torch.float32), ((3, 5), torch.float16),
+                                          ((64, 64), torch.float32)])
+def test_native_block_device_form_matches_the_host_form(block, dtype, device):
+    check_device_form_matches_host(device, device, BLOCK_SHAPES, ("block", *block), [True] * len(BLOCK_SHAPES),
+                                   dtype=dtype)
+
+
+@pytest.mark.parametrize("device", NATIVE_DEVICES)
+def test_native_block_device_form_skip_on_found_inf_writes_nothing(device):
+    check_device_form_skip_writes_nothing(device, device, BLOCK_SHAPES, ("block", 3, 5), [True] * len(BLOCK_SHAPES))
 
 
 def test_block_state_round_trips_through_a_weights_only_checkpoint():

@@ -25,9 +25,9 @@ def rda_lists():
                 factors=[1.0, 0.0, 1.0], hyper=HYPER)
 
 
-def call_rda(a, device_hyper=None):
+def call_rda(a, device_hyper=None, found_inf=None):
     return torch.ops.sparse_rda.rda_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["group_means"],
-                                          a["factors"], a["hyper"], *FLAGS, None, device_hyper, None)
+                                          a["factors"], a["hyper"], *FLAGS, None, device_hyper, found_inf)
 
 
 def refused(call, args, match, **extra):
@@ -71,10 +71,6 @@ def test_rda_step_refuses(case):
     refused(call_rda, make_bad(rda_lists()), match)
 
 
-def test_rda_step_refuses_short_capturable_scalars():
-    refused(call_rda, rda_lists(), "device_hyper must hold at least 4 values", device_hyper=torch.tensor([0.5]))
-
-
 def test_a_good_call_still_steps():
     a = rda_lists()
     before = [p.clone() for p in a["params"]]
@@ -91,9 +87,10 @@ def block_lists(block=(8, 8)):
     return a
 
 
-def call_block(a):
+def call_block(a, device_hyper=None, found_inf=None):
     return torch.ops.sparse_rda.rda_block_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
-                                                a["occupancy"], a["block"], HYPER, *FLAGS, None)
+                                                a["occupancy"], a["block"], HYPER, *FLAGS, None, device_hyper,
+                                                found_inf)
 
 
 @pytest.mark.parametrize("make_bad, match", [
@@ -136,3 +133,35 @@ def test_grda_step_refuses(make_bad, match):
 
 def test_grda_step_refuses_an_empty_device_lr():
     refused(call_grda, grda_lists(), "lr_device must hold at least 1 values", lr_device=torch.zeros(0))
+
+
+# The device form's arguments, the same on both RDA ops: [lr, averaging, beta, beta_b, lam], floating, and
+# found_inf only beside it
+DEVICE_FORM_CASES = {
+    "the four values before lam": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8])),
+                                   r"device_hyper must hold at least 5 values \[lr, averaging, beta, beta_b, lam\], "
+                                   "got 4"),
+    "one value": (dict(device_hyper=torch.tensor([0.5])), "device_hyper must hold at least 5 values"),
+    "integer values": (dict(device_hyper=torch.tensor([1, 0, 1, 1, 0], dtype=torch.int32)),
+                       "device_hyper must be floating, got Int"),
+    "found_inf without device_hyper": (dict(found_inf=torch.zeros(())), "found_inf is only read with device_hyper"),
+    "empty found_inf": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3]), found_inf=torch.zeros(0)),
+                        "found_inf must hold at least 1 values"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEVICE_FORM_CASES))
+@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+def test_device_form_is_checked(op, case):
+    extra, match = DEVICE_FORM_CASES[case]
+    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    refused(call, lists(), f"{op}: {match}", **extra)
+
+
+@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+def test_a_good_device_form_call_still_steps(op):
+    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    a = lists()
+    before = [p.clone() for p in a["params"]]
+    nnz = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3]), found_inf=torch.zeros(()))
+    assert nnz.shape == (len(before),) and not torch.equal(a["params"][0], before[0])

@@ -6,7 +6,8 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host, native_devices,
+from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host,
+                     check_device_form_matches_host, check_device_form_skip_writes_nothing, native_devices,
                      rda_contract_call, rda_error_scales, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
@@ -114,7 +115,7 @@ def test_nnz_comes_from_the_step():
 def test_opcheck_capturable_arguments():
     args = rda_args([(5, 7), (3,)])
     torch.library.opcheck(torch.ops.sparse_rda.rda_step_.default,
-                          args[:-2] + (torch.tensor([0.5, 0.3, 0.9, 0.9]), torch.zeros(())))
+                          args[:-2] + (torch.tensor([0.5, 0.3, 0.9, 0.9, 1e-3]), torch.zeros(())))
     shapes = [(5, 7), (3,)]
     torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default,
                           ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],
@@ -174,3 +175,21 @@ def test_capturable_grda_matches_the_host_path(device):
     params = [torch.nn.Parameter(torch.randn(s, device=device)) for s in [(7, 5), (13,), (33, 17)]]
     check_capturable_grda_against_host(params, device)
     assert any(int((p == 0).sum()) for p in params), "the thresholds prune something"
+
+
+# The device form through the element op (the block op's: test_block_rda.py): lam, lr, averaging and the decays
+# read from the five-value tensor, the host values 0
+ELEMENT_SHAPES = [(7, 5), (13,), (4, 3, 3, 3), (33, 17), (1,)]
+ELEMENT_PENALIZED = [True, False, True, True, False]
+
+
+@pytest.mark.parametrize("device", native_devices())
+@pytest.mark.parametrize("granularity, dtype", [("element", torch.float32), ("kernel", torch.float32),
+                                                ("element", torch.bfloat16)])
+def test_device_form_matches_the_host_form(granularity, dtype, device):
+    check_device_form_matches_host(device, device, ELEMENT_SHAPES, granularity, ELEMENT_PENALIZED, dtype=dtype)
+
+
+@pytest.mark.parametrize("device", native_devices())
+def test_device_form_skip_on_found_inf_writes_nothing(device):
+    check_device_form_skip_writes_nothing(device, device, ELEMENT_SHAPES, "element", ELEMENT_PENALIZED)

@@ -8,7 +8,8 @@ import torch
 import sparse_rda
 from sparse_rda import dispatch
 from helpers import (assert_state_close, assert_weights_match, assert_within_rounding_step, beside_the_reference,
-                     check_capturable_grda_against_host, make_params, state_copy, step_and_compare, step_both)
+                     check_capturable_grda_against_host, check_device_form_matches_host,
+                     check_device_form_skip_writes_nothing, make_params, state_copy, step_and_compare, step_both)
 
 pytestmark = pytest.mark.skipif(
     "triton" not in sparse_rda.backends() or not (dispatch.triton_interpreted() or torch.cuda.is_available()),
@@ -177,6 +178,26 @@ def test_capturable_skips_on_found_inf_without_a_host_sync(opt_cls, options, mon
 
 def test_capturable_grda_thresholds_match_the_host_path():
     check_capturable_grda_against_host(make_params(SHAPES[:6], zero_fraction=0.2, device=DEVICE), "triton")
+
+
+# The device form through the contract: the element kernels read lam from the five-value tensor too, the block
+# kernels have the DEVICE_SCALARS variant (ragged (3, 5) tiles padded to (4, 8); few tiles: the interpreter runs
+# one program per tile)
+DEVICE_FORM_CASES = {
+    "element": ([(7, 5), (13,), (4, 3, 3, 3), (33, 17), (1,)], "element", [True, False, True, True, False]),
+    "kernel": ([(4, 3, 3, 3), (6, 5, 1, 1), (13,)], "kernel", [True, True, False]),
+    "block": ([(7, 5), (10, 11), (1, 1)], ("block", 3, 5), [True] * 3),
+}
+
+
+@pytest.mark.parametrize("case", list(DEVICE_FORM_CASES))
+def test_device_form_matches_the_host_form(case):
+    check_device_form_matches_host("triton", DEVICE, *DEVICE_FORM_CASES[case], steps=2, rtol=RTOL)
+
+
+@pytest.mark.parametrize("case", ["element", "block"])
+def test_device_form_skip_on_found_inf_writes_nothing(case):
+    check_device_form_skip_writes_nothing("triton", DEVICE, *DEVICE_FORM_CASES[case])
 
 
 def test_capturable_needs_a_kernel_backend():

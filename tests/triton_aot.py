@@ -33,11 +33,9 @@ def variants():
             yield arch, RDA._step_kernel, dict(common, REWEIGHT=reweight, MAXIMIZE=maximize, HAS_SCALE=has_scale,
                                                G_DTYPE=dtype)
         yield arch, GRDA._step_kernel, dict(common, HAS_SCALE=True, G_DTYPE=tl.float32)
-        if not on_device:  # block mode has no capturable variant yet
-            tiles = dict(W_DTYPE=dtype, ROWS=64, COLS=64, ROWS_P=64, COLS_P=64)
-            yield arch, BLOCK_RDA._max_A_kernel, tiles
-            yield arch, BLOCK_RDA._step_kernel, dict(tiles, REWEIGHT=True, MAXIMIZE=False, HAS_SCALE=True,
-                                                      G_DTYPE=dtype)
+        tiles = dict(DEVICE_SCALARS=on_device, W_DTYPE=dtype, ROWS=64, COLS=64, ROWS_P=64, COLS_P=64)
+        yield arch, BLOCK_RDA._max_A_kernel, tiles
+        yield arch, BLOCK_RDA._step_kernel, dict(tiles, REWEIGHT=True, MAXIMIZE=False, HAS_SCALE=True, G_DTYPE=dtype)
 
 
 def main() -> int:

@@ -158,12 +158,17 @@ int64_t block_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, 
 at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
-                              const std::optional<at::Tensor>& inv_scale) {
-  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale);
+                              const std::optional<at::Tensor>& inv_scale,
+                              const std::optional<at::Tensor>& device_hyper,
+                              const std::optional<at::Tensor>& found_inf) {
+  check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
+                        device_hyper, found_inf);
+  if (found_inf_set(found_inf)) return count_nonzeros(params);  // nothing written, the maps neither
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
-  const RdaScalars s = make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize);
+  const RdaScalars s =
+      with_device_form(make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize), device_hyper);
   for (int64_t k = 0; k < n_tensors; ++k) {
     Flat w(params[k]), Ts(T[k]), Bs(B[k]), As(A[k]), vs(v[k]), live(occupancy[k]);
     const at::Tensor g = grad_for(params[k], grads[k]);

@@ -149,6 +149,13 @@ float host_inv_scale(const std::optional<at::Tensor>& inv_scale) {
   return inv_scale.has_value() ? static_cast<float>(first_value(*inv_scale)) : 1.0f;
 }
 
+RdaScalars with_device_form(const RdaScalars& s, const std::optional<at::Tensor>& device_hyper) {
+  if (!device_hyper.has_value()) return s;
+  // read as float, as the CUDA kernels read them
+  const at::Tensor values = device_hyper->to(at::kCPU, at::kFloat).contiguous();
+  return with_device_hyper(s, values.data_ptr<float>());
+}
+
 at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
@@ -160,12 +167,8 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
-  RdaScalars s = make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize);
-  if (device_hyper.has_value()) {  // [lr, averaging, beta, beta_b], read as float as the CUDA kernels read them
-    const at::Tensor values = device_hyper->to(at::kCPU, at::kFloat).contiguous();
-    const float* x = values.data_ptr<float>();
-    s = with_device_values(s, x[0], x[1], x[2], x[3]);
-  }
+  const RdaScalars s =
+      with_device_form(make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize), device_hyper);
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);

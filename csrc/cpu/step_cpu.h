@@ -6,6 +6,8 @@
 
 #include <optional>
 
+#include "../rda_math.h"
+
 // The element loops are compiled for AVX-512, AVX2 and baseline x86-64, picked when the library loads: a
 // portable build still gets the wide vectors (and FMA) of the machine it runs on.
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
@@ -25,7 +27,9 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
 at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
-                              const std::optional<at::Tensor>& inv_scale);
+                              const std::optional<at::Tensor>& inv_scale,
+                              const std::optional<at::Tensor>& device_hyper,
+                              const std::optional<at::Tensor>& found_inf);
 
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
                          double lr, const std::optional<at::Tensor>& lr_device,
@@ -35,6 +39,9 @@ at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
 // 1 / GradScaler scale (1 without one), read on the host.
 at::Tensor grad_for(const at::Tensor& param, const at::Tensor& grad);
 float host_inv_scale(const std::optional<at::Tensor>& inv_scale);
+// The device form (capturable mode, or a traced step): s with the values of device_hyper (rda_math.h's
+// DeviceHyperIndex order) read on the host; s itself without it.
+RdaScalars with_device_form(const RdaScalars& s, const std::optional<at::Tensor>& device_hyper);
 // Capturable mode: whether a GradScaler's found_inf says to skip the step (then nothing is written).
 bool found_inf_set(const std::optional<at::Tensor>& found_inf);
 // Each param's nonzero count, for a skipped step.

@@ -6,7 +6,8 @@
 //      B and group prox factor; then w = T * shrink with A and B stored on every element (the state keeps the
 //      weight's shape), and the tile's occupancy bit. The prox pass re-reads the T this same thread just wrote
 //      (from cache), so a tile costs one pass over memory.
-// The tensors travel by value in the kernel arguments (TensorBatch), one thread block per tile.
+// The tensors travel by value in the kernel arguments (TensorBatch), one thread block per tile. In the device form
+// the scalars are read in the kernels (DeviceScalars, resolve), and a set found_inf makes them write nothing.
 #include <vector>
 
 #include "device_common.cuh"
@@ -76,13 +77,15 @@ __device__ __forceinline__ float tile_rms(const BlockTensor& t, const Tile& tile
 }
 
 template <typename param_t>
-__global__ void block_max_A_kernel(const Batch b, TileShape shape, RdaScalars s, float* max_A) {
+__global__ void block_max_A_kernel(const Batch b, TileShape shape, RdaScalars host, DeviceScalars d, float* max_A) {
+  const Resolved r = resolve(host, d);
+  if (r.skip) return;  // block-uniform, before the barriers of the sum
   int64_t tile_index;
   const int k = b.locate(tile_index);
   const BlockTensor& t = b.tensors[k].t;
   const Tile tile = tile_of(t, tile_index, shape);
   const float rms = tile_rms<param_t>(t, tile, b.tensors[k].vectorized);
-  if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, finite_or_zero(new_A(t.A[tile.first], rms, s)));
+  if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, finite_or_zero(new_A(t.A[tile.first], rms, r.s)));
 }
 
 // T and v of the tile's elements, stored; adds the tile's sums of w^2 and of the new T^2.
@@ -134,15 +137,36 @@ __device__ __forceinline__ unsigned long long prox_pass(const BlockTensor& t, co
   return count;
 }
 
+// The nonzeros of the tile's weights as they are; returns this thread's count.
+template <int N, typename param_t>
+__device__ __forceinline__ unsigned long long nonzero_pass(const BlockTensor& t, const Tile& tile) {
+  const auto* w = static_cast<const param_t*>(t.w);
+  unsigned long long count = 0;
+  for_each_pack<N>(tile, [&](int64_t i) {
+    const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
+#pragma unroll
+    for (int k = 0; k < N; ++k) count += to_float(wp.x[k]) != 0.0f;
+  });
+  return count;
+}
+
 template <typename param_t, typename grad_t>
-__global__ void block_step_kernel(const Batch b, TileShape shape, RdaScalars s, const float* inv_scale, bool reweight,
-                                  const float* max_A, unsigned long long* nnz) {
+__global__ void block_step_kernel(const Batch b, TileShape shape, RdaScalars host, DeviceScalars d,
+                                  const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz) {
   int64_t tile_index;
   const int k = b.locate(tile_index);
   const BlockTensor& t = b.tensors[k].t;
   const Tile tile = tile_of(t, tile_index, shape);
   const bool vectorized = b.tensors[k].vectorized;
-  if (inv_scale != nullptr) s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
+  Resolved r = resolve(host, d);
+  if (r.skip) {  // GradScaler found infs: write nothing (the occupancy bit neither), count what is there
+    unsigned long long count = vectorized ? nonzero_pass<kVec, param_t>(t, tile) : nonzero_pass<1, param_t>(t, tile);
+    count = block_all_reduce(count, AddOp{});
+    if (threadIdx.x == 0) atomicAdd(nnz + k, count);
+    return;  // block-uniform
+  }
+  if (inv_scale != nullptr) r.s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
+  const RdaScalars& s = r.s;
   // the tile's A and B, read before the barriers of the sums: the prox pass overwrites them
   const float A_old = t.A[tile.first], B_old = t.B[tile.first];
   float sum_w2 = 0.0f, sum_T2 = 0.0f;
@@ -178,8 +202,9 @@ int threads_for(int64_t tile_elements) {
 }  // namespace
 
 cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
-                                  DType w_dtype, bool grad_is_float32, RdaScalars s, const float* inv_scale,
-                                  bool reweight, float* max_A, unsigned long long* nnz, cudaStream_t stream) {
+                                  DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d,
+                                  const float* inv_scale, bool reweight, float* max_A, unsigned long long* nnz,
+                                  cudaStream_t stream) {
   if (block_rows < 1 || block_cols < 1 || static_cast<int64_t>(block_rows) * block_cols > INT_MAX) {
     return cudaErrorInvalidValue;
   }
@@ -200,12 +225,12 @@ cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int blo
   return with_param_type(w_dtype, [&](auto param) {
     using param_t = decltype(param);
     return for_each_batch(tiled.data(), n, tiles_of, [&](const Batch& b, int64_t begin, unsigned grid) {
-      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, shape, s, max_A + begin);
+      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, max_A + begin);
       if (grad_is_float32) {
-        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, shape, s, inv_scale, reweight,
+        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
                                                                         max_A + begin, nnz + begin);
       } else {
-        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, shape, s, inv_scale, reweight,
+        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
                                                                           max_A + begin, nnz + begin);
       }
       return cudaGetLastError();

@@ -75,6 +75,18 @@ __device__ __forceinline__ void atomic_max_nonnegative(float* address, float val
   atomicMax(reinterpret_cast<int*>(address), __float_as_int(value));
 }
 
+// The step's scalars: the host's, or in the device form read from the device (DeviceScalars); skip when a
+// GradScaler found infs. The same for every thread of a launch, so branches on skip are block-uniform.
+struct Resolved {
+  RdaScalars s;
+  bool skip;
+};
+
+__device__ __forceinline__ Resolved resolve(RdaScalars s, const DeviceScalars& d) {
+  if (d.hyper != nullptr) s = with_device_hyper(s, d.hyper);
+  return {s, d.found_inf != nullptr && *d.found_inf != 0.0f};
+}
+
 // Up to kBatchTensors tensors passed by value in a launch's arguments, each with the index of its first thread
 // block (as apex's multi-tensor apply passes its lists): nothing is copied to the device per step, so a CUDA graph
 // can capture the launches. 36 descriptors of <= 80 bytes keep the arguments under the 4 KB limit.

@@ -34,17 +34,6 @@ __device__ __forceinline__ int64_t vector_end(bool aligned, int64_t start, int64
   return aligned && start % kVec == 0 ? start + (end - start) / kVec * kVec : start;
 }
 
-// The step's scalars: the host's, or read from the device in capturable mode.
-struct Resolved {
-  RdaScalars s;
-  bool skip;
-};
-
-__device__ __forceinline__ Resolved resolve(RdaScalars s, const DeviceScalars& d) {
-  if (d.hyper != nullptr) s = with_device_values(s, d.hyper[0], d.hyper[1], d.hyper[2], d.hyper[3]);
-  return {s, d.found_inf != nullptr && *d.found_inf != 0.0f};
-}
-
 template <typename param_t>
 __device__ __forceinline__ float magnitude(const RdaTensor& t, const param_t* w, int64_t i, float wi) {
   return t.group_means ? t.group_means[i / t.group_size] : fabsf(wi);

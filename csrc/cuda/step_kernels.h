@@ -33,10 +33,10 @@ struct GrdaTensor {
   int64_t numel;
 };
 
-// Capturable mode: lr, averaging and the momentum decays come from device memory; a nonzero *found_inf makes the
-// kernels write nothing (nonzeros are still counted). Both null when unused.
+// The device form (capturable mode, traced steps): lr, averaging, the decays and lam come from device memory; a
+// nonzero *found_inf makes the kernels write nothing (nonzeros are still counted). Both null when unused.
 struct DeviceScalars {
-  const float* hyper;  // [lr, averaging, beta, beta_b]
+  const float* hyper;  // kDeviceHyperSize values: [lr, averaging, beta, beta_b, lam] (rda_math.h)
   const float* found_inf;
 };
 
@@ -72,10 +72,12 @@ struct BlockTensor {
   int64_t cols;
 };
 
-// The block-mode RDA step; max_A is scratch for the per-tensor max of A; inv_scale as in launch_rda_step.
+// The block-mode RDA step; max_A is scratch for the per-tensor max of A; d and inv_scale as in launch_rda_step
+// (a skipped step writes neither the tensors nor the occupancy maps).
 cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
-                                  DType w_dtype, bool grad_is_float32, RdaScalars s, const float* inv_scale,
-                                  bool reweight, float* max_A, unsigned long long* nnz, cudaStream_t stream);
+                                  DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d,
+                                  const float* inv_scale, bool reweight, float* max_A, unsigned long long* nnz,
+                                  cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace sparse_rda

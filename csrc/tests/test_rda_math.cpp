@@ -125,7 +125,7 @@ static void momentum_and_weight_decay() {
   expect_near("maximize w", w3, 1.0625);
 }
 
-// hyper's order, and capturable mode's device values replacing lr, averaging and the decays (with their 1 - x).
+// hyper's order, and the device form's values replacing lr, averaging, the decays (with their 1 - x) and lam.
 static void scalars_from_hyper() {
   const double hyper[kHyperSize] = {0.5, 0.4, 0.25, 0.75, 0.125, 0.01, 5.0};
   const RdaScalars s = make_rda_scalars(hyper, 0.5f, true);
@@ -140,7 +140,8 @@ static void scalars_from_hyper() {
   expect_near("weight_decay", s.weight_decay, 0.01);
   expect_near("max_factor", s.max_factor, 5.0);
   expect_near("grad_factor, maximize", s.grad_factor, -0.5);
-  const RdaScalars d = with_device_values(s, 0.25f, 0.5f, 0.0f, 0.5f);
+  const float device_hyper[kDeviceHyperSize] = {0.25f, 0.5f, 0.0f, 0.5f, 0.125f};  // lr, averaging, beta, beta_b, lam
+  const RdaScalars d = with_device_hyper(s, device_hyper);
   expect_near("device lr", d.lr, 0.25);
   expect_near("device alpha", d.alpha, 0.5);
   expect_near("device 1 - alpha", d.one_minus_alpha, 0.5);
@@ -148,7 +149,9 @@ static void scalars_from_hyper() {
   expect_near("device 1 - beta", d.one_minus_beta, 1.0);
   expect_near("device beta_b", d.beta_b, 0.5);
   expect_near("device 1 - beta_b", d.one_minus_beta_b, 0.5);
-  expect_near("device keeps lam", d.lam, 0.4);
+  expect_near("device lam", d.lam, 0.125);
+  expect_near("device keeps weight_decay", d.weight_decay, 0.01);
+  expect_near("device keeps max_factor", d.max_factor, 5.0);
   expect_near("device keeps grad_factor", d.grad_factor, -0.5);
 }
 
