@@ -29,14 +29,15 @@ def _bucket(params, grads, modes, penalized, group_sizes, block) -> Bucket:
 @torch.library.custom_op("sparse_rda::backend_rda_step_", mutates_args=("params", "T", "B", "A", "v", "occupancy"))
 def _rda_op(backend: str, params: list[torch.Tensor], grads: list[torch.Tensor], T: list[torch.Tensor],
             B: list[torch.Tensor], A: list[torch.Tensor], v: list[torch.Tensor],
-            occupancy: list[torch.Tensor | None], group_means: list[torch.Tensor | None], modes: list[int],
+            occupancy: list[torch.Tensor], group_means: list[torch.Tensor | None], modes: list[int],
             penalized: list[bool], group_sizes: list[int], block: list[int], hyper: list[float], reweight: bool,
             maximize: bool, inv_scale: torch.Tensor | None, device_hyper: torch.Tensor | None,
             found_inf: torch.Tensor | None) -> torch.Tensor:
     lr, lam, beta, beta_b, averaging, weight_decay, max_factor = hyper
     scalars = RdaScalars(lr, lam, beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize, inv_scale,
                          device_hyper, found_inf)
-    tensors = RdaTensors(params, grads, T, B, A, v, occupancy, group_means)
+    # occupancy: the tiled bucket's maps, else empty (torch's functionalization fails on a mutated list with None)
+    tensors = RdaTensors(params, grads, T, B, A, v, occupancy or [None] * len(params), group_means)
     bucket = _bucket(params, grads, modes, penalized, group_sizes, block)
     return _STEPS[backend][0](tensors, bucket, scalars)
 
@@ -68,6 +69,7 @@ def wrap(backend):
 
     def rda_step(tensors: RdaTensors, bucket: Bucket, s: RdaScalars) -> torch.Tensor:
         plans = bucket.plans
+        tensors = tensors._replace(occupancy=list(tensors.occupancy) if bucket.tiled else [])
         return torch.ops.sparse_rda.backend_rda_step_(
             name, *tensors, [MODES.index(plan.mode) for plan in plans], [plan.penalized for plan in plans],
             [plan.group_size for plan in plans], list(bucket.block or ()), s.host_values(), s.reweight, s.maximize,

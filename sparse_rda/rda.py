@@ -112,8 +112,6 @@ class RDA(SparseOptimizer):
         check_number("max_factor", group["max_factor"], low=1.0)
         check_number("weight_decay", group["weight_decay"])
         check_granularity(group["granularity"])
-        if capturable and plan.block_shape(group["granularity"]) is not None:
-            raise ValueError("capturable=True is not implemented for granularity ('block', ...) yet")
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 

@@ -60,12 +60,13 @@ def test_the_recorder_sees_host_traffic():
 CONFIGS = [
     (sparse_rda.RDA, dict(lam=1e-3)),
     (sparse_rda.RDA, dict(lam=1e-3, granularity="kernel")),
+    (sparse_rda.RDA, dict(lam=1e-3, granularity=("block", 4, 4))),
     (sparse_rda.GRDA, dict(c=0.01, mu=0.55)),
 ]
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-@pytest.mark.parametrize("opt_cls, options", CONFIGS, ids=["rda", "rda-kernel", "grda"])
+@pytest.mark.parametrize("opt_cls, options", CONFIGS, ids=["rda", "rda-kernel", "rda-block", "grda"])
 def test_capturable_step_is_host_free(on_meta, backend, opt_cls, options):
     """Mixed dtypes (two buckets), an unpenalized group (gRDA's penalty mask), a GradScaler's scale and inf flag,
     tensor lr: after the warm-up steps (state, caches), a step dispatches nothing that touches the host."""

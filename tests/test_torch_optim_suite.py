@@ -123,6 +123,9 @@ def optim_inputs_func_rda(device, dtype=None, backend="torch"):
         inputs.append(OptimizerInput(params=None, kwargs={"capturable": True, "lr": torch.tensor(0.5),
                                                           "averaging": torch.tensor(0.25), "lam": 1e-4},
                                      desc="capturable"))
+        inputs.append(OptimizerInput(params=None, kwargs={"capturable": True, "lr": torch.tensor(0.5),
+                                                          "granularity": ("block", 8, 8), "lam": 1e-3},
+                                     desc="capturable block 8x8"))
     return inputs
 
 
@@ -239,10 +242,6 @@ def optim_error_inputs_func_rda(device, dtype):
     ]:
         inputs.append(ErrorOptimizerInput(OptimizerInput(params=None, kwargs={name: value}, desc=f"{name}={value!r}"),
                                           error_type=error, error_regex=regex))
-    inputs.append(ErrorOptimizerInput(
-        OptimizerInput(params=None, kwargs=dict(capturable=True, granularity=("block", 2, 2), backend="cpu"),
-                       desc="capturable block granularity"),
-        error_type=ValueError, error_regex=r"capturable=True is not implemented for granularity \('block', ...\)"))
     return inputs
 
 
@@ -1478,7 +1477,7 @@ def test_one_cycle_lr_with_cycle_momentum_is_refused():
             lr_scheduler.OneCycleLR(opt, max_lr=1.0, total_steps=4)
 
 
-GRAD_SCALER_CONFIGS = ("default", "block 8x8", "c 0.005 mu 0.55", "capturable")
+GRAD_SCALER_CONFIGS = ("default", "block 8x8", "c 0.005 mu 0.55", "capturable", "capturable block 8x8")
 
 
 @optims("test_grad_scaler", where=lambda info, inp, backend: inp.desc in GRAD_SCALER_CONFIGS)
