@@ -3,9 +3,13 @@ steps, compared with an eager twin each step (weights, state, nnz, the controlle
 counters for recompiles and graph breaks.
 
 The compiled step hands the backends the scalars' device form (lr, averaging, the decays and lam as a float32
-tensor), the eager step host floats: the kernels then round 1 - beta and 1 - averaging in float32 instead of from
-double, so the two agree within float32 rounding per step (ALGORITHMS.md section 5), not bit for bit. The
-compare allows RTOL relative error after 30 steps.
+tensor), the eager step host floats: the kernels then compute 1 - beta and 1 - averaging in float32 from the
+rounded beta instead of in double, so the two agree within float32 rounding per step (ALGORITHMS.md section 5), not bit for bit: after each
+step the twin continues from the compiled run's values, and the compare allows RTOL relative error per step.
+
+Triton runs in the interpreter here, ~30x slower than the other backends: its configurations run 12 steps (the
+warm-up and 4 after) and leave target_sparsity to the others (the controller is the same Python code on every
+backend); a GPU runs them in full.
 
 Most of the matrix runs with dynamo's ``aot_eager`` backend (dynamo's guards, side effects and AOT
 functionalization, without inductor's C++ compile time); the configurations that were silently wrong under
@@ -21,12 +25,15 @@ import torch
 from torch._dynamo.utils import counters
 
 import sparse_rda
+from sparse_rda import dispatch
 from sparse_rda.schedules import CosineRDA, StepRDA
 
 from helpers import assert_state_close, backend_devices
 
 STEPS = 32
 WARM_UP = 8  # steps after which nothing recompiles: state created, each changing number seen twice
+# per step; 10x ALGORITHMS.md's 1e-6 because the device form's kernels compute 1 - beta from a float32 beta, a
+# relative error of up to 6e-8 / (1 - beta) (3e-5 in A at OneCycleLR's first lr, 0.02 with tau 9.5)
 RTOL = 1e-5
 # graph breaks a compiled step may have: torch's LRScheduler wraps opt.step in a function dynamo skips (torch's
 # optimizers have it too), and target_sparsity's controller runs eagerly by design (its decisions are host-side)
@@ -88,8 +95,12 @@ def assert_same_state(compiled, eager, what: str) -> None:
                 assert float(ga[key]) == pytest.approx(float(gb[key]), rel=RTOL), f"{what}: group {g} {key}"
         for i, (p, q) in enumerate(zip(ga["params"], gb["params"])):
             where = f"{what}: group {g} param {i}"
-            assert_state_close(p.detach(), q.detach(), rtol=RTOL, what=f"{where} weights")
             sa, sb = compiled.state[p], eager.state[q]
+            # w = prox(T): the prox subtracts near-equal numbers at the threshold, so w's error is judged against
+            # its operand |T| (|acc|) too, as ALGORITHMS.md section 5 judges sums against their terms
+            operand = sb.get("T", sb.get("acc"))
+            scale = q.detach().abs().max() + (0 if operand is None else operand.abs())
+            assert_state_close(p.detach(), q.detach(), rtol=RTOL, what=f"{where} weights", scale=scale)
             assert sa.keys() == sb.keys(), where
             for key in sb:
                 if sb[key].dtype == torch.bool:
@@ -98,6 +109,19 @@ def assert_same_state(compiled, eager, what: str) -> None:
                     assert_state_close(sa[key], sb[key], rtol=RTOL, what=f"{where} {key}")
     nnz_a, nnz_b = list(compiled.nnz().values()), list(eager.nnz().values())
     assert nnz_a == nnz_b, f"{what}: nnz {nnz_a} vs {nnz_b}"
+
+
+def start_twin_from(compiled, eager) -> None:
+    """The eager twin continues from the compiled run's weights, state and controller values, so each step is
+    compared from the same start (float32 rounding does not accumulate over the run; a stale value still shows
+    in the step it is used)."""
+    with torch.no_grad():
+        for ga, gb in zip(compiled.param_groups, eager.param_groups):
+            gb.update({k: ga[k] for k in ("lam", "c", "target_interval", "target_lr") if k in ga})
+            for p, q in zip(ga["params"], gb["params"]):
+                q.copy_(p)
+                for key, value in compiled.state[p].items():
+                    eager.state[q][key].copy_(value)
 
 
 def graph_breaks_in_step() -> dict[str, int]:
@@ -147,6 +171,7 @@ def train_side_by_side(kind, backend, granularity, target, schedule, compiler, *
             manual_lr(opt, k)
             manual_lr(opt_eager, k)
         assert_same_state(opt, opt_eager, f"step {k}")
+        start_twin_from(opt, opt_eager)
         if k == WARM_UP - 1:
             graphs_at_warm_up = counters["stats"]["unique_graphs"]
     if not whole_step:  # (a whole training step also breaks at backward(), outside the optimizer)
@@ -159,18 +184,22 @@ def train_side_by_side(kind, backend, granularity, target, schedule, compiler, *
 
 SCHEDULES = {"RDA": ("CosineRDA", "StepRDA", "CosineAnnealingLR", "OneCycleLR", "manual"),
              "GRDA": ("CosineAnnealingLR", "OneCycleLR", "manual")}
-MODES = [("RDA", gran, t) for gran in ("kernel", ("block", 4, 8)) for t in (False, True)]
+MODES = [("RDA", gran, t) for gran in ("kernel", ("block", 8, 32)) for t in (False, True)]
 MODES += [("GRDA", "element", t) for t in (False, True)]
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind, granularity, target", MODES, ids=str)
 def test_compiled_step_equals_eager_and_stops_recompiling(kind, granularity, target, backend):
+    interpreted = backend == "triton" and dispatch.triton_interpreted()
+    if interpreted and target:
+        pytest.skip("target_sparsity runs on the other backends (the interpreter is too slow for everything)")
     # each configuration under one of the schedules, in turn: every schedule runs on at least two backends
     schedules = SCHEDULES[kind]
     schedule = schedules[(MODES.index((kind, granularity, target)) + ["torch", "cpu", "triton"].index(backend))
                          % len(schedules)]
-    new_graphs = train_side_by_side(kind, backend, granularity, target, schedule, "aot_eager")
+    new_graphs = train_side_by_side(kind, backend, granularity, target, schedule, "aot_eager",
+                                    steps=WARM_UP + 4 if interpreted else STEPS)
     assert new_graphs == 0, f"{new_graphs} graphs compiled after the warm-up under {schedule}"
 
 
@@ -183,6 +212,8 @@ INDUCTOR = [("GRDA", "element", False, "manual"), ("RDA", "element", True, "Cosi
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("kind, granularity, target, schedule", INDUCTOR, ids=str)
 def test_inductor_compiled_step_equals_eager(kind, granularity, target, schedule, backend):
+    if backend == "triton" and dispatch.triton_interpreted() and target:
+        pytest.skip("target_sparsity runs on the other backends (the interpreter is too slow for everything)")
     assert train_side_by_side(kind, backend, granularity, target, schedule, "inductor", steps=WARM_UP + 4) == 0
 
 
