@@ -160,7 +160,7 @@ inline void check_one_dtype_pair(const char* op, at::TensorList params, at::Tens
 inline void check_device_form(const char* op, const std::optional<at::Tensor>& device_hyper,
                               const std::optional<at::Tensor>& found_inf, const at::Device& device) {
   check_scalars(op, "device_hyper", device_hyper, kDeviceHyperSize, device, /*on_device=*/true,
-                " [lr, averaging, beta, beta_b, lam]");
+                " [lr, averaging, beta, beta_b, lam, 1 - averaging, 1 - beta, 1 - beta_b]");
   check_scalars(op, "found_inf", found_inf, 1, device);
   TORCH_CHECK(device_hyper.has_value() || !found_inf.has_value(), op,
               ": found_inf is only read with device_hyper (capturable mode)");

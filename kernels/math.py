@@ -7,7 +7,8 @@ import triton.language as tl
 @triton.jit
 def step_scalars(device_scalars, found_inf, lr, lam, beta, beta_b, alpha, DEVICE_SCALARS: tl.constexpr):
     """(skip, lr, lam, beta, beta_b, alpha) of an RDA step: the host's values, or in the device form (capturable
-    mode, traced steps) read from the device ([lr, averaging, beta, beta_b, lam]) with skip = found_inf != 0."""
+    mode, traced steps) read from the device (the first five of [lr, averaging, beta, beta_b, lam, 1 - x of the
+    first three]; these kernels compute 1 - x in float32 in both forms) with skip = found_inf != 0."""
     if DEVICE_SCALARS:
         skip = tl.load(found_inf) != 0
         lr = tl.load(device_scalars)

@@ -139,7 +139,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     """
     params, grads, T, B, A, v, occupancy, _ = tensors
     plans = bucket.plans
-    lr, averaging, beta, beta_b, lam = s.changing()
+    lr, averaging, beta, beta_b, lam, one_minus_averaging, one_minus_beta, one_minus_beta_b = s.changing()
     w = as_float32(params)
     g = unscaled_grads(grads, s.inv_scale)
     if s.maximize:
@@ -160,7 +160,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
                     state.copy_(tile_broadcast(state[::rows, ::cols], state.shape, plans[i].block))
         a = [magnitude(w[i], plans[i]) for i in idx]
         torch._foreach_mul_(A_p, beta_b)
-        add_scaled_(A_p, a, 1.0 - beta_b)
+        add_scaled_(A_p, a, one_minus_beta_b)
         factors = [plans[i].factor for i in idx]
         torch._foreach_mul_(B_p, averaging)
         if s.reweight:
@@ -172,9 +172,9 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
             torch._foreach_add_(B_p, [lr * f for f in factors])
 
     torch._foreach_mul_(T, averaging)
-    add_scaled_(T, w, 1.0 - averaging)
+    add_scaled_(T, w, one_minus_averaging)
     torch._foreach_mul_(v, beta)
-    add_scaled_(v, g, 1.0 - beta)
+    add_scaled_(v, g, one_minus_beta)
     add_scaled_(T, v, -lr)
 
     new_w = []

@@ -38,7 +38,8 @@ def scalar_tensor(value, device: torch.device) -> torch.Tensor:
 @dataclass(frozen=True)
 class RdaScalars:
     """One RDA group step's scalars (docs/ALGORITHMS.md section 1). ``device`` (capturable mode, and any step
-    traced by torch.compile): float32 [lr, averaging, beta, beta_b, lam] on the params' device, which the
+    traced by torch.compile): float32 [lr, averaging, beta, beta_b, lam, 1 - averaging, 1 - beta, 1 - beta_b]
+    (each computed in float64 and rounded once, as the host path rounds them) on the params' device, which the
     backends read instead of the host values (those are then 0); ``found_inf`` (capturable only): a GradScaler's
     flag, the kernels write nothing when it is set."""
 
@@ -60,10 +61,11 @@ class RdaScalars:
         return [self.lr, self.lam, self.beta, self.beta_b, self.averaging, self.weight_decay, self.max_factor]
 
     def changing(self):
-        """(lr, averaging, beta, beta_b, lam): the values a schedule or the sparsity controller changes, as host
-        floats, or in the device form 0-d float32 tensors."""
+        """(lr, averaging, beta, beta_b, lam, 1 - averaging, 1 - beta, 1 - beta_b): the values a schedule or the
+        sparsity controller changes, as host floats, or in the device form 0-d float32 tensors."""
         if self.device is None:
-            return self.lr, self.averaging, self.beta, self.beta_b, self.lam
+            return (self.lr, self.averaging, self.beta, self.beta_b, self.lam, 1.0 - self.averaging, 1.0 - self.beta,
+                    1.0 - self.beta_b)
         return tuple(self.device.unbind())
 
 
@@ -78,8 +80,9 @@ def rda_scalars(group: dict, grad_scale, found_inf, on_device: bool, device: tor
                  reweight=group["reweight"], maximize=group["maximize"], inv_scale=inverse_scale(grad_scale))
     if on_device:
         lr, averaging, lam = (scalar_tensor(group[k], device) for k in ("lr", "averaging", "lam"))
-        # computed in float64 and rounded once, as the host values are
-        on_device = torch.stack([lr, averaging, decay(lr, tau), decay(lr, tau_b), lam]).float()
+        # computed in float64 and rounded once, as the host values are (1 - x too: the native kernels read those)
+        beta, beta_b = decay(lr, tau), decay(lr, tau_b)
+        on_device = torch.stack([lr, averaging, beta, beta_b, lam, 1 - averaging, 1 - beta, 1 - beta_b]).float()
         return RdaScalars(lr=0.0, lam=0.0, beta=0.0, beta_b=0.0, averaging=0.0, device=on_device,
                           found_inf=found_inf, **fixed)
     lr = float(group["lr"])

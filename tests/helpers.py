@@ -254,13 +254,17 @@ def check_device_form_matches_host(backend, device, shapes, granularity, penaliz
                                    rtol=1e-5):
     """``steps`` contract calls with RDA's scalars in the device form (``rda_scalars(..., on_device=True)``, a zero
     found_inf) against the host form, teacher-forced from the same inputs: params, state, tile maps and counts
-    agree (rtol: the device form's 1 - x values are float math, the host's double)."""
+    agree: exactly on the native backends (the device form carries the 1 - x values rounded once from double, as
+    the host path rounds them), within rtol on Triton (it computes 1 - x in float32 from the rounded values)."""
     from sparse_rda import plan, scalars
+
+    if backend in ("cpu", "cuda"):
+        rtol = 0.0
 
     host = scalars.rda_scalars(DEVICE_FORM_GROUP, None, None, False, torch.device(device))
     on_device = scalars.rda_scalars(DEVICE_FORM_GROUP, None, torch.zeros((), device=device), True,
                                     torch.device(device))
-    assert on_device.device.numel() == 5 and on_device.lam == 0.0, "the device form's lam is on the device only"
+    assert on_device.device.numel() == 8 and on_device.lam == 0.0, "the device form's lam is on the device only"
     block = plan.block_shape(granularity) is not None
     mine = contract_inputs(shapes, granularity, device, dtype)
     gen = torch.Generator().manual_seed(1)

@@ -121,9 +121,11 @@ def test_native_block_options_and_grad_scale(options, device):
 def test_opcheck_rda_block_step(device, device_form):
     shapes = [(5, 7), (9, 4)]
     params = [torch.randn(s, device=device) for s in shapes]
-    # the device form: [lr, averaging, beta, beta_b, lam] and found_inf on the device, the host values 0
+    # the device form: [lr, averaging, beta, beta_b, lam, 1 - x of the first three] and found_inf on the device,
+    # the host values 0
     hyper = [0.0, 0.0, 0.0, 0.0, 0.0, 1e-4, 500.0] if device_form else [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0]
-    device_args = ((torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-2], device=device), torch.zeros((), device=device))
+    device_args = ((torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-2, 0.7, 0.1, 0.2], device=device),
+                    torch.zeros((), device=device))
                    if device_form else (None, None))
     args = (params, [torch.randn(s, device=device) for s in shapes], [p.clone() for p in params],
             *([torch.rand(s, device=device) for s in shapes] for _ in range(3)),

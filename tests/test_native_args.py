@@ -135,17 +135,18 @@ def test_grda_step_refuses_an_empty_device_lr():
     refused(call_grda, grda_lists(), "lr_device must hold at least 1 values", lr_device=torch.zeros(0))
 
 
-# The device form's arguments, the same on both RDA ops: [lr, averaging, beta, beta_b, lam], floating, and
+# The device form's arguments, the same on both RDA ops: 8 values (rda_math.h), floating, and
 # found_inf only beside it
 DEVICE_FORM_CASES = {
-    "the four values before lam": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8])),
-                                   r"device_hyper must hold at least 5 values \[lr, averaging, beta, beta_b, lam\], "
-                                   "got 4"),
-    "one value": (dict(device_hyper=torch.tensor([0.5])), "device_hyper must hold at least 5 values"),
-    "integer values": (dict(device_hyper=torch.tensor([1, 0, 1, 1, 0], dtype=torch.int32)),
+    "the four values of the first release": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8])),
+                                   r"device_hyper must hold at least 8 values \[lr, averaging, beta, beta_b, lam, "
+                                   "1 - averaging, 1 - beta, 1 - beta_b\], got 4"),
+    "one value": (dict(device_hyper=torch.tensor([0.5])), "device_hyper must hold at least 8 values"),
+    "integer values": (dict(device_hyper=torch.tensor([1, 0, 1, 1, 0, 1, 0, 0], dtype=torch.int32)),
                        "device_hyper must be floating, got Int"),
     "found_inf without device_hyper": (dict(found_inf=torch.zeros(())), "found_inf is only read with device_hyper"),
-    "empty found_inf": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3]), found_inf=torch.zeros(0)),
+    "empty found_inf": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3, 0.7, 0.1, 0.2]),
+                             found_inf=torch.zeros(0)),
                         "found_inf must hold at least 1 values"),
 }
 
@@ -163,5 +164,5 @@ def test_a_good_device_form_call_still_steps(op):
     call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
     a = lists()
     before = [p.clone() for p in a["params"]]
-    nnz = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3]), found_inf=torch.zeros(()))
+    nnz = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3, 0.7, 0.1, 0.2]), found_inf=torch.zeros(()))
     assert nnz.shape == (len(before),) and not torch.equal(a["params"][0], before[0])

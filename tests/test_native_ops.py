@@ -115,7 +115,7 @@ def test_nnz_comes_from_the_step():
 def test_opcheck_capturable_arguments():
     args = rda_args([(5, 7), (3,)])
     torch.library.opcheck(torch.ops.sparse_rda.rda_step_.default,
-                          args[:-2] + (torch.tensor([0.5, 0.3, 0.9, 0.9, 1e-3]), torch.zeros(())))
+                          args[:-2] + (torch.tensor([0.5, 0.3, 0.9, 0.9, 1e-3, 0.7, 0.1, 0.1]), torch.zeros(())))
     shapes = [(5, 7), (3,)]
     torch.library.opcheck(torch.ops.sparse_rda.grda_step_.default,
                           ([torch.randn(s) for s in shapes], [torch.randn(s) for s in shapes],

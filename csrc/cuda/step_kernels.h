@@ -36,7 +36,7 @@ struct GrdaTensor {
 // The device form (capturable mode, traced steps): lr, averaging, the decays and lam come from device memory; a
 // nonzero *found_inf makes the kernels write nothing (nonzeros are still counted). Both null when unused.
 struct DeviceScalars {
-  const float* hyper;  // kDeviceHyperSize values: [lr, averaging, beta, beta_b, lam] (rda_math.h)
+  const float* hyper;  // kDeviceHyperSize values: [lr, averaging, beta, beta_b, lam, 1 - x of the first three] (rda_math.h)
   const float* found_inf;
 };
 

@@ -140,7 +140,8 @@ static void scalars_from_hyper() {
   expect_near("weight_decay", s.weight_decay, 0.01);
   expect_near("max_factor", s.max_factor, 5.0);
   expect_near("grad_factor, maximize", s.grad_factor, -0.5);
-  const float device_hyper[kDeviceHyperSize] = {0.25f, 0.5f, 0.0f, 0.5f, 0.125f};  // lr, averaging, beta, beta_b, lam
+  // lr, averaging, beta, beta_b, lam and the 1 - x values as given (not recomputed: the caller rounds them once)
+  const float device_hyper[kDeviceHyperSize] = {0.25f, 0.5f, 0.0f, 0.5f, 0.125f, 0.5f, 1.0f, 0.5f};
   const RdaScalars d = with_device_hyper(s, device_hyper);
   expect_near("device lr", d.lr, 0.25);
   expect_near("device alpha", d.alpha, 0.5);
