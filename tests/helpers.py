@@ -311,3 +311,17 @@ def check_device_form_skip_writes_nothing(backend, device, shapes, granularity, 
             assert torch.equal(x, y), f"{name}[{i}] changed on a skipped step"
     assert counts.tolist() == [int(torch.count_nonzero(w)) for w in mine[0]]
     assert any(int(c) < w.numel() for c, w in zip(counts, mine[0])), "the counts see the zeros"
+
+
+def capture_after_warm_up(warm_up, step):
+    """A CUDA graph of ``step()``, captured after ``warm_up()`` ran on a side stream (Triton compiles and the
+    optimizers build their caches there, outside the capture), as torch's CUDA graph docs prescribe."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph

@@ -10,6 +10,8 @@ import torch
 
 import sparse_rda
 
+from helpers import capture_after_warm_up
+
 pytestmark = pytest.mark.gpu
 
 BACKENDS = ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -55,18 +57,14 @@ def test_replayed_graph_equals_eager_capturable_steps(config, backend):
         return opt
 
     graphed, eager = make(graphed_groups), make(eager_groups)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for k in range(3):  # warm-up: compiles, builds and caches the tables and index tensors
+    def warm_up():  # compiles, builds and caches the tables and index tensors
+        for k in range(3):
             set_grads(graphed_groups, k)
             set_grads(eager_groups, k)
             graphed.step()
             eager.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graphed.step()
+
+    graph = capture_after_warm_up(warm_up, graphed.step)
     for k in range(6):
         set_grads(graphed_groups, 10 + k)
         set_grads(eager_groups, 10 + k)

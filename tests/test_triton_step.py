@@ -8,7 +8,7 @@ import torch
 import sparse_rda
 from sparse_rda import dispatch
 from helpers import (assert_state_close, assert_weights_match, assert_within_rounding_step, beside_the_reference,
-                     check_capturable_grda_against_host, check_device_form_matches_host,
+                     capture_after_warm_up, check_capturable_grda_against_host, check_device_form_matches_host,
                      check_device_form_skip_writes_nothing, make_params, state_copy, step_and_compare, step_both)
 
 pytestmark = pytest.mark.skipif(
@@ -225,16 +225,12 @@ def test_cuda_graph_replay_matches_eager_steps(opt_cls, options, backend):
     grads = [torch.randn_like(p) for p in params]
     for p, q, g in zip(params, copies, grads):
         p.grad, q.grad = g, g.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):  # warm-up: compiles, builds and caches the tables
+    def warm_up():  # compiles, builds and caches the tables
+        for _ in range(3):
             graphed.step()
             eager.step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        graphed.step()
+
+    graph = capture_after_warm_up(warm_up, graphed.step)
     for k in range(5):
         new = [torch.randn_like(p) for p in params]
         for p, q, g in zip(params, copies, new):
