@@ -100,20 +100,11 @@ class GRDA(SparseOptimizer):
         lr = scalars.lr if scalars.lr_device is None else scalars.lr_device.double()
         growth = reference.grda_threshold_increment(group["c"], lr, float(group["mu"]), n)
         if not all(plan.penalized for plan in plans):
-            growth = growth * self._penalized_mask(plans, n.device)
+            growth = growth * step.constant(tuple(float(plan.penalized) for plan in plans), torch.float64, n.device)
         if found_inf is not None:
             growth = growth * (1 - found_inf).double().to(n.device)  # (host counters in a traced step)
         counters[:, 1].add_(growth)
         return counters
-
-    def _penalized_mask(self, plans, device: torch.device) -> torch.Tensor:
-        """1.0 for the penalized tensors, 0.0 for the others (float64, on the counters' device): made once per
-        plans and device, so that a capturable step copies nothing from the host."""
-        key = (plans, device)
-        if key not in self._masks:
-            self._masks[key] = torch.tensor([float(plan.penalized) for plan in plans], dtype=torch.float64,
-                                            device=device)
-        return self._masks[key]
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""

@@ -42,8 +42,6 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._plans: dict[tuple, tuple[tuple[plan.TensorPlan, ...], tuple[plan.Bucket, ...]]] = {}
         # id(param) -> its structured mode's group-mean buffer, see _group_means
         self._means: dict[int, torch.Tensor] = {}
-        # (plans, device) -> which of them are penalized, as a device tensor (gRDA's threshold growth)
-        self._masks: dict[tuple, torch.Tensor] = {}
         # scalar state rows: param ids + keys -> (buffer, the first key's views), see _scalar_rows
         self._scalars: dict[tuple, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         # group index -> (its params' state values, (granularity, param addresses)) when last checked, see

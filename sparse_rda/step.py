@@ -43,18 +43,22 @@ class GrdaTensors(NamedTuple):
     thresholds: torch.Tensor
 
 
-_INDEX: dict[tuple, torch.Tensor] = {}  # (indices, device) -> the indices as a device tensor
+_CONSTANTS: dict[tuple, torch.Tensor] = {}  # (values, dtype, device) -> those values as a device tensor
+
+
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A tuple of Python numbers as a tensor on ``device``, made once (cached): building it each step copies it
+    from the host every step, which a CUDA graph cannot capture (a bucket's indices, gRDA's penalty mask)."""
+    key = (values, dtype, device)
+    if key not in _CONSTANTS:
+        if len(_CONSTANTS) > 1024:
+            _CONSTANTS.clear()
+        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
+    return _CONSTANTS[key]
 
 
 def _index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """A bucket's indices as an int64 tensor on ``device``, made once: indexing a device tensor with a Python list
-    copies the list from the host every step (which a CUDA graph cannot capture)."""
-    key = (indices, device)
-    if key not in _INDEX:
-        if len(_INDEX) > 1024:
-            _INDEX.clear()
-        _INDEX[key] = torch.tensor(indices, dtype=torch.int64, device=device)
-    return _INDEX[key]
+    return constant(indices, torch.int64, device)
 
 
 def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
