@@ -93,6 +93,13 @@ class SparseLinear(nn.Linear):
         """Let an optimizer working in the same tiles write this layer's map (see the module docstring)."""
         bind_tile_map(self.weight, self.block, self.occupancy)
 
+    def _apply(self, fn, recurse=True):
+        """After ``.to()``, ``.cuda()``, ``.half()``, ...: the map buffer is a new tensor (and the weight may be a
+        new Parameter), so the link again; else an optimizer would write a map the layer no longer reads."""
+        module = super()._apply(fn, recurse)
+        self._share_map()
+        return module
+
     def __setstate__(self, state: dict) -> None:
         """After deepcopy (whose Parameter copies drop Python attributes) and unpickling: the link again."""
         super().__setstate__(state)

@@ -192,12 +192,21 @@ class RDA(SparseOptimizer):
                 if block and "occupancy" in self.state.get(p, {}):
                     self.state[p]["occupancy"] = self._shared_map(p, self.state[p]["occupancy"], block)
 
+    def _relink_map(self, p: torch.Tensor, state: dict, block) -> torch.Tensor | None:
+        """The state's tile map, adopted again when the layer's map in the same tiles was replaced since (the layer
+        moved: ``.to()``, ``.cuda()``), so the step keeps writing the map the layer reads."""
+        bound, own = nn.tile_map(p), state.get("occupancy")
+        if own is not None and bound is not None and bound[1] is not own and tuple(bound[0]) == tuple(block):
+            state["occupancy"] = self._shared_map(p, own, block)
+        return state.get("occupancy")
+
     def _group_step(self, group: dict, backend, params: list[torch.Tensor], grad_scale, found_inf):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         plans, buckets = self._step_plan(group, params)
         tensors = step.RdaTensors(
             params, [p.grad for p in params], *([s[key] for s in states] for key in ("T", "B", "A", "v")),
-            occupancy=[s.get("occupancy") for s in states],
+            occupancy=[self._relink_map(p, s, tensor_plan.block) if tensor_plan.tiled else s.get("occupancy")
+                       for p, s, tensor_plan in zip(params, states, plans)],
             group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
         scalars = rda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]

@@ -267,3 +267,57 @@ def test_block_rda_in_other_tiles_warns_and_keeps_its_own_map():
     assert opt.state[layer.weight]["occupancy"].shape == (5, 6)
     refresh_occupancy(layer)
     assert torch.equal(layer.occupancy, tile_occupancy(layer.weight, (16, 16)))
+
+
+@pytest.mark.parametrize("optimizer_first", [False, True], ids=["move-then-optimizer", "optimizer-then-move"])
+def test_the_layers_map_stays_linked_after_the_module_moves(optimizer_first):
+    """sparsify, then move the model (``.to()``/``.cuda()`` replace the map buffer): the block step still writes the
+    map the layer reads. A cloning ``_apply`` stands in for a device move on CPU."""
+    import sparse_rda
+    from sparse_rda.nn import tile_map, tile_occupancy
+
+    torch.manual_seed(0)
+    layer = SparseLinear(48, 40, block=(16, 16))
+    x = torch.randn(8, 48)
+
+    def make_opt():
+        return sparse_rda.RDA(sparse_rda.param_groups(layer), lr=0.5, lam=0.05, granularity=("block", 16, 16))
+
+    opt = make_opt() if optimizer_first else None
+    if optimizer_first:  # the state exists (and holds the old map) before the move
+        layer(x).pow(2).mean().backward()
+        opt.step()
+    old_map = layer.occupancy
+    layer._apply(lambda t: t.clone())
+    assert layer.occupancy is not old_map and tile_map(layer.weight)[1] is layer.occupancy
+    opt = opt or make_opt()
+    for _ in range(10):
+        opt.zero_grad()
+        layer(x).pow(2).mean().backward()
+        opt.step()
+        assert opt.state[layer.weight]["occupancy"] is layer.occupancy
+        assert torch.equal(layer.occupancy, tile_occupancy(layer.weight, (16, 16)))
+    assert not layer.occupancy.all(), "some tiles die"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_a_sparsified_model_moved_to_the_gpu_keeps_its_map_written_by_the_step(backend):
+    """The README's workflow: sparsify, .cuda(), then block RDA in the layers' tiles; the step writes the layers'
+    (CUDA) maps, never the CPU maps they had before the move."""
+    import sparse_rda
+    from sparse_rda.nn import tile_occupancy
+
+    if backend not in sparse_rda.backends():
+        pytest.skip("extension built without CUDA kernels")
+    model = sparsify(nn.Sequential(nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 10)), block=(16, 16)).cuda()
+    opt = sparse_rda.RDA(sparse_rda.param_groups(model), lr=0.5, lam=0.05, granularity=("block", 16, 16),
+                         backend=backend)
+    x = torch.randn(8, 48, device="cuda")
+    for _ in range(10):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    for layer in (m for m in model.modules() if isinstance(m, SparseLinear)):
+        assert layer.occupancy.is_cuda and opt.state[layer.weight]["occupancy"] is layer.occupancy
+        assert torch.equal(layer.occupancy, tile_occupancy(layer.weight, (16, 16)))
