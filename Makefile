@@ -1,6 +1,8 @@
 # make demo: set up and train LeNet-300-100 on Fashion-MNIST, dense SGD vs sparse RDA.
-# make test: set up and run the test suite (CPU; Triton kernels run in the interpreter), then every install
-#   route in fresh venvs (make install-check: tests/installs/routes.py, which also runs the CPU tests without triton).
+# make test: set up and run the test suite (CPU; Triton kernels run in the interpreter), again under triton 3.6,
+#   make gpu-check without a GPU (its stages end to end), then every install route in fresh venvs
+#   (make install-check: tests/installs/routes.py, which also runs the CPU tests without triton).
+# make gpu-check: on a GPU machine, the one prepared run (tests/gpu/check.sh), with the machine's python3.
 # make accuracy: set up and run the accuracy benchmark, bench/accuracy.py: every method at
 #   90/95/98/99% sparsity on Fashion-MNIST; options via ACCURACY_ARGS, e.g. ACCURACY_ARGS="--models lenet --threads 1"
 # The venv sees system packages, so a machine that already has torch (a GPU box) keeps its build;
@@ -12,7 +14,7 @@ PY := $(VENV)/bin/python
 
 NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: setup demo accuracy test native-check install-check clean
+.PHONY: setup demo accuracy test native-check install-check gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -25,7 +27,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
-	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark hypothesis expecttest "setuptools>=77" ninja build
+	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark pytest-xdist hypothesis expecttest \
+	  "setuptools>=77" ninja build
 	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 
@@ -49,8 +52,26 @@ native-check: $(VENV)/.installed
 install-check:
 	$(PYTHON) tests/installs/routes.py
 
-test: $(VENV)/.built native-check
-	TRITON_INTERPRET=1 $(PY) -m pytest -q tests bench
+# the one command for a GPU machine (tests/gpu/check.sh): build for its GPU, every CUDA test, compute-sanitizer,
+# quick benchmarks; <= BUDGET seconds (default 480). It installs nothing: run it with the machine's python3
+# (PY=...). Without a GPU its GPU stages say "skipped: no GPU" (CI runs it so).
+gpu-check:
+	PY=$(if $(wildcard $(PY)),$(PY),python3) bash tests/gpu/check.sh
+
+# the suite once more under triton 3.6, the GPU machine's version, so that an API drift shows before GPU minutes
+# are spent on it: it and the numpy < 2.4 its interpreter needs shadow the venv's through PYTHONPATH
+TRITON36 := $(VENV)/triton-3.6
+$(TRITON36)/.installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps --target $(TRITON36) "triton==3.6.0" "numpy<2.4"
+	touch $@
+
+# the suite's files spread over the cores (pytest-xdist)
+TEST_JOBS ?= -n auto
+
+test: $(VENV)/.built native-check $(TRITON36)/.installed
+	TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench
+	PYTHONPATH=$(TRITON36) TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench
+	RESULTS=$$(mktemp -d) $(MAKE) gpu-check
 	$(MAKE) install-check
 
 clean:

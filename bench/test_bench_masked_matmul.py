@@ -118,14 +118,15 @@ def test_train_step_runner_smoke(tmp_path):
 @needs_triton
 def test_tuning_sweep_in_the_interpreter(tmp_path):
     """bench/tune_masked_matmul.py: each candidate checked against the dense products, timed, the best reported
-    as a HOPPER_CONFIGS entry (interpreter: the times mean nothing)."""
+    as a HOPPER_CONFIGS entry (interpreter: the times mean nothing); --candidates picks the configs."""
     env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, str(HERE / "tune_masked_matmul.py"), "--device", "cpu", "--quick", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(HERE / "tune_masked_matmul.py"), "--device", "cpu", "--quick", "--out", str(tmp_path),
+           "--candidates", "16,4,2", "32,2,3"]
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=600)
     (js,) = tmp_path.glob("tune_masked_matmul-cpu-*-quick.json")
     (sweep,) = json.loads(js.read_text())["sweeps"]
     assert (sweep["side"], sweep["dtype"], sweep["key"]) == (16, "float32", [16, 4])
-    assert len(sweep["rows"]) == 2 and not sweep["skipped"]
+    assert [r["config"] for r in sweep["rows"]] == [[16, 4, 2], [32, 2, 3]] and not sweep["skipped"]
     assert all(r["rel_err"] <= 1e-4 and r["fwd_ms"] > 0 and r["dx_ms"] > 0 for r in sweep["rows"])
     assert sweep["best"] in sweep["rows"]
     assert "(16, 4): (" in js.with_suffix(".md").read_text()

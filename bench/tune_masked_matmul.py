@@ -120,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shape", help="MxKxN (default 4096x4096x4096 on CUDA, 64x64x64 on CPU)")
     ap.add_argument("--sparsity", type=float, default=90.0, help="percent of dead tiles (default 90)")
     ap.add_argument("--quick", action="store_true", help="two candidates only")
+    ap.add_argument("--candidates", nargs="+", metavar="BLOCK_M,WARPS,STAGES",
+                    help="the configs to time (default: all, or two with --quick), e.g. 64,4,3 128,4,5")
     common.add_runner_args(ap)
     return ap.parse_args(argv)
 
@@ -136,7 +138,10 @@ def main(argv=None) -> dict:
         sys.exit(f"--shape {shape}: expected MxKxN")
     if not on_gpu and not mm.INTERPRETED:
         sys.exit("no GPU: run with TRITON_INTERPRET=1 to check the sweep in the interpreter")
-    candidates = QUICK_CANDIDATES if args.quick else CANDIDATES
+    candidates = ([tuple(int(v) for v in c.split(",")) for c in args.candidates] if args.candidates else
+                  QUICK_CANDIDATES if args.quick else CANDIDATES)
+    if any(len(c) != 3 for c in candidates):
+        sys.exit(f"--candidates {' '.join(args.candidates)}: expected BLOCK_M,WARPS,STAGES triples")
     use_triton = use_triton_timer(args, device)
     machine = common.machine_info(device)
     report = dict(machine=machine, config=dict(
