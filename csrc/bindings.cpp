@@ -139,6 +139,9 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
   return counts;
 }
 
+// A host scalar tensor's first value (the checks allow more than one), read on the host: no device involved.
+double host_value(const at::Tensor& t) { return t.reshape({-1})[0].item<double>(); }
+
 at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
                           double lr, const std::optional<at::Tensor>& lr_device,
                           const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf) {
@@ -148,10 +151,22 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor inv = device_f32(inv_scale, device);
-  // capturable: the thresholds, lr and skip flag stay on the device; host thresholds are copied without a sync
-  const at::Tensor l1 = thresholds.to(device, at::kFloat, /*non_blocking=*/true).contiguous();
-  const at::Tensor lr_f32 = device_f32(lr_device, device), skip = device_f32(found_inf, device);
+  // Host values travel by value in the launch arguments and device ones (capturable mode) are read by the kernels:
+  // nothing is copied from the host (a copy from pageable memory per step would wait for the host).
+  const bool host_l1 = thresholds.device().is_cpu();
+  const at::Tensor l1 = thresholds.to(at::kFloat).contiguous();  // where it is
+  const bool host_inv = inv_scale.has_value() && inv_scale->device().is_cpu();
+  const bool host_skip = found_inf.has_value() && found_inf->device().is_cpu();
+  const at::Tensor inv = host_inv ? at::Tensor() : device_f32(inv_scale, device);
+  const at::Tensor skip = host_skip ? at::Tensor() : device_f32(found_inf, device);
+  const at::Tensor lr_f32 = device_f32(lr_device, device);  // on the device (checked)
+  const cuda::GrdaScalars scalars{static_cast<float>(lr),
+                                  ptr_or_null(lr_f32),
+                                  host_inv ? static_cast<float>(host_value(*inv_scale)) : 1.0f,
+                                  ptr_or_null(inv),
+                                  host_skip && host_value(*found_inf) != 0.0,
+                                  ptr_or_null(skip),
+                                  host_l1 ? nullptr : l1.data_ptr<float>()};
   const int64_t n = static_cast<int64_t>(params.size());
   std::vector<Flat> flats;
   flats.reserve(n * 2);
@@ -163,12 +178,11 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
     Flat* f = &flats[flats.size() - 2];
     grads_read.push_back(grad_for(params[i], grads[i]));
     tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
-                       f[0].flat.numel()});
+                       f[0].flat.numel(), host_l1 ? l1.data_ptr<float>()[i] : 0.0f});
   }
   auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
   check(cuda::launch_grda_step(tensors.data(), n, kernel_dtype(params[0].scalar_type()), grads_float32(params, grads),
-                               static_cast<float>(lr), ptr_or_null(lr_f32), ptr_or_null(skip), l1.data_ptr<float>(),
-                               ptr_or_null(inv), counts_ptr(counts), stream));
+                               scalars, counts_ptr(counts), stream));
   for (Flat& f : flats) f.finish();
   return counts;
 }

@@ -90,3 +90,37 @@ def test_cuda_op_reads_device_scalars_and_skips_on_found_inf():
     before = [p.clone() for p in params]
     rda_contract_call("cuda", params, grads, *state, found_inf=torch.ones((), device="cuda"), **device_call)
     assert all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_cuda_grda_op_takes_host_and_device_scalars():
+    """gRDA's thresholds and GradScaler scalars either by value from the host or read on the device (capturable)
+    give the CPU op's step, over 40 tensors: two launches, each reading its own slice of device thresholds; a
+    set found_inf on either side writes nothing."""
+    shapes = [(300, 251), (13,), (7, 5), (2, 2050)] * 10
+    params = [torch.randn(s) * 0.5 for s in shapes]
+    grads = [torch.randn(s) for s in shapes]
+    thresholds = torch.rand(len(shapes)) * 0.5
+
+    def offset(t):  # a view one element into its storage: not aligned for packs, the kernels' scalar path
+        view = torch.empty(t.numel() + 1, device=t.device)[1:].view(t.shape)
+        return view.copy_(t)
+
+    def step(device, l1, inv_scale, found_inf=None):
+        ps, accs = [p.to(device) for p in params], [p.to(device) for p in params]
+        ps[-1], accs[-1] = offset(ps[-1]), offset(accs[-1])
+        counts = torch.ops.sparse_rda.grda_step_(ps, [g.to(device) for g in grads], accs, l1, 0.1, None, inv_scale,
+                                                 found_inf)
+        return ps, accs, counts
+
+    ps_cpu, accs_cpu, _ = step("cpu", thresholds, torch.tensor(0.5))
+    for l1, inv_scale in [(thresholds, torch.tensor(0.5)), (thresholds.cuda(), torch.tensor(0.5, device="cuda")),
+                          (thresholds.double(), torch.tensor(0.5, device="cuda")),
+                          (thresholds.double().cuda(), torch.tensor(0.5, dtype=torch.float64))]:
+        ps, accs, counts = step("cuda", l1, inv_scale)
+        for got, want in zip(ps + accs, ps_cpu + accs_cpu):
+            torch.testing.assert_close(got.cpu(), want)
+        assert counts.tolist() == [int(torch.count_nonzero(p)) for p in ps]
+    for found_inf in (torch.ones(()), torch.ones((), device="cuda")):
+        ps, accs, counts = step("cuda", thresholds, None, found_inf)
+        assert all(torch.equal(p.cpu(), q) for p, q in zip(ps + accs, params + params))
+        assert counts.tolist() == [int(torch.count_nonzero(p)) for p in params]

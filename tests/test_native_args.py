@@ -126,7 +126,8 @@ def call_grda(a, lr_device=None):
     (lambda a: with_item(a, "acc", 0, torch.zeros(3)), r"acc\[0\] has 3 elements"),
     (lambda a: {**a, "thresholds": torch.tensor([0.1])}, "thresholds has 1 values for 3 params"),
     (lambda a: with_item(a, "grads", 2, torch.zeros(16, 31)), r"grads\[2\] has 496 elements"),
-], ids=["acc of another size", "thresholds too few", "grad of another size"])
+    (lambda a: {**a, "thresholds": torch.tensor([1, 0, 1])}, "thresholds must be floating, got Long"),
+], ids=["acc of another size", "thresholds too few", "grad of another size", "integer thresholds"])
 def test_grda_step_refuses(make_bad, match):
     refused(call_grda, make_bad(grda_lists()), match)
 

@@ -8,6 +8,8 @@
 //      (from cache), so a tile costs one pass over memory.
 // The tensors travel by value in the kernel arguments (TensorBatch), one thread block per tile. In the device form
 // the scalars are read in the kernels (DeviceScalars, resolve), and a set found_inf makes them write nothing.
+// Every pass walks the same packs per thread (RowWalk: no division per pack), 16-byte accesses of the fp32 state
+// when the weight's rows are whole aligned packs.
 #include <vector>
 
 #include "device_common.cuh"
@@ -45,22 +47,28 @@ __device__ __forceinline__ Tile tile_of(const BlockTensor& t, int64_t tile, Tile
           static_cast<int>(min(static_cast<int64_t>(shape.cols), t.cols - c0)), tile};
 }
 
-// Calls f(i) with the first element index i of each of this thread's N-element packs of the tile (N divides
-// the tile's width when N > 1).
+// The walk over this thread's N-element packs of a tile, u = threadIdx.x, + blockDim.x, ... of height x width / N
+// packs, as (row, pack in the row): the divisions happen once per tile, not per pack (N divides the tile's width
+// when N > 1).
+template <int N>
+__device__ __forceinline__ RowWalk<int> first_pack(const Tile& tile) {
+  return RowWalk<int>(static_cast<int>(threadIdx.x), tile.width / N, static_cast<int>(blockDim.x));
+}
+
+// Calls f(i) with the first element index i of each pack of the walk. No unrolling: one pack's loads are enough
+// in flight at these kernels' occupancy, and the SASS counts stay exact (tests/test_cuda_sass.py). The column
+// offset is an int (col * N < the tile's width): computed in 64 bits, nvcc split the prox pass's 128-bit stores
+// into 32-bit ones (nvcc 13.0, seen in the PTX).
 template <int N, typename F>
-__device__ __forceinline__ void for_each_pack(const Tile& tile, F&& f) {
-  const int per_row = tile.width / N;
-  const int packs = tile.height * per_row;
-  for (int u = threadIdx.x; u < packs; u += blockDim.x) {
-    const int r = u / per_row;
-    f(tile.first + r * tile.cols + static_cast<int64_t>(u - r * per_row) * N);
-  }
+__device__ __forceinline__ void for_each_pack(const Tile& tile, RowWalk<int> at, F&& f) {
+#pragma unroll 1
+  for (; at.row < tile.height; at.advance()) f(tile.first + at.row * tile.cols + at.col * N);
 }
 
 template <int N, typename param_t>
-__device__ __forceinline__ float sum_squares(const param_t* w, const Tile& tile) {
+__device__ __forceinline__ float sum_squares(const param_t* __restrict__ w, const Tile& tile, RowWalk<int> at) {
   float sum = 0.0f;
-  for_each_pack<N>(tile, [&](int64_t i) {
+  for_each_pack<N>(tile, at, [&](int64_t i) {
     const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
 #pragma unroll
     for (int k = 0; k < N; ++k) sum += to_float(wp.x[k]) * to_float(wp.x[k]);
@@ -69,10 +77,9 @@ __device__ __forceinline__ float sum_squares(const param_t* w, const Tile& tile)
 }
 
 // The tile's RMS of w, summed over the whole thread block.
-template <typename param_t>
-__device__ __forceinline__ float tile_rms(const BlockTensor& t, const Tile& tile, bool vectorized) {
-  const auto* w = static_cast<const param_t*>(t.w);
-  const float sum = vectorized ? sum_squares<kVec>(w, tile) : sum_squares<1>(w, tile);
+template <int N, typename param_t>
+__device__ __forceinline__ float tile_rms(const BlockTensor& t, const Tile& tile) {
+  const float sum = sum_squares<N>(static_cast<const param_t*>(t.w), tile, first_pack<N>(tile));
   return sqrtf(block_all_reduce(sum, AddOp{}) / tile.count());
 }
 
@@ -84,20 +91,19 @@ __global__ void block_max_A_kernel(const Batch b, TileShape shape, RdaScalars ho
   const int k = b.locate(tile_index);
   const BlockTensor& t = b.tensors[k].t;
   const Tile tile = tile_of(t, tile_index, shape);
-  const float rms = tile_rms<param_t>(t, tile, b.tensors[k].vectorized);
+  const float rms = b.tensors[k].vectorized ? tile_rms<kVec, param_t>(t, tile) : tile_rms<1, param_t>(t, tile);
   if (threadIdx.x == 0) atomic_max_nonnegative(max_A + k, finite_or_zero(new_A(t.A[tile.first], rms, r.s)));
 }
 
 // T and v of the tile's elements, stored; adds the tile's sums of w^2 and of the new T^2.
 template <int N, typename param_t, typename grad_t>
-__device__ __forceinline__ void dual_average_pass(const BlockTensor& t, const Tile& tile, const RdaScalars& s,
-                                                  float& sum_w2, float& sum_T2) {
-  const auto* w = static_cast<const param_t*>(t.w);
-  const auto* g = static_cast<const grad_t*>(t.g);
-  for_each_pack<N>(tile, [&](int64_t i) {
+__device__ __forceinline__ void dual_average_pass(const param_t* __restrict__ w, const grad_t* __restrict__ g,
+                                                  float* __restrict__ T, float* __restrict__ v, const Tile& tile,
+                                                  RowWalk<int> at, const RdaScalars& s, float& sum_w2, float& sum_T2) {
+  for_each_pack<N>(tile, at, [&](int64_t i) {
     const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
     const Pack<grad_t, N> gp = load_pack<grad_t, N>(g, i);
-    Pack<float, N> Tp = load_pack<float, N>(t.T, i), vp = load_pack<float, N>(t.v, i);
+    Pack<float, N> Tp = load_pack<float, N>(T, i), vp = load_pack<float, N>(v, i);
 #pragma unroll
     for (int k = 0; k < N; ++k) {
       const float wi = to_float(wp.x[k]);
@@ -105,49 +111,78 @@ __device__ __forceinline__ void dual_average_pass(const BlockTensor& t, const Ti
       dual_average(wi, to_float(gp.x[k]), Tp.x[k], vp.x[k], s);
       sum_T2 += Tp.x[k] * Tp.x[k];
     }
-    store_pack<float, N>(t.T, i, Tp);
-    store_pack<float, N>(t.v, i, vp);
+    store_pack<float, N>(T, i, Tp);
+    store_pack<float, N>(v, i, vp);
   });
 }
 
-// w = T * shrink and the tile's A and B on every element; returns this thread's nonzero count.
+template <int N, typename T>
+__device__ __forceinline__ unsigned nonzeros(const Pack<T, N>& p) {
+  unsigned count = 0;
+#pragma unroll
+  for (int k = 0; k < N; ++k) count += to_float(p.x[k]) != 0.0f;
+  return count;
+}
+
+// w = T * shrink and the tile's A and B on every element; returns this thread's nonzero count. The three stores
+// of a pack follow each other, its values all computed before them.
 template <int N, typename param_t>
-__device__ __forceinline__ unsigned long long prox_pass(const BlockTensor& t, const Tile& tile, float A, float B,
-                                                        float shrink) {
-  auto* w = static_cast<param_t*>(t.w);
+__device__ __forceinline__ unsigned prox_pass(param_t* __restrict__ w, const float* __restrict__ T,
+                                              float* __restrict__ A, float* __restrict__ B, const Tile& tile,
+                                              RowWalk<int> at, float A_tile, float B_tile, float shrink) {
   Pack<float, N> Ap, Bp;
 #pragma unroll
   for (int k = 0; k < N; ++k) {
-    Ap.x[k] = A;
-    Bp.x[k] = B;
+    Ap.x[k] = A_tile;
+    Bp.x[k] = B_tile;
   }
-  unsigned long long count = 0;
-  for_each_pack<N>(tile, [&](int64_t i) {
-    const Pack<float, N> Tp = load_pack<float, N>(t.T, i);
+  unsigned count = 0;
+  for_each_pack<N>(tile, at, [&](int64_t i) {
+    const Pack<float, N> Tp = load_pack<float, N>(T, i);
     Pack<param_t, N> wp;
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      wp.x[k] = from_float<param_t>(Tp.x[k] * shrink);
-      count += to_float(wp.x[k]) != 0.0f;
-    }
-    store_pack<float, N>(t.A, i, Ap);
-    store_pack<float, N>(t.B, i, Bp);
+    for (int k = 0; k < N; ++k) wp.x[k] = from_float<param_t>(Tp.x[k] * shrink);
+    store_pack<float, N>(A, i, Ap);
+    store_pack<float, N>(B, i, Bp);
     store_pack<param_t, N>(w, i, wp);
+    count += nonzeros(wp);
   });
   return count;
 }
 
 // The nonzeros of the tile's weights as they are; returns this thread's count.
 template <int N, typename param_t>
-__device__ __forceinline__ unsigned long long nonzero_pass(const BlockTensor& t, const Tile& tile) {
-  const auto* w = static_cast<const param_t*>(t.w);
-  unsigned long long count = 0;
-  for_each_pack<N>(tile, [&](int64_t i) {
-    const Pack<param_t, N> wp = load_pack<param_t, N>(w, i);
-#pragma unroll
-    for (int k = 0; k < N; ++k) count += to_float(wp.x[k]) != 0.0f;
-  });
+__device__ __forceinline__ unsigned nonzero_pass(const param_t* __restrict__ w, const Tile& tile) {
+  unsigned count = 0;
+  for_each_pack<N>(tile, first_pack<N>(tile), [&](int64_t i) { count += nonzeros(load_pack<param_t, N>(w, i)); });
   return count;
+}
+
+// What the tile's step leaves for its thread block to publish.
+struct TileResult {
+  unsigned count;  // this thread's nonzeros
+  float shrink;
+};
+
+// The block step of one tile in N-element packs: the dual average, the tile's A, om, B and group prox factor from
+// the block's sums, then the prox pass over the same packs (this thread re-reads the T it just wrote).
+template <int N, typename param_t, typename grad_t>
+__device__ __forceinline__ TileResult step_tile(const BlockTensor& t, const Tile& tile, const RdaScalars& s,
+                                                bool reweight, float max_A) {
+  auto* w = static_cast<param_t*>(t.w);
+  const RowWalk<int> at = first_pack<N>(tile);
+  // the tile's A and B, read before the barriers of the sums: the prox pass overwrites them
+  const float A_old = t.A[tile.first], B_old = t.B[tile.first];
+  float sum_w2 = 0.0f, sum_T2 = 0.0f;
+  dual_average_pass<N>(static_cast<const param_t*>(w), static_cast<const grad_t*>(t.g), t.T, t.v, tile, at, s,
+                       sum_w2, sum_T2);
+  sum_w2 = block_all_reduce(sum_w2, AddOp{});
+  sum_T2 = block_all_reduce(sum_T2, AddOp{});
+  const float A = new_A(A_old, sqrtf(sum_w2 / tile.count()), s);
+  const float om = reweight ? reweight_factor(A, max_A, s.max_factor) : 1.0f;
+  const float B = new_B(B_old, om, s);
+  const float shrink = group_shrink(sqrtf(sum_T2), s.lam * B, sqrtf(tile.count()));
+  return {prox_pass<N>(w, t.T, t.A, t.B, tile, at, A, B, shrink), shrink};
 }
 
 template <typename param_t, typename grad_t>
@@ -157,36 +192,23 @@ __global__ void block_step_kernel(const Batch b, TileShape shape, RdaScalars hos
   const int k = b.locate(tile_index);
   const BlockTensor& t = b.tensors[k].t;
   const Tile tile = tile_of(t, tile_index, shape);
-  const bool vectorized = b.tensors[k].vectorized;
+  const bool vectorized = b.tensors[k].vectorized;  // block-uniform, as the skip flag
   Resolved r = resolve(host, d);
   if (r.skip) {  // GradScaler found infs: write nothing (the occupancy bit neither), count what is there
-    unsigned long long count = vectorized ? nonzero_pass<kVec, param_t>(t, tile) : nonzero_pass<1, param_t>(t, tile);
+    const auto* w = static_cast<const param_t*>(t.w);
+    unsigned count = vectorized ? nonzero_pass<kVec>(w, tile) : nonzero_pass<1>(w, tile);
     count = block_all_reduce(count, AddOp{});
-    if (threadIdx.x == 0) atomicAdd(nnz + k, count);
-    return;  // block-uniform
+    if (threadIdx.x == 0) atomicAdd(nnz + k, static_cast<unsigned long long>(count));
+    return;
   }
   if (inv_scale != nullptr) r.s.grad_factor *= *inv_scale;  // host grad_factor is +-1 here
-  const RdaScalars& s = r.s;
-  // the tile's A and B, read before the barriers of the sums: the prox pass overwrites them
-  const float A_old = t.A[tile.first], B_old = t.B[tile.first];
-  float sum_w2 = 0.0f, sum_T2 = 0.0f;
-  if (vectorized) {
-    dual_average_pass<kVec, param_t, grad_t>(t, tile, s, sum_w2, sum_T2);
-  } else {
-    dual_average_pass<1, param_t, grad_t>(t, tile, s, sum_w2, sum_T2);
-  }
-  sum_w2 = block_all_reduce(sum_w2, AddOp{});
-  sum_T2 = block_all_reduce(sum_T2, AddOp{});
-  const float A = new_A(A_old, sqrtf(sum_w2 / tile.count()), s);
-  const float om = reweight ? reweight_factor(A, max_A[k], s.max_factor) : 1.0f;
-  const float B = new_B(B_old, om, s);
-  const float shrink = group_shrink(sqrtf(sum_T2), s.lam * B, sqrtf(tile.count()));
-  unsigned long long count = vectorized ? prox_pass<kVec, param_t>(t, tile, A, B, shrink)
-                                        : prox_pass<1, param_t>(t, tile, A, B, shrink);
-  count = block_all_reduce(count, AddOp{});
+  const float m = reweight ? max_A[k] : 0.0f;
+  const TileResult result = vectorized ? step_tile<kVec, param_t, grad_t>(t, tile, r.s, reweight, m)
+                                       : step_tile<1, param_t, grad_t>(t, tile, r.s, reweight, m);
+  const unsigned count = block_all_reduce(result.count, AddOp{});  // <= the tile's elements (an int)
   if (threadIdx.x == 0) {
-    t.occupancy[tile.index] = shrink > 0.0f;
-    atomicAdd(nnz + k, count);
+    t.occupancy[tile.index] = result.shrink > 0.0f;
+    atomicAdd(nnz + k, static_cast<unsigned long long>(count));
   }
 }
 

@@ -91,9 +91,11 @@ __device__ __forceinline__ Resolved resolve(RdaScalars s, const DeviceScalars& d
 // block (as apex's multi-tensor apply passes its lists): nothing is copied to the device per step, so a CUDA graph
 // can capture the launches. 36 descriptors of <= 80 bytes keep the arguments under the 4 KB limit.
 constexpr int kBatchTensors = 36;
+constexpr size_t kMaxDescriptorBytes = 80;
 
 template <typename Tensor>
 struct TensorBatch {
+  static_assert(sizeof(Tensor) <= kMaxDescriptorBytes, "36 descriptors must fit the 4 KB of kernel arguments");
   Tensor tensors[kBatchTensors];
   int32_t first_block[kBatchTensors + 1];  // tensor k has thread blocks first_block[k] .. first_block[k + 1] - 1
 
@@ -106,27 +108,76 @@ struct TensorBatch {
   }
 };
 
+// Fills batch with tensors[0, count) (count <= kBatchTensors), blocks_of(tensor) thread blocks each; returns the
+// grid size, or -1 when it would pass INT_MAX (first_block is int32).
+template <typename Tensor, typename BlocksOf>
+int64_t fill_batch(TensorBatch<Tensor>& batch, const Tensor* tensors, int count, BlocksOf&& blocks_of) {
+  int64_t blocks = 0;
+  for (int k = 0; k < count; ++k) {
+    batch.tensors[k] = tensors[k];
+    batch.first_block[k] = static_cast<int32_t>(blocks);
+    blocks += blocks_of(tensors[k]);
+    if (blocks > INT_MAX) return -1;
+  }
+  for (int k = count; k <= kBatchTensors; ++k) batch.first_block[k] = static_cast<int32_t>(blocks);
+  return blocks;
+}
+
+// The number of tensors in the batch that starts at tensors[begin] of n.
+inline int batch_count(int64_t begin, int64_t n) {
+  return static_cast<int>(n - begin < kBatchTensors ? n - begin : kBatchTensors);
+}
+
 // Calls launch(batch, begin, grid) for tensors[begin, begin + kBatchTensors) (a host array), batch by batch,
 // with blocks_of(tensor) thread blocks per tensor; stops at the first error.
 template <typename Tensor, typename BlocksOf, typename Launch>
 cudaError_t for_each_batch(const Tensor* tensors, int64_t n, BlocksOf&& blocks_of, Launch&& launch) {
   for (int64_t begin = 0; begin < n; begin += kBatchTensors) {
     TensorBatch<Tensor> batch{};
-    const int count = static_cast<int>(n - begin < kBatchTensors ? n - begin : kBatchTensors);
-    int64_t blocks = 0;
-    for (int k = 0; k < count; ++k) {
-      batch.tensors[k] = tensors[begin + k];
-      batch.first_block[k] = static_cast<int32_t>(blocks);
-      blocks += blocks_of(tensors[begin + k]);
-      if (blocks > INT_MAX) return cudaErrorInvalidValue;
-    }
-    for (int k = count; k <= kBatchTensors; ++k) batch.first_block[k] = static_cast<int32_t>(blocks);
+    const int64_t blocks = fill_batch(batch, tensors + begin, batch_count(begin, n), blocks_of);
+    if (blocks < 0) return cudaErrorInvalidValue;
     if (blocks == 0) continue;
     const cudaError_t status = launch(batch, begin, static_cast<unsigned>(blocks));
     if (status != cudaSuccess) return status;
   }
   return cudaSuccess;
 }
+
+// Row and column of a linear index in rows of `width` (row = i / width, col = i % width), kept along a walk i,
+// i + stride, i + 2 stride, ... with the divisions done once, at its start: per step two adds and a compare.
+// Exact for every width >= 1. It finds an element's group (contiguous groups of group_size) and a pack's row
+// in a tile without an integer division per element.
+template <typename Int>
+struct RowWalk {
+  Int row = 0, col = 0;
+  Int width = 1, stride_rows = 0, stride_cols = 0;  // stride = stride_rows * width + stride_cols
+
+  RowWalk() = default;
+  __device__ __forceinline__ RowWalk(Int i, Int width, Int stride)
+      : row(i / width), col(i % width), width(width), stride_rows(stride / width), stride_cols(stride % width) {}
+
+  __device__ __forceinline__ void advance() {
+    row += stride_rows;
+    col += stride_cols;
+    if (col >= width) {  // col < 2 width here: one wrap at most
+      col -= width;
+      ++row;
+    }
+  }
+
+  // The rows of the N consecutive indices from the current one (a pack may straddle rows, several when width < N).
+  template <int N>
+  __device__ __forceinline__ void rows_ahead(Int (&rows)[N]) const {
+    Int r = row, c = col;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      rows[k] = r;
+      const bool wrap = ++c == width;
+      r += wrap;
+      c = wrap ? 0 : c;
+    }
+  }
+};
 
 // Calls f with a value of the C++ type of the parameter dtype.
 template <typename F>

@@ -31,6 +31,7 @@ struct GrdaTensor {
   const void* g;
   float* acc;
   int64_t numel;
+  float l1;  // the threshold, from the host (by value in the launch arguments); see GrdaScalars::l1_device
 };
 
 // The device form (capturable mode, traced steps): lr, averaging, the decays and lam come from device memory; a
@@ -53,10 +54,21 @@ cudaError_t launch_rda_step(const RdaTensor* tensors, int64_t n, DType w_dtype, 
                             DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream);
 
-// The gRDA step with per-tensor thresholds l1 (device, n floats), and lr from *lr_device when not null.
-cudaError_t launch_grda_step(const GrdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, float lr,
-                             const float* lr_device, const float* found_inf, const float* l1, const float* inv_scale,
-                             unsigned long long* nnz, cudaStream_t stream);
+// gRDA's step-wide values: each one by value from the host, or read by the kernels through its pointer when
+// that is not null (device memory: capturable mode, where a CUDA graph replays with new values).
+struct GrdaScalars {
+  float lr;
+  const float* lr_device;
+  float inv_scale;  // 1 / GradScaler scale, 1 without one
+  const float* inv_scale_device;
+  bool skip;  // a GradScaler found infs: write nothing, count the nonzeros
+  const float* found_inf;  // nonzero: skip
+  const float* l1_device;  // the n tensors' thresholds; null: each GrdaTensor's l1
+};
+
+// The gRDA step; counts each tensor's nonzeros into nnz.
+cudaError_t launch_grda_step(const GrdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32,
+                             GrdaScalars s, unsigned long long* nnz, cudaStream_t stream);
 
 // Block granularity (block_step_kernels.cu): one contiguous rows x cols weight, tiled in block_rows x block_cols
 // tiles (the last row / column of tiles ragged), its occupancy map [tile rows, tile cols] written by the step.
