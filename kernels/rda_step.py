@@ -32,7 +32,7 @@ from .tensor_table import (TORCH_TO_TL, Contiguous, address_table, aligned, chun
                            on_device)
 
 BLOCK = 1024
-# 8 warps: 4 elements per thread and array, one 16-byte access each (8 bytes for 16-bit w and g), 62-69 registers:
+# 8 warps: 4 elements per thread and array, one 16-byte access each (8 bytes for 16-bit w and g), 62-70 registers:
 # 3-4 programs (24-32 warps) per SM. At 4 warps a thread held 8 elements per array and took 126-149 registers.
 NUM_WARPS = 8
 # rows of the address table: tensor addresses, then integers per tensor
