@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .tensor_table import TORCH_TO_TL
+from .tensor_table import TORCH_TO_TL, on_device
 from .tiles import check_matmul_block
 
 try:
@@ -54,6 +54,7 @@ HOPPER_CONFIGS = {
     (128, 2): (128, 8, 2), (128, 4): (32, 4, 2),
 }
 DW_BLOCK_M = 64  # dW's reduction step over the batch rows (live-only mode)
+MAX_GRID = 2**31 - 1  # CUDA's limit on a grid's x size (the kernels' grids are 1-D)
 
 
 
@@ -123,9 +124,12 @@ def _sparse_matmul_kernel(a, b, bias, out, ptr, idx, M, R, O,
                           HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr):
     """out[M, O] = a[M, R] @ b[R, O] (+ bias[O]) where b's only nonzero tiles in output column block o are the
-    BLOCK_R x BLOCK_O tiles at R-blocks idx[ptr[o]:ptr[o + 1]]. Forward: a = x, b = W.T; dX: a = dY, b = W."""
-    pid_m = tl.program_id(0)
-    pid_o = tl.program_id(1)
+    BLOCK_R x BLOCK_O tiles at R-blocks idx[ptr[o]:ptr[o + 1]]. Forward: a = x, b = W.T; dX: a = dY, b = W.
+    A 1-D grid (CUDA's y and z sizes stop at 65535): the M-blocks of an output column block are consecutive
+    programs, so the programs that read the same tiles of b run together."""
+    m_blocks = tl.cdiv(M, BLOCK_M)
+    pid_m = tl.program_id(0) % m_blocks
+    pid_o = tl.program_id(0) // m_blocks
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     rows = offs_m.to(tl.int64)[:, None]  # int64 offsets: M * R or R * O can pass 2**31
@@ -173,17 +177,16 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _on_device(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _sparse_matmul(a, b_strides, b, bias, ptr, idx, out_cols, block_r, block_o):
     """a [M, R] times the tile-sparse b (given by its storage and (stride_r, stride_o)) -> [M, out_cols]."""
     m, r = a.shape
     out = torch.empty((m, out_cols), dtype=a.dtype, device=a.device)
     block_m, warps, stages = _config((block_r, block_o), a.dtype, m)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(out_cols, block_o))
-    with _on_device(a):
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(out_cols, block_o),)
+    if grid[0] > MAX_GRID:
+        raise ValueError(f"masked_linear: {grid[0]} programs for a [{m}, {out_cols}] output, more than CUDA's "
+                         f"{MAX_GRID}")
+    with on_device(a.device):
         _sparse_matmul_kernel[grid](
             a, b, bias if bias is not None else a, out, ptr, idx, m, r, out_cols,
             a.stride(0), a.stride(1), *b_strides, out.stride(0), out.stride(1),
@@ -198,7 +201,7 @@ def _live_tile_grad(dy, x, occupancy, block):
     dw = torch.empty((n, k), dtype=dy.dtype, device=dy.device)
     live = (occupancy != 0).to(torch.uint8).contiguous()
     _, warps, stages = _config(block, dy.dtype, DW_BLOCK_M)
-    with _on_device(dy):
+    with on_device(dy.device):
         _live_tile_grad_kernel[(live.numel(),)](
             dy, x, live, dw, m, n, k, live.shape[1],
             dy.stride(0), dy.stride(1), x.stride(0), x.stride(1), dw.stride(0), dw.stride(1),

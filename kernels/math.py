@@ -75,19 +75,40 @@ def dual_average(w, g, T, v, inv_scale, lr, alpha, beta, weight_decay,
 
 
 @triton.jit
-def load_f32(table, row, n_tensors, t, offs, mask, DTYPE: tl.constexpr):
-    """Element offs of tensor t, whose address sits at table[row, t], as float32."""
+def tensor_ptr(table, row, n_tensors, t, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """Tensor t's address, table[row, t], as a pointer to DTYPE. ALIGNED: the host checked that it is 16-byte
+    aligned; the hint (the address alone carries none) lets accesses at offsets that are multiples of the vector
+    width be vectors (16 bytes)."""
     ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr
 
 
 @triton.jit
-def store(table, row, n_tensors, t, offs, mask, value, DTYPE: tl.constexpr):
-    ptr = tl.load(table + row * n_tensors + t).to(tl.pointer_type(DTYPE))
-    tl.store(ptr + offs, value.to(DTYPE), mask=mask)
+def load_f32(ptr, offs, mask):
+    """ptr[offs] as float32; mask None: every element is in bounds (full blocks, no predicate)."""
+    if mask is None:
+        value = tl.load(ptr + offs)
+    else:
+        value = tl.load(ptr + offs, mask=mask, other=0.0)
+    return value.to(tl.float32)
 
 
 @triton.jit
-def count_nonzero(value, mask, DTYPE: tl.constexpr):
-    """Nonzeros of the value as stored (a weight that rounds to 0 in fp16 counts as 0)."""
-    return tl.sum(((value.to(DTYPE) != 0) & mask).to(tl.int32))  # over every axis (1-D chunks, 2-D tiles)
+def store(ptr, offs, mask, value):
+    """ptr[offs] = value, rounded to ptr's element type; mask None as in load_f32."""
+    if mask is None:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty))
+    else:
+        tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def nonzeros(value, mask, DTYPE: tl.constexpr):
+    """1 where the value as stored is nonzero (a weight that rounds to 0 in fp16 counts as 0), per element: the
+    kernels sum these once per program, not once per block."""
+    nonzero = value.to(DTYPE) != 0
+    if mask is not None:
+        nonzero = nonzero & mask
+    return nonzero.to(tl.int32)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from .kernels.device_cache import DeviceCache
 from .plan import Bucket
 
 
@@ -43,18 +44,14 @@ class GrdaTensors(NamedTuple):
     thresholds: torch.Tensor
 
 
-_CONSTANTS: dict[tuple, torch.Tensor] = {}  # (values, dtype, device) -> those values as a device tensor
+_CONSTANTS = DeviceCache(1024)  # (values, dtype, device) -> those values as a device tensor
 
 
 def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A tuple of Python numbers as a tensor on ``device``, made once (cached): building it each step copies it
-    from the host every step, which a CUDA graph cannot capture (a bucket's indices, gRDA's penalty mask)."""
-    key = (values, dtype, device)
-    if key not in _CONSTANTS:
-        if len(_CONSTANTS) > 1024:
-            _CONSTANTS.clear()
-        _CONSTANTS[key] = torch.tensor(values, dtype=dtype, device=device)
-    return _CONSTANTS[key]
+    from the host every step, which a CUDA graph cannot capture (a bucket's indices, gRDA's penalty mask). One a
+    captured graph reads is never dropped from the cache (kernels/device_cache.py)."""
+    return _CONSTANTS.get((values, dtype, device), lambda: torch.tensor(values, dtype=dtype, device=device))
 
 
 def _index(indices: tuple[int, ...], device: torch.device) -> torch.Tensor:

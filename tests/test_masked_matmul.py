@@ -2,6 +2,7 @@
 (fp32, 16/32 tiles, small shapes), on GPU (bf16/fp16/fp32, 64 x 64 tiles) when present; its dense fallback; its
 ahead-of-time compile for sm_80/sm_90 (tests/masked_matmul_aot.py)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -123,6 +124,31 @@ def test_tile_lists_list_the_live_tiles_both_ways(shape, dead_fraction):
 def test_interpreter_is_detected():
     """Under TRITON_INTERPRET=1 the kernels must run on CPU (else the tests below would test the fallback)."""
     assert mm.INTERPRETED == (os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on"))
+
+
+@needs_kernels
+def test_one_dimensional_grid_on_the_tensors_device(monkeypatch):
+    """Every launch has a 1-D grid (M-blocks x output column blocks programs: no 65535 limit on a y size) and
+    runs under the inputs' device (tensor_table.on_device), here many M- and column blocks."""
+    grids, devices = [], []
+    kernel = mm._sparse_matmul_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    def record(device):
+        devices.append(device)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(mm, "_sparse_matmul_kernel", Spy())
+    monkeypatch.setattr(mm, "on_device", record)
+    case = make_case((70,), 80, 48, (16, 16), 0.3)
+    check(*case, (16, 16), True)
+    block_m = mm._config((16, 16), torch.float32, 70)[0]
+    assert grids == [(-(-70 // block_m) * 5,), (-(-70 // block_m) * 3,)]  # forward: 80 / 16 blocks, dX: 48 / 16
+    assert devices == [case[0].device] * 3  # forward, dX, live-only dW
 
 
 @needs_kernels
@@ -275,6 +301,14 @@ def test_gpu_tf32_when_torch_allows_it(monkeypatch):
     y = mm.masked_linear(x, weight, bias, occupancy, (64, 64))
     expected = F.linear(x.double(), weight.double(), bias.double())
     torch.testing.assert_close(y.double(), expected, rtol=5e-3, atol=5e-3 * expected.abs().max().item())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_inputs_on_another_device_than_the_current_one():
+    with torch.cuda.device(0):
+        case = make_case((3, 50), 300, 200, (64, 64), 0.5, device="cuda:1")
+        check(*case, (64, 64), True)
 
 
 @pytest.mark.gpu

@@ -82,6 +82,138 @@ def test_many_small_tensors_and_non_contiguous_params():
     assert not params[-1].is_contiguous(), "the parameter keeps its layout"
 
 
+class LaunchSpy:
+    """Stands in for a kernel: records the ALIGNED of each launch, then launches it."""
+
+    def __init__(self, kernel):
+        self.kernel, self.aligned = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.aligned.append(kwargs["ALIGNED"])
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+def spy_on_step_kernels(monkeypatch):
+    from sparse_rda.kernels import grda_step, rda_block_step, rda_step
+
+    spies = []
+    for module in (rda_step, grda_step, rda_block_step):
+        spies.append(LaunchSpy(module._step_kernel))
+        monkeypatch.setattr(module, "_step_kernel", spies[-1])
+    return spies
+
+
+def views_at(shapes, offset):
+    """Parameters that are views ``offset`` elements into their storage (as a flat buffer's slices are), for an
+    odd offset not 16-byte aligned."""
+    params = []
+    for p in make_params(shapes, zero_fraction=0.2, device=DEVICE):
+        storage = torch.zeros(offset + p.numel(), device=DEVICE)
+        storage[offset:] = p.detach().reshape(-1)
+        params.append(torch.nn.Parameter(storage[offset:].view(p.shape)))
+    return params
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+def test_aligned_and_unaligned_params_match_the_reference(offset, monkeypatch):
+    """16-byte aligned tensors take the vector variants (ALIGNED), a param at an odd storage offset the scalar
+    ones, in the element, gRDA and block kernels; sizes that are no multiple of BLOCK end in a masked tail (the
+    (130, 44) weight: two full 2048-element chunks, then 1624 elements: one full block and a tail). The block
+    kernels' vectors also need widths that are multiples of 4 (all of these)."""
+    spies = spy_on_step_kernels(monkeypatch)
+    shapes = [(130, 44), (33, 16), (7,), (16, 24)]
+    for opt_cls, options in [(sparse_rda.RDA, dict(lam=1e-3, granularity="kernel", sparsify_1d=True)),
+                             (sparse_rda.RDA, dict(lam=3e-2, granularity=("block", 4, 8))),
+                             (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55))]:
+        params = views_at(shapes, offset)
+        assert all(p.data_ptr() % 16 == 4 * offset for p in params)
+        fused, ref = beside_the_reference(opt_cls, params, "triton", **options)
+        for _ in range(3):
+            grads = [torch.randn_like(p) for p in params]
+            if opt_cls is sparse_rda.RDA:
+                step_and_compare(fused, ref, grads, RTOL)
+            else:
+                step_both(fused, ref, grads)
+                for p, q in zip(params, ref.param_groups[0]["params"]):
+                    torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-6)
+        nnz = fused.nnz()
+        assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
+    rda, grda, block = (spy.aligned for spy in spies)
+    assert rda and grda and block, "every kernel ran"
+    assert set(rda + grda + block) == {offset == 0}, (rda, grda, block)
+
+
+@pytest.mark.parametrize("granularity", ["kernel", "channel"])
+def test_groups_that_straddle_blocks_and_chunks(granularity):
+    """Group sizes below, near and above BLOCK (1024): kernel 9, 4, 49, 1 and channel 1152, 700, 147, 1023
+    elements, whose groups cross 1024-element blocks and 2048-element chunks; each element's group is found
+    without a division (rda_step._div_small)."""
+    run_rda([(3, 128, 3, 3), (4, 175, 2, 2), (2, 3, 7, 7), (5, 1023, 1, 1)], 4, lr=0.8, lam=5e-4, averaging=0.4,
+            granularity=granularity)
+
+
+def test_group_index_without_division_is_exact():
+    """_div_small's q // size = high word of q * ceil(2**32 / size), for every size below BLOCK and every q a
+    block can ask (q < size + BLOCK); from BLOCK on, a compare (q spans two groups at most)."""
+    import numpy as np
+
+    from sparse_rda.kernels.rda_step import BLOCK, group_magic
+
+    for size in range(2, BLOCK):
+        q = np.arange(size + BLOCK, dtype=np.uint64)
+        assert ((q * np.uint64(group_magic(size))) >> np.uint64(32) == q // np.uint64(size)).all(), size
+    assert group_magic(1) == group_magic(BLOCK) == 0
+
+
+def test_launches_run_on_the_tensors_device(monkeypatch):
+    """Triton launches on the current CUDA device, so every launcher enters tensor_table.on_device with the
+    params' device first. Off a GPU: the guard for cuda:1 is a torch.cuda.device for index 1 (made, not
+    entered), and the launchers pass it the params' device."""
+    import contextlib
+
+    from sparse_rda.kernels import grda_step, rda_block_step, rda_step, tensor_table
+
+    guard = tensor_table.on_device(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(tensor_table.on_device(torch.device("cpu")), contextlib.nullcontext)
+    seen = []
+
+    def record(device):
+        seen.append(device)
+        return contextlib.nullcontext()
+
+    for module in (rda_step, grda_step, rda_block_step):
+        monkeypatch.setattr(module, "on_device", record)
+    params = make_params([(8, 8), (5,)], zero_fraction=0.2, device=DEVICE)
+    for opt in (sparse_rda.RDA(params[:1], backend="triton", granularity=("block", 4, 4)),
+                sparse_rda.RDA(params, backend="triton"), sparse_rda.GRDA(params, backend="triton", c=0.01)):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    assert seen == [params[0].device] * 3
+
+
+def test_tables_are_device_tensors_made_once(monkeypatch):
+    """A step copies nothing from the host once its tables exist: the tile table (block mode) and the chunk table
+    are cached per shapes, the address table per addresses; one a captured graph read is kept past the bound."""
+    from sparse_rda.kernels import device_cache, rda_block_step, tensor_table
+
+    device = torch.device(DEVICE)
+    tiles = rda_block_step._tile_table([(9, 8), (4, 4)], (4, 4), device)
+    assert rda_block_step._tile_table([(9, 8), (4, 4)], (4, 4), device) is tiles
+    assert tiles.tolist() == [[0, r, c] for r in range(3) for c in range(2)] + [[1, 0, 0]]
+    assert tensor_table.chunk_table([5000], device)[0] is tensor_table.chunk_table([5000], device)[0]
+
+    monkeypatch.setattr(device_cache, "capturing", lambda: True)
+    captured = tensor_table.float_table((0.25, 0.5), device)
+    monkeypatch.setattr(device_cache, "capturing", lambda: False)
+    for k in range(tensor_table._TABLES.bound + 1):
+        tensor_table.float_table((float(k), 1.5), device)
+    assert tensor_table.float_table((0.25, 0.5), device) is captured
+
+
 def test_grda_matches_the_reference_over_many_steps():
     params = make_params(SHAPES, zero_fraction=0.2, device=DEVICE)
     fused, ref = beside_the_reference(sparse_rda.GRDA, params, "triton", lr=0.1, c=0.05, mu=0.55)
@@ -243,6 +375,29 @@ def test_cuda_graph_replay_matches_eager_steps(opt_cls, options, backend):
     torch.cuda.synchronize()
     for p, q in zip(params, copies):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("opt_cls, options", [
+    (sparse_rda.RDA, dict(lam=1e-3, granularity="channel")),
+    (sparse_rda.RDA, dict(lam=3e-2, granularity=("block", 64, 64))), (sparse_rda.GRDA, dict(lr=0.1, c=0.05, mu=0.55)),
+])
+def test_params_on_the_second_gpu_while_the_first_is_current(opt_cls, options):
+    """The launches go to the params' device (cuda:1), not the current one (cuda:0): else illegal addresses."""
+    with torch.cuda.device(0):
+        params = make_params([(130, 64), (256, 192), (8, 4, 3, 3), (17,)], zero_fraction=0.2, device="cuda:1")
+        fused, ref = beside_the_reference(opt_cls, params, "triton", **options)
+        for _ in range(5):
+            grads = [torch.randn_like(p) for p in params]
+            if opt_cls is sparse_rda.RDA:
+                step_and_compare(fused, ref, grads, RTOL)
+            else:
+                step_both(fused, ref, grads)
+                for p, q in zip(params, ref.param_groups[0]["params"]):
+                    torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-6)
+        torch.cuda.synchronize(1)
+        assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.gpu
