@@ -70,7 +70,9 @@ def grda_step(tensors, bucket, s) -> torch.Tensor:
     accs = Contiguous(acc, write_back=True)
     numels = [w.numel() for w in weights.tensors]
     table = address_table([weights.tensors, flat_grads.tensors, accs.tensors], [numels], device)
-    l1 = thresholds.to(device, torch.float32, non_blocking=True)
+    l1 = thresholds.to(torch.float32)
+    if l1.device != device:  # host thresholds (eager steps): one asynchronous copy from pinned memory, no wait
+        l1 = l1.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else l1.to(device)
     chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
     counts = torch.zeros(len(params), dtype=torch.int64, device=device)
     assert chunk % BLOCK == 0, "full blocks start at multiples of BLOCK"
