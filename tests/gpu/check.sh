@@ -6,12 +6,11 @@
 #   build      the extension for this GPU (TORCH_CUDA_ARCH_LIST from its capability, 9.0a on an H100/H200), from
 #              a clean tree: pip install -e . --no-build-isolation --no-index                ~60-90 s
 #   smoke      tests/gpu/kernel_smoke.py on the native CUDA kernels (a crash here is not the sanitizer's)
-#   then four jobs at once:                                                                 ~150-240 s
-#     tests_gpu   pytest -m gpu (serial)
+#   then three jobs at once:                                                                ~150-240 s
+#     tests_gpu   pytest -m gpu (serial): CUDA graphs, host traffic per step, the kernels in 16-bit dtypes, ...
 #     tests_rest  the rest of the suite (-n 6 with xdist): the CUDA paths of the tests that switch to CUDA when
 #                 there is one, and the CPU suite on this machine's torch and triton
 #     sanitizer   compute-sanitizer: memcheck and racecheck over the native CUDA kernels, memcheck over Triton's
-#     traffic     the eager steps' host syncs and host-to-device copies (tests/test_cuda_host_traffic.py, -rA)
 #   bench_*    quick benchmarks on the quiet GPU: optimizer step (ResNet-18/50, 1B transformer, fp32; the 1B set
 #              in bf16), masked matmul, training step, a 5-candidate tuning sweep                ~150-250 s
 # Results: $RESULTS (default $OUT/gpu-check when OUT is set, as on the device machine, else
@@ -98,11 +97,10 @@ if [ "$GPU" = 1 ]; then
   ( stage tests_gpu "$T" $PY -m pytest $PT -m gpu tests --junitxml="$R/tests_gpu.xml" ) &
   ( stage tests_rest "$T" $PY -m pytest $PT $XDIST -m "not gpu" tests --junitxml="$R/tests_rest.xml" ) &
   ( stage sanitizer "$T" bash tests/gpu/sanitize.sh "$R" ) &
-  ( stage traffic 120 $PY -m pytest -q -p no:cacheprovider -rA tests/test_cuda_host_traffic.py ) &
   wait
 else
   stage smoke 90 $PY tests/gpu/kernel_smoke.py --device cpu --backend cpu
-  for name in tests_gpu tests_rest sanitizer traffic; do skip $name "no GPU"; done
+  for name in tests_gpu tests_rest sanitizer; do skip $name "no GPU"; done
 fi
 
 # ------------------------------------------------------------------------------------------------ benchmarks
