@@ -28,8 +28,8 @@ import triton.language as tl
 from .math import (dual_average, finite_or_zero, load_f32, nonzeros, reweight_factor, soft_threshold, step_scalars,
                    store, tensor_ptr)
 from .rda_block_step import rda_block_step
-from .tensor_table import (TORCH_TO_TL, Contiguous, address_table, aligned, chunk_table, float_table, kernel_grads,
-                           on_device)
+from .tensor_table import (TORCH_TO_TL, Contiguous, address_table, aligned, chunk_groups, chunk_table, float_table,
+                           kernel_grads, on_device)
 
 BLOCK = 1024
 # 8 warps: 4 elements per thread and array, one 16-byte access each (8 bytes for 16-bit w and g), 62-70 registers:
@@ -70,12 +70,12 @@ def _div_small(q, size, magic, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _group_start(table, n_tensors, t, start):
-    """(group size, its magic (see _div_small), group of element start, start's position in it): one division
-    per program; blocks then move on with _next_group."""
+def _group_start(table, n_tensors, t, start, chunk_group):
+    """(group size, its magic (see _div_small), group of element start, start's position in it): the group from
+    the host's chunk table (tensor_table.chunk_groups), so no program divides; blocks move on with _next_group."""
     size = tl.load(table + ROW_GROUP_SIZE * n_tensors + t)
     magic = tl.load(table + ROW_GROUP_MAGIC * n_tensors + t)
-    group = start // tl.maximum(size, 1)
+    group = tl.load(chunk_group + tl.program_id(0))
     return size, magic, group, start - group * tl.maximum(size, 1)
 
 
@@ -100,7 +100,7 @@ def _new_A(A_ptr, means_ptr, offs, mask, w, beta_b, size, magic, group, pos, BLO
 
 
 @triton.jit
-def _max_A_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, device_scalars, found_inf,
+def _max_A_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, chunk_group, max_A, device_scalars, found_inf,
                   lr, beta, beta_b, alpha,
                   DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
                   BLOCK: tl.constexpr, CHUNK: tl.constexpr):
@@ -112,7 +112,7 @@ def _max_A_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, d
     w_ptr = tensor_ptr(table, ROW_W, n_tensors, t, W_DTYPE, ALIGNED)
     A_ptr = tensor_ptr(table, ROW_A, n_tensors, t, tl.float32, ALIGNED)
     means_ptr = tensor_ptr(table, ROW_A_GROUP, n_tensors, t, tl.float32, False)
-    size, magic, group, pos = _group_start(table, n_tensors, t, start)
+    size, magic, group, pos = _group_start(table, n_tensors, t, start, chunk_group)
     running = tl.zeros([BLOCK], tl.float32)
     for i in range(0, full, BLOCK):  # full blocks: no mask, vector accesses when ALIGNED
         offs = block_offsets(start + i, BLOCK)
@@ -160,7 +160,8 @@ def _update(w_ptr, g_ptr, T_ptr, B_ptr, A_ptr, v_ptr, means_ptr, offs, mask, siz
 
 
 @triton.jit
-def _step_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, nnz, inv_scale, device_scalars,
+def _step_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, chunk_group, max_A, nnz, inv_scale,
+                 device_scalars,
                  found_inf, lr, lam, beta, beta_b, alpha, weight_decay, max_factor,
                  REWEIGHT: tl.constexpr, MAXIMIZE: tl.constexpr, HAS_SCALE: tl.constexpr,
                  DEVICE_SCALARS: tl.constexpr, W_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
@@ -177,7 +178,7 @@ def _step_kernel(table, factors, n_tensors, chunk_tensor, chunk_start, max_A, nn
     A_ptr = tensor_ptr(table, ROW_A, n_tensors, t, tl.float32, ALIGNED)
     v_ptr = tensor_ptr(table, ROW_V, n_tensors, t, tl.float32, ALIGNED)
     means_ptr = tensor_ptr(table, ROW_A_GROUP, n_tensors, t, tl.float32, False)
-    size, magic, group, pos = _group_start(table, n_tensors, t, start)
+    size, magic, group, pos = _group_start(table, n_tensors, t, start, chunk_group)
     count = tl.zeros([BLOCK], tl.int32)
     for i in range(0, full, BLOCK):  # full blocks: no mask, vector accesses when ALIGNED
         count += _update(w_ptr, g_ptr, T_ptr, B_ptr, A_ptr, v_ptr, means_ptr, block_offsets(start + i, BLOCK), None,
@@ -226,6 +227,7 @@ def _launch(params, grads, T, B, A, v, group_means, bucket, s) -> torch.Tensor:
                           [numels, sizes, [group_magic(size) for size in sizes]], device)
     factors = float_table(tuple(plan.factor for plan in bucket.plans), device)
     chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
+    chunk_group = chunk_groups(numels, sizes, device)
     max_A = torch.zeros(n, dtype=torch.float32, device=device)
     nnz = torch.zeros(n, dtype=torch.int64, device=device)
     device_form = s.device is not None
@@ -238,12 +240,13 @@ def _launch(params, grads, T, B, A, v, group_means, bucket, s) -> torch.Tensor:
     vectors = aligned([*ws, *flat_grads.tensors, *(t for x in states for t in x.tensors)])
     with on_device(device):
         if s.reweight and any(plan.penalized for plan in bucket.plans):
-            _max_A_kernel[grid](table, factors, n, chunk_tensor, chunk_start, max_A, device_scalars, found_inf,
+            _max_A_kernel[grid](table, factors, n, chunk_tensor, chunk_start, chunk_group, max_A, device_scalars,
+                                found_inf,
                                 s.lr, s.beta, s.beta_b, s.averaging,
                                 DEVICE_SCALARS=device_form, W_DTYPE=wt, ALIGNED=vectors, BLOCK=BLOCK, CHUNK=chunk,
                                 num_warps=NUM_WARPS)
         _step_kernel[grid](
-            table, factors, n, chunk_tensor, chunk_start, max_A, nnz,
+            table, factors, n, chunk_tensor, chunk_start, chunk_group, max_A, nnz,
             s.inv_scale if s.inv_scale is not None else max_A, device_scalars, found_inf,
             s.lr, s.lam, s.beta, s.beta_b, s.averaging, s.weight_decay, s.max_factor,
             REWEIGHT=s.reweight, MAXIMIZE=s.maximize, HAS_SCALE=s.inv_scale is not None, DEVICE_SCALARS=device_form,

@@ -59,6 +59,19 @@ def chunk_table(numels: list[int], device: torch.device) -> tuple[torch.Tensor, 
     return (*_CHUNK_TABLES.get(key, lambda: _make_chunk_table(*key)), CHUNK)
 
 
+def chunk_groups(numels: list[int], group_sizes: list[int], device: torch.device) -> torch.Tensor:
+    """int64 per chunk, in chunk_table's order: the group (of group_sizes[tensor] contiguous elements) of the
+    chunk's first element. Divided here, once: in a kernel a 64-bit division is a subroutine call, whose register
+    saves spilled to the stack (triton 3.6, sm_90)."""
+    key = ("groups", tuple(numels), tuple(group_sizes), device, CHUNK)
+
+    def make():
+        groups = [start // max(size, 1) for n, size in zip(numels, group_sizes) for start in range(0, n, CHUNK)]
+        return torch.tensor(groups, dtype=torch.int64, device=device)
+
+    return _CHUNK_TABLES.get(key, make)
+
+
 def device_table(values: tuple, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...]) -> torch.Tensor:
     """``values`` as a device tensor of this shape, copied from the host once per content (cached)."""
     def make():

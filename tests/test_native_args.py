@@ -141,7 +141,7 @@ def test_grda_step_refuses_an_empty_device_lr():
 DEVICE_FORM_CASES = {
     "the four values of the first release": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8])),
                                    r"device_hyper must hold at least 8 values \[lr, averaging, beta, beta_b, lam, "
-                                   "1 - averaging, 1 - beta, 1 - beta_b\], got 4"),
+                                   r"1 - averaging, 1 - beta, 1 - beta_b\], got 4"),
     "one value": (dict(device_hyper=torch.tensor([0.5])), "device_hyper must hold at least 8 values"),
     "integer values": (dict(device_hyper=torch.tensor([1, 0, 1, 1, 0, 1, 0, 0], dtype=torch.int32)),
                        "device_hyper must be floating, got Int"),

@@ -30,7 +30,8 @@ import sparse_rda.kernels.rda_step as RDA
 
 SCALAR_TYPES = {"n_tensors": "i32", "lr": "fp32", "lam": "fp32", "beta": "fp32", "beta_b": "fp32", "alpha": "fp32",
                 "weight_decay": "fp32", "max_factor": "fp32"}
-POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "nnz": "*i64", "tile_table": "*i64"}
+POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "chunk_group": "*i64",
+                 "nnz": "*i64", "tile_table": "*i64"}
 # Registers per thread, from the warps each SM keeps resident (65536 registers, allocated in steps of 8): at least
 # 24 warps for the vector (ALIGNED) variants (65536 / (24 x 32) = 85), 16 for the scalar ones (the fallback for
 # odd views, which take a separate address per element).
