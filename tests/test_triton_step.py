@@ -116,6 +116,18 @@ def views_at(shapes, offset):
     return params
 
 
+def steps_match_the_reference(opt_cls, fused, ref, params, steps):
+    """``steps`` random-grad steps of both; RDA compared through its state, gRDA through its weights."""
+    for _ in range(steps):
+        grads = [torch.randn_like(p) for p in params]
+        if opt_cls is sparse_rda.RDA:
+            step_and_compare(fused, ref, grads, RTOL)
+        else:
+            step_both(fused, ref, grads)
+            for p, q in zip(params, ref.param_groups[0]["params"]):
+                torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-6)
+
+
 @pytest.mark.parametrize("offset", [0, 1])
 def test_aligned_and_unaligned_params_match_the_reference(offset, monkeypatch):
     """16-byte aligned tensors take the vector variants (ALIGNED), a param at an odd storage offset the scalar
@@ -130,14 +142,7 @@ def test_aligned_and_unaligned_params_match_the_reference(offset, monkeypatch):
         params = views_at(shapes, offset)
         assert all(p.data_ptr() % 16 == 4 * offset for p in params)
         fused, ref = beside_the_reference(opt_cls, params, "triton", **options)
-        for _ in range(3):
-            grads = [torch.randn_like(p) for p in params]
-            if opt_cls is sparse_rda.RDA:
-                step_and_compare(fused, ref, grads, RTOL)
-            else:
-                step_both(fused, ref, grads)
-                for p, q in zip(params, ref.param_groups[0]["params"]):
-                    torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-6)
+        steps_match_the_reference(opt_cls, fused, ref, params, 3)
         nnz = fused.nnz()
         assert all(nnz[p] == int(torch.count_nonzero(p)) for p in params)
     rda, grda, block = (spy.aligned for spy in spies)
@@ -388,14 +393,7 @@ def test_params_on_the_second_gpu_while_the_first_is_current(opt_cls, options):
     with torch.cuda.device(0):
         params = make_params([(130, 64), (256, 192), (8, 4, 3, 3), (17,)], zero_fraction=0.2, device="cuda:1")
         fused, ref = beside_the_reference(opt_cls, params, "triton", **options)
-        for _ in range(5):
-            grads = [torch.randn_like(p) for p in params]
-            if opt_cls is sparse_rda.RDA:
-                step_and_compare(fused, ref, grads, RTOL)
-            else:
-                step_both(fused, ref, grads)
-                for p, q in zip(params, ref.param_groups[0]["params"]):
-                    torch.testing.assert_close(p, q, rtol=RTOL, atol=1e-6)
+        steps_match_the_reference(opt_cls, fused, ref, params, 5)
         torch.cuda.synchronize(1)
         assert torch.cuda.current_device() == 0
 

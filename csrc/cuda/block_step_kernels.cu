@@ -116,14 +116,6 @@ __device__ __forceinline__ void dual_average_pass(const param_t* __restrict__ w,
   });
 }
 
-template <int N, typename T>
-__device__ __forceinline__ unsigned nonzeros(const Pack<T, N>& p) {
-  unsigned count = 0;
-#pragma unroll
-  for (int k = 0; k < N; ++k) count += to_float(p.x[k]) != 0.0f;
-  return count;
-}
-
 // w = T * shrink and the tile's A and B on every element; returns this thread's nonzero count. The three stores
 // of a pack follow each other, its values all computed before them.
 template <int N, typename param_t>

@@ -47,6 +47,15 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
+// The nonzeros of a pack as stored (a weight that rounds to 0 in a 16-bit dtype counts as 0).
+template <int N, typename T>
+__device__ __forceinline__ unsigned nonzeros(const Pack<T, N>& p) {
+  unsigned count = 0;
+#pragma unroll
+  for (int k = 0; k < N; ++k) count += to_float(p.x[k]) != 0.0f;
+  return count;
+}
+
 struct MaxOp {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };

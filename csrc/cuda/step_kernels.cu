@@ -80,14 +80,6 @@ __device__ __forceinline__ Chunk locate_chunk(const TensorBatch<Tensor>& b, int6
   return {k, start, aligned(b.tensors[k]) ? start + (end - start) / kVec * kVec : start, end};
 }
 
-template <int N, typename T>
-__device__ __forceinline__ unsigned nonzeros(const Pack<T, N>& p) {
-  unsigned count = 0;
-#pragma unroll
-  for (int k = 0; k < N; ++k) count += to_float(p.x[k]) != 0.0f;
-  return count;
-}
-
 // How a tensor is penalized: a template parameter, so that each pack loop below is straight-line code from its
 // loads to its stores, every result computed into its pack first. v1.2 branched per element inside the loop (on
 // the penalty, on group means, a 64-bit division for the group), and nvcc 13.0 stored A and B (and T and v of
