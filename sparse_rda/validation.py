@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -89,12 +90,25 @@ def is_expanded(t: torch.Tensor) -> bool:
     return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
+def is_dtensor(t: torch.Tensor) -> bool:
+    """A torch.distributed DTensor (FSDP2's fully_shard, tensor parallelism). None exists before its module is
+    imported, so the check imports nothing (that import is slow)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
+
+
 def check_params(params: list[torch.Tensor]) -> None:
-    """Parameters of a group: real floating tensors, all on one device."""
+    """Parameters of a group: real floating tensors, all on one device, not sharded."""
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"params: a param group must live on one device, got {sorted(map(str, devices))}")
     for p in params:
+        if is_dtensor(p):  # refused before any state exists: a step would fail halfway through its updates
+            raise NotImplementedError(
+                f"params: DTensor parameters (FSDP2's fully_shard, tensor parallelism) are not supported yet (shape "
+                f"{tuple(p.shape)}, placements {p.placements}): the step's global quantities (the reweighting's max "
+                "A, the nonzero counts, target_sparsity's quantile, tiles across shards) need collectives it does "
+                "not make. DistributedDataParallel works (each rank holds whole parameters).")
         if p.layout != torch.strided:
             raise TypeError(f"params: parameters must be dense tensors (got layout {p.layout}, shape {tuple(p.shape)})")
         if is_expanded(p):
