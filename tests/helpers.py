@@ -325,3 +325,13 @@ def capture_after_warm_up(warm_up, step):
     with torch.cuda.graph(graph):
         step()
     return graph
+
+
+def gpu_backends():
+    """The kernel backends a GPU test runs: triton, and the native CUDA kernels (skipped when not built)."""
+    import pytest
+
+    import sparse_rda
+
+    return ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
+        "cuda" not in sparse_rda.backends(), reason="extension built without CUDA kernels"))]

@@ -19,8 +19,8 @@ import sparse_rda
 from sparse_rda import dispatch
 
 
-class HostTraffic(TorchDispatchMode):
-    """Records the ops that would touch the host during capture."""
+class OpRecorder(TorchDispatchMode):
+    """Runs every op and records, as "op on [devices]", those ``flagged`` by a subclass."""
 
     def __init__(self):
         super().__init__()
@@ -29,11 +29,20 @@ class HostTraffic(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
-        name = str(func)
-        if any(t.device.type == "cpu" for t in tensors) or "lift_fresh" in name or "_local_scalar_dense" in name:
-            self.found.append(f"{name} on {sorted({str(t.device) for t in tensors})}")
+        devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
+        if self.flagged(str(func), devices):
+            self.found.append(f"{func} on {sorted(devices)}")
         return out
+
+    def flagged(self, name: str, devices: set[str]) -> bool:
+        raise NotImplementedError
+
+
+class HostTraffic(OpRecorder):
+    """Records the ops that would touch the host during capture."""
+
+    def flagged(self, name, devices):
+        return "cpu" in devices or "lift_fresh" in name or "_local_scalar_dense" in name
 
 
 def meta_param(*shape, dtype=torch.float32):
@@ -88,21 +97,12 @@ def test_capturable_step_is_host_free(on_meta, backend, opt_cls, options):
     assert traffic.found == []
 
 
-class HostToDevice(TorchDispatchMode):
+class HostToDevice(OpRecorder):
     """Records the ops that move data between the host and a device: an op given tensors of both. Host tensors
     alone are host bookkeeping (an eager step keeps its counters there), not traffic."""
 
-    def __init__(self):
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        devices = {t.device.type for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)}
-        if "cpu" in devices and len(devices) > 1 and str(func) not in HOST_VALUE_OPS:
-            self.found.append(f"{func} on {sorted(devices)}")
-        return out
+    def flagged(self, name, devices):
+        return "cpu" in devices and len(devices) > 1 and name not in HOST_VALUE_OPS
 
 
 # gRDA's per-tensor thresholds are host numbers in an eager step: the native CUDA op passes them to its kernels by

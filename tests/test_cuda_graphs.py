@@ -10,12 +10,11 @@ import torch
 
 import sparse_rda
 
-from helpers import capture_after_warm_up
+from helpers import capture_after_warm_up, gpu_backends
 
 pytestmark = pytest.mark.gpu
 
-BACKENDS = ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
-    "cuda" not in sparse_rda.backends(), reason="extension built without CUDA kernels"))]
+BACKENDS = gpu_backends()
 CONFIGS = {
     "rda-mixed-dtypes": (sparse_rda.RDA, dict(lam=1e-3)),
     "rda-kernel": (sparse_rda.RDA, dict(lam=1e-3, granularity="kernel")),
