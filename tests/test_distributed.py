@@ -18,7 +18,7 @@ FSDP2_REFUSED = textwrap.dedent("""
     import torch, torch.distributed as dist, torch.multiprocessing as mp
     from torch.distributed.fsdp import fully_shard
 
-    def rank_main(rank, world, port):
+    def rank_main(rank, world, port, results):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         import sparse_rda
         model = torch.nn.Sequential(torch.nn.Linear(13, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))
@@ -31,10 +31,11 @@ FSDP2_REFUSED = textwrap.dedent("""
             else:
                 raise AssertionError(f"{cls.__name__} took DTensor parameters")
         dist.destroy_process_group()
-        print(f"rank {rank}: refused", flush=True)
+        with open(os.path.join(results, f"rank{rank}"), "a") as f:
+            f.write("refused\\n")
 
     if __name__ == "__main__":
-        mp.spawn(rank_main, args=(2, int(sys.argv[1])), nprocs=2)
+        mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
 """)
 
 
@@ -46,19 +47,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_fsdp2_params_are_refused_before_any_state(tmp_path):
-    script = tmp_path / "fsdp2_refused.py"
-    script.write_text(FSDP2_REFUSED)
+def run_ranks(tmp_path, source: str, *args: str, timeout: int) -> dict[str, list[str]]:
+    """Runs `source` (which spawns the ranks) with a free port, `args` and a directory last; returns what each rank
+    wrote to its own file there, line by line (the ranks' stdout interleaves: a CI run once merged two lines)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(source)
+    results = tmp_path / "results"
+    results.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(script), str(free_port())], capture_output=True, text=True,
-                         timeout=180, env=env)
+    out = subprocess.run([sys.executable, str(script), str(free_port()), *args, str(results)], capture_output=True,
+                         text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert sorted(line for line in out.stdout.splitlines() if line.startswith("rank")) == [
-        "rank 0: refused", "rank 1: refused"]
+    return {f.name: f.read_text().splitlines() for f in sorted(results.iterdir())}
+
+
+def test_fsdp2_params_are_refused_before_any_state(tmp_path):
+    assert run_ranks(tmp_path, FSDP2_REFUSED, timeout=180) == {"rank0": ["refused"], "rank1": ["refused"]}
 
 
 DDP_MATCHES_ONE_PROCESS = textwrap.dedent("""
-    import sys
+    import os, sys
     import torch, torch.distributed as dist, torch.multiprocessing as mp
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -72,7 +80,7 @@ DDP_MATCHES_ONE_PROCESS = textwrap.dedent("""
             torch.nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
 
-    def rank_main(rank, world, port, backend):
+    def rank_main(rank, world, port, backend, results):
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
         import sparse_rda
         gen = torch.Generator().manual_seed(1)
@@ -94,11 +102,12 @@ DDP_MATCHES_ONE_PROCESS = textwrap.dedent("""
             zeros = sum(int((p == 0).sum()) for p in model.parameters())
             assert zeros > 0 and zeros == sum(int((q == 0).sum()) for q in single.parameters())
             assert opt.nnz() and sum(opt.nnz().values()) == sum(int((p != 0).sum()) for p in model.parameters())
-            print(f"rank {rank}: {cls.__name__} matches ({zeros} zeros)", flush=True)
+            with open(os.path.join(results, f"rank{rank}"), "a") as f:
+                f.write(f"{cls.__name__} matches\\n")
         dist.destroy_process_group()
 
     if __name__ == "__main__":
-        mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2]), nprocs=2)
+        mp.spawn(rank_main, args=(2, int(sys.argv[1]), sys.argv[2], sys.argv[3]), nprocs=2)
 """)
 
 
@@ -111,10 +120,5 @@ def test_ddp_trains_as_one_process_on_the_global_batch(tmp_path, backend):
 
     if backend not in sparse_rda.backends():
         pytest.skip("the native extension is not built")
-    script = tmp_path / "ddp.py"
-    script.write_text(DDP_MATCHES_ONE_PROCESS)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, str(script), str(free_port()), backend], capture_output=True, text=True,
-                         timeout=240, env=env)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    assert len([line for line in out.stdout.splitlines() if " matches " in line]) == 4, out.stdout
+    both = ["RDA matches", "GRDA matches"]
+    assert run_ranks(tmp_path, DDP_MATCHES_ONE_PROCESS, backend, timeout=240) == {"rank0": both, "rank1": both}
