@@ -201,7 +201,7 @@ def group_magic(size: int) -> int:
 def rda_step(tensors, bucket, s) -> torch.Tensor:
     """The backend contract's rda_step (sparse_rda/step.py) as fused kernels; returns the nonzero count of each
     param (int64, on device). A tiled bucket goes to kernels/rda_block_step.py (which fills the tile maps)."""
-    params, grads, T, B, A, v, occupancy, group_means = tensors
+    params, grads, T, B, A, v, occupancy, group_means, _ = tensors
     grads = kernel_grads(grads)
     if bucket.tiled:
         ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)

@@ -63,7 +63,7 @@ if _C is not None:
 def rda_step(tensors, bucket, s) -> torch.Tensor:
     """The backend contract's rda_step (sparse_rda/step.py) as one native op: the block op for a tiled bucket,
     the element-wise one otherwise; returns each param's nonzero count."""
-    params, grads, T, B, A, v, occupancy, group_means = tensors
+    params, grads, T, B, A, v, occupancy, group_means, _ = tensors
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_step_(params, grads, T, B, A, v, occupancy, list(bucket.block),
                                                     s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,

@@ -29,7 +29,8 @@ def _bucket(params, grads, modes, penalized, group_sizes, block) -> Bucket:
 @torch.library.custom_op("sparse_rda::backend_rda_step_", mutates_args=("params", "T", "B", "A", "v", "occupancy"))
 def _rda_op(backend: str, params: list[torch.Tensor], grads: list[torch.Tensor], T: list[torch.Tensor],
             B: list[torch.Tensor], A: list[torch.Tensor], v: list[torch.Tensor],
-            occupancy: list[torch.Tensor], group_means: list[torch.Tensor | None], modes: list[int],
+            occupancy: list[torch.Tensor], group_means: list[torch.Tensor | None], max_A: torch.Tensor | None,
+            modes: list[int],
             penalized: list[bool], group_sizes: list[int], block: list[int], hyper: list[float], reweight: bool,
             maximize: bool, inv_scale: torch.Tensor | None, device_hyper: torch.Tensor | None,
             found_inf: torch.Tensor | None) -> torch.Tensor:
@@ -37,7 +38,7 @@ def _rda_op(backend: str, params: list[torch.Tensor], grads: list[torch.Tensor],
     scalars = RdaScalars(lr, lam, beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize, inv_scale,
                          device_hyper, found_inf)
     # occupancy: the tiled bucket's maps, else empty (torch's functionalization fails on a mutated list with None)
-    tensors = RdaTensors(params, grads, T, B, A, v, occupancy or [None] * len(params), group_means)
+    tensors = RdaTensors(params, grads, T, B, A, v, occupancy or [None] * len(params), group_means, max_A)
     bucket = _bucket(params, grads, modes, penalized, group_sizes, block)
     return _STEPS[backend][0](tensors, bucket, scalars)
 

@@ -137,7 +137,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     in place. An unpenalized tensor has om = 0: its B stays 0 and its weight is the plain iterate T. A tiled
     tensor's map (``tensors.occupancy``) receives which tiles kept nonzeros. (``group_means`` are the kernels'.)
     """
-    params, grads, T, B, A, v, occupancy, _ = tensors
+    params, grads, T, B, A, v, occupancy, _, max_A = tensors
     plans = bucket.plans
     lr, averaging, beta, beta_b, lam, one_minus_averaging, one_minus_beta, one_minus_beta_b = s.changing()
     w = as_float32(params)

@@ -1,13 +1,18 @@
 """The backend contract: what a step hands each backend, and the loop over a group's buckets.
 
-Every backend (the reference included) implements the same two functions (registered in dispatch.py)::
+Every backend (the reference included) implements the same three functions (registered in dispatch.py)::
 
     rda_step(tensors: RdaTensors, bucket: plan.Bucket, scalars: scalars.RdaScalars) -> Tensor | None
+    rda_max_A(tensors: RdaTensors, bucket: plan.Bucket, scalars: scalars.RdaScalars) -> Tensor
     grda_step(tensors: GrdaTensors, bucket: plan.Bucket, scalars: scalars.GrdaScalars) -> Tensor | None
 
-for one bucket's tensors (lists aligned with ``bucket.plans``), updating params and state in place and returning
-each param's nonzero count (int64, on the params' device) when it counted them, else None. They read per-tensor
-decisions from the plans and step-wide values from the scalars, and compute nothing the front end already knew.
+for one bucket's tensors (lists aligned with ``bucket.plans``). The steps update params and state in place and
+return each param's nonzero count (int64, on the params' device) when they counted them, else None. rda_max_A
+writes nothing: it returns what rda_step's reweighting takes its max over, this step's A, reduced to each
+tensor's max of finite values (float32, on the params' device; 0 for an unpenalized tensor). A step given
+``tensors.max_A`` uses those maxes instead of its own: a sharded tensor's max is over every rank's shard
+(sparse_rda/sharded.py). Backends read per-tensor decisions from the plans and step-wide values from the
+scalars, and compute nothing the front end already knew.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from .plan import Bucket
 
 class RdaTensors(NamedTuple):
     """Per tensor: the parameter, its gradient, the state (float32), the tile map (tiled tensors, else None)
-    and, in the structured modes, the per-group mean |w| of this step's weights (else None)."""
+    and, in the structured modes, the per-group mean |w| of this step's weights (else None). ``max_A``: None,
+    or the reweighting's max of A per tensor (float32 [n] on the params' device) for the step to use."""
 
     params: list[torch.Tensor]
     grads: list[torch.Tensor]
@@ -32,6 +38,7 @@ class RdaTensors(NamedTuple):
     v: list[torch.Tensor]
     occupancy: list[torch.Tensor | None]
     group_means: list[torch.Tensor | None]
+    max_A: torch.Tensor | None = None
 
 
 class GrdaTensors(NamedTuple):
@@ -62,7 +69,7 @@ def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
     if len(indices) == n:
         return tensors
     return type(tensors)(*(column.index_select(0, _index(indices, column.device)) if torch.is_tensor(column)
-                           else [column[i] for i in indices] for column in tensors))
+                           else None if column is None else [column[i] for i in indices] for column in tensors))
 
 
 def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> torch.Tensor | None:
