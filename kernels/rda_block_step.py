@@ -26,7 +26,7 @@ import triton.language as tl
 from .device_cache import DeviceCache
 from .math import (dual_average, finite_or_zero, group_shrink, load_f32, nonzeros, reweight_factor, step_scalars,
                    store, tensor_ptr)
-from .tensor_table import TORCH_TO_TL, address_table, aligned, on_device
+from .tensor_table import TORCH_TO_TL, address_table, aligned, given_max_A, on_device
 
 ROW_W, ROW_G, ROW_T, ROW_B, ROW_A, ROW_V, ROW_OCC, ROW_ROWS, ROW_COLS = (tl.constexpr(i) for i in range(9))
 # Elements a program holds at a time (a slab of SUB tile rows): at 8 warps, 4 per thread and array (one 16-byte
@@ -163,10 +163,11 @@ def _tile_table(shapes: list[tuple[int, int]], block: tuple[int, int], device) -
     return _TILE_TABLES.get((tuple(shapes), tuple(block), device), make)
 
 
-def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tensor:
+def rda_block_step(params, grads, T, B, A, v, occupancy, block, s, given_max=None, max_only=False) -> torch.Tensor:
     """Block-mode RDA over penalized 2-D weights (all contiguous, one param dtype and one grad dtype) with the
     step's scalars ``s`` (host values, or the device form: ``s.device`` and ``s.found_inf``); writes each
-    weight's occupancy map (bool) and returns each weight's nonzero count."""
+    weight's occupancy map (bool) and returns each weight's nonzero count. ``given_max``: the reweighting's max A
+    per weight, instead of the max kernel's; ``max_only``: run the max kernel alone and return its maxes."""
     device = params[0].device
     n = len(params)
     occ_bytes = [o.view(torch.uint8) for o in occupancy]
@@ -174,7 +175,7 @@ def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tens
     table = address_table([list(params), list(grads), list(T), list(B), list(A), list(v), occ_bytes],
                           [[shape[0] for shape in shapes], [shape[1] for shape in shapes]], device)
     tiles = _tile_table(shapes, block, device)
-    max_A = torch.zeros(n, dtype=torch.float32, device=device)
+    max_A, find_max = given_max_A(given_max, n, device)
     nnz = torch.zeros(n, dtype=torch.int64, device=device)
     rows, cols = block
     cols_p = triton.next_power_of_2(cols)
@@ -190,9 +191,11 @@ def rda_block_step(params, grads, T, B, A, v, occupancy, block, s) -> torch.Tens
     device_scalars = s.device if device_form else max_A  # (an unused pointer)
     found_inf = s.found_inf if s.found_inf is not None else torch.zeros((), device=device) if device_form else max_A
     with on_device(device):
-        if s.reweight:
+        if find_max and (s.reweight or max_only):
             _max_A_kernel[grid](table, n, tiles, max_A, device_scalars, found_inf, s.beta_b,
                                 DEVICE_SCALARS=device_form, W_DTYPE=w_dtype, ALIGNED=vectors, **launch)
+        if max_only:
+            return max_A
         _step_kernel[grid](table, n, tiles, max_A, nnz, s.inv_scale if s.inv_scale is not None else max_A,
                            device_scalars, found_inf, s.lr, s.lam, s.beta, s.beta_b, s.averaging, s.weight_decay,
                            s.max_factor, REWEIGHT=s.reweight, MAXIMIZE=s.maximize,

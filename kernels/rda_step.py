@@ -29,7 +29,7 @@ from .math import (dual_average, finite_or_zero, load_f32, nonzeros, reweight_fa
                    store, tensor_ptr)
 from .rda_block_step import rda_block_step
 from .tensor_table import (TORCH_TO_TL, Contiguous, address_table, aligned, chunk_groups, chunk_table, float_table,
-                           kernel_grads, on_device)
+                           given_max_A, kernel_grads, on_device)
 
 BLOCK = 1024
 # 8 warps: 4 elements per thread and array, one 16-byte access each (8 bytes for 16-bit w and g), 62-70 registers:
@@ -201,19 +201,31 @@ def group_magic(size: int) -> int:
 def rda_step(tensors, bucket, s) -> torch.Tensor:
     """The backend contract's rda_step (sparse_rda/step.py) as fused kernels; returns the nonzero count of each
     param (int64, on device). A tiled bucket goes to kernels/rda_block_step.py (which fills the tile maps)."""
-    params, grads, T, B, A, v, occupancy, group_means, _ = tensors
+    return _run(tensors, bucket, s, max_only=False)
+
+
+def rda_max_A(tensors, bucket, s) -> torch.Tensor:
+    """The backend contract's rda_max_A: the step's first kernel alone, its per-tensor max of this step's A
+    (float32, on device); nothing is written."""
+    return _run(tensors, bucket, s, max_only=True)
+
+
+def _run(tensors, bucket, s, max_only: bool) -> torch.Tensor:
+    params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
     grads = kernel_grads(grads)
     if bucket.tiled:
         ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)
         states = [Contiguous(x, write_back=True) for x in (T, B, A, v)]
-        counts = rda_block_step(ws.tensors, gs.tensors, *(x.tensors for x in states), occupancy, bucket.block, s)
-        for c in (ws, *states):
-            c.finish()
-        return counts
-    return _launch(params, grads, T, B, A, v, group_means, bucket, s)
+        result = rda_block_step(ws.tensors, gs.tensors, *(x.tensors for x in states), occupancy, bucket.block, s,
+                                max_A, max_only)
+        if not max_only:
+            for c in (ws, *states):
+                c.finish()
+        return result
+    return _launch(params, grads, T, B, A, v, group_means, max_A, bucket, s, max_only)
 
 
-def _launch(params, grads, T, B, A, v, group_means, bucket, s) -> torch.Tensor:
+def _launch(params, grads, T, B, A, v, group_means, given_max, bucket, s, max_only) -> torch.Tensor:
     device = params[0].device
     n = len(params)
     weights = Contiguous(params, write_back=True)
@@ -228,7 +240,8 @@ def _launch(params, grads, T, B, A, v, group_means, bucket, s) -> torch.Tensor:
     factors = float_table(tuple(plan.factor for plan in bucket.plans), device)
     chunk_tensor, chunk_start, chunk = chunk_table(numels, device)
     chunk_group = chunk_groups(numels, sizes, device)
-    max_A = torch.zeros(n, dtype=torch.float32, device=device)
+    max_A, find_max = given_max_A(given_max, n, device)
+    find_max = find_max and (s.reweight or max_only) and any(plan.penalized for plan in bucket.plans)
     nnz = torch.zeros(n, dtype=torch.int64, device=device)
     device_form = s.device is not None
     device_scalars = s.device if device_form else max_A  # (an unused pointer)
@@ -239,12 +252,14 @@ def _launch(params, grads, T, B, A, v, group_means, bucket, s) -> torch.Tensor:
     # vector accesses when every array starts 16-byte aligned (the group means are gathered, never vectors)
     vectors = aligned([*ws, *flat_grads.tensors, *(t for x in states for t in x.tensors)])
     with on_device(device):
-        if s.reweight and any(plan.penalized for plan in bucket.plans):
+        if find_max:
             _max_A_kernel[grid](table, factors, n, chunk_tensor, chunk_start, chunk_group, max_A, device_scalars,
                                 found_inf,
                                 s.lr, s.beta, s.beta_b, s.averaging,
                                 DEVICE_SCALARS=device_form, W_DTYPE=wt, ALIGNED=vectors, BLOCK=BLOCK, CHUNK=chunk,
                                 num_warps=NUM_WARPS)
+        if max_only:
+            return max_A
         _step_kernel[grid](
             table, factors, n, chunk_tensor, chunk_start, chunk_group, max_A, nnz,
             s.inv_scale if s.inv_scale is not None else max_A, device_scalars, found_inf,

@@ -116,3 +116,14 @@ def kernel_grads(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """The grads in dtypes the kernels are compiled for: a float64 grad becomes a float32 copy (the step reads
     gradients in float32 anyway)."""
     return [g if g.dtype in TORCH_TO_TL else g.float() for g in grads]
+
+
+def given_max_A(max_A: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, bool]:
+    """(the per-tensor max buffer the step kernel reads, whether the max kernel must fill it): a caller's maxes
+    as float32 on the device (checked: the kernels read n values), else zeros to fill."""
+    if max_A is None:
+        return torch.zeros(n, dtype=torch.float32, device=device), True
+    if max_A.numel() != n or not max_A.is_floating_point() or max_A.device != device:
+        raise ValueError(f"max_A must hold {n} floating values on {device}, got {max_A.dtype} of shape "
+                         f"{tuple(max_A.shape)} on {max_A.device}")
+    return max_A.to(torch.float32).contiguous().reshape(n), False

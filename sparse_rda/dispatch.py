@@ -27,13 +27,15 @@ def triton_interpreted() -> bool:
 
 @dataclass(frozen=True)
 class Backend:
-    """A backend: its implementations of the contract (sparse_rda/step.py), the devices it runs on (``where``
+    """A backend: its implementations of the contract (sparse_rda/step.py; rda_max_A serves sharded tensors
+    only, so it runs eagerly, never behind the opaque ops), the devices it runs on (``where``
     says so in errors), whether it takes capturable groups (device scalars, no host sync) and whether dynamo
     can trace its functions (torch ops and plain torch code); an untraceable one runs behind opaque ops in a
     compiled step (sparse_rda/opaque.py)."""
 
     name: str
     rda_step: Callable
+    rda_max_A: Callable
     grda_step: Callable
     runs_on: Callable[[torch.device], bool]
     where: str
@@ -54,22 +56,24 @@ def register(backend: Backend) -> None:
         _OPAQUE[backend.name] = opaque.wrap(backend)
 
 
-register(Backend("torch", reference.rda_step, reference.grda_step, lambda device: True, "tensors on any device",
+register(Backend("torch", reference.rda_step, reference.rda_max_A, reference.grda_step, lambda device: True,
+                 "tensors on any device",
                  capturable=False))
 try:
     import triton  # noqa: F401  (the kernel modules import it too; this names the missing package)
 
     from .kernels.grda_step import grda_step as _triton_grda_step
+    from .kernels.rda_step import rda_max_A as _triton_rda_max_A
     from .kernels.rda_step import rda_step as _triton_rda_step
 except ImportError as err:  # no triton: the reference (and native backends) still work
     _MISSING["triton"] = f"triton cannot be imported ({err}); pip install triton"
 else:  # compiled for CUDA devices; the interpreter runs it on CPU tensors
-    register(Backend("triton", _triton_rda_step, _triton_grda_step,
+    register(Backend("triton", _triton_rda_step, _triton_rda_max_A, _triton_grda_step,
                      lambda device: device.type == "cuda" or (device.type == "cpu" and triton_interpreted()),
                      "CUDA tensors, or CPU tensors under TRITON_INTERPRET=1", traceable=False))
 for _device_type in ("cpu", "cuda"):
     if native.has_kernels(_device_type):
-        register(Backend(_device_type, native.rda_step, native.grda_step,
+        register(Backend(_device_type, native.rda_step, native.rda_max_A, native.grda_step,
                          lambda device, kind=_device_type: device.type == kind, f"{_device_type.upper()} tensors"))
     else:
         _MISSING[_device_type] = native.missing_reason(_device_type)

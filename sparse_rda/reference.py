@@ -132,12 +132,57 @@ def unscaled_grads(grads: Sequence[torch.Tensor], inv_scale: torch.Tensor | None
     return g if inv_scale is None else torch._foreach_mul(g, inv_scale)
 
 
+def _tile_values(state: torch.Tensor, plan: TensorPlan) -> torch.Tensor:
+    """A tiled tensor's A or B as the step reads it: each tile's first element on the whole tile (the kernels
+    keep one value per tile and write it to every element), whatever a loaded state holds elsewhere in it."""
+    rows, cols = plan.block
+    return tile_broadcast(state[::rows, ::cols], state.shape, plan.block)
+
+
+def _magnitudes(w: list[torch.Tensor], group_means: list, plans, idx: list[int]) -> list[torch.Tensor]:
+    """a of the penalized tensors ``idx``: the front end's per-group means where it gave them (a sharded tensor's
+    are over every rank's part of the group), else computed here."""
+    a = []
+    for i in idx:
+        means = group_means[i] if plans[i].grouped else None
+        a.append(magnitude(w[i], plans[i]) if means is None
+                 else means.repeat_interleave(w[i].numel() // means.numel()).reshape(w[i].shape))
+    return a
+
+
+def _next_A(A_p: list[torch.Tensor], a: list[torch.Tensor], s: RdaScalars, out: bool) -> list[torch.Tensor]:
+    """A = beta_b A + (1 - beta_b) a, in place (out=False) or as new tensors: the same ops either way, so
+    rda_max_A's values are the step's to the bit."""
+    changing = s.changing()
+    beta_b, one_minus_beta_b = changing[3], changing[7]
+    if out:
+        A_p = torch._foreach_mul(A_p, beta_b)
+    else:
+        torch._foreach_mul_(A_p, beta_b)
+    add_scaled_(A_p, a, one_minus_beta_b)
+    return A_p
+
+
+def rda_max_A(tensors: RdaTensors, bucket, s: RdaScalars) -> torch.Tensor:
+    """The backend contract's rda_max_A: each tensor's max of finite values of this step's A (0 when
+    unpenalized), float32 [n]; nothing is written."""
+    params, _, _, _, A, _, _, group_means, _ = tensors
+    plans = bucket.plans
+    idx = [i for i, plan in enumerate(plans) if plan.penalized]
+    maxes = torch.zeros(len(plans), dtype=torch.float32, device=params[0].device)
+    if idx:
+        A_p = [_tile_values(A[i], plans[i]) if plans[i].tiled else A[i] for i in idx]
+        new_A = _next_A(A_p, _magnitudes(as_float32(params), group_means, plans, idx), s, out=True)
+        maxes[idx] = torch.stack(finite_max(new_A))
+    return maxes
+
+
 def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     """One RDA step (ALGORITHMS.md sections 1 and 3) over tensors that all have state; updates params and state
     in place. An unpenalized tensor has om = 0: its B stays 0 and its weight is the plain iterate T. A tiled
-    tensor's map (``tensors.occupancy``) receives which tiles kept nonzeros. (``group_means`` are the kernels'.)
-    """
-    params, grads, T, B, A, v, occupancy, _, max_A = tensors
+    tensor's map (``tensors.occupancy``) receives which tiles kept nonzeros. The reweighting's max A is this
+    step's over each tensor, or ``tensors.max_A`` where given."""
+    params, grads, T, B, A, v, occupancy, group_means, given_max = tensors
     plans = bucket.plans
     lr, averaging, beta, beta_b, lam, one_minus_averaging, one_minus_beta, one_minus_beta_b = s.changing()
     w = as_float32(params)
@@ -153,18 +198,14 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
         A_p, B_p = [A[i] for i in idx], [B[i] for i in idx]
         for i in idx:
             if plans[i].tiled:
-                # a tile's A and B are those of its first element (the kernels keep one value per tile and
-                # write it to every element): the same thing whatever a loaded state holds elsewhere in the tile
-                rows, cols = plans[i].block
                 for state in (A[i], B[i]):
-                    state.copy_(tile_broadcast(state[::rows, ::cols], state.shape, plans[i].block))
-        a = [magnitude(w[i], plans[i]) for i in idx]
-        torch._foreach_mul_(A_p, beta_b)
-        add_scaled_(A_p, a, one_minus_beta_b)
+                    state.copy_(_tile_values(state, plans[i]))
+        _next_A(A_p, _magnitudes(w, group_means, plans, idx), s, out=False)
         factors = [plans[i].factor for i in idx]
         torch._foreach_mul_(B_p, averaging)
         if s.reweight:
-            max_A = finite_max(A_p)  # this step's A, whole tensor
+            # this step's A, whole tensor
+            max_A = finite_max(A_p) if given_max is None else [given_max[i].float() for i in idx]
             om = [reweight_factor(A_i, m, s.max_factor) for A_i, m in zip(A_p, max_A)]
             torch._foreach_mul_(om, factors)
             add_scaled_(B_p, om, lr)

@@ -195,9 +195,11 @@ def check_capturable_grda_against_host(params, backend: str) -> None:
 
 
 def rda_contract_call(backend: str, params, grads, T, B, A, v, *, penalized, granularity="element",
-                      occupancy=None, inv_scale=None, device=None, found_inf=None, **hyper):
+                      occupancy=None, inv_scale=None, device=None, found_inf=None, max_A=None, function="rda_step",
+                      **hyper):
     """One RDA step of ``backend`` on these tensors (one bucket: one param dtype, one grad dtype); hyper: lr, lam,
-    beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize. Returns the backend's counts."""
+    beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize. Returns the backend's counts; with
+    ``function="rda_max_A"`` the backend's maxes instead (nothing stepped)."""
     from sparse_rda import dispatch, plan, scalars, step
 
     plans = tuple(plan.tensor_plan(p.shape, granularity, pen) for p, pen in zip(params, penalized))
@@ -205,9 +207,9 @@ def rda_contract_call(backend: str, params, grads, T, B, A, v, *, penalized, gra
     means = [step.group_means(p, pl.group_size, None) if pl.grouped and pl.penalized else None
              for p, pl in zip(params, plans)]
     tensors = step.RdaTensors(list(params), list(grads), list(T), list(B), list(A), list(v),
-                              list(occupancy) if occupancy is not None else [None] * len(params), means)
+                              list(occupancy) if occupancy is not None else [None] * len(params), means, max_A)
     s = scalars.RdaScalars(**hyper, inv_scale=inv_scale, device=device, found_inf=found_inf)
-    return dispatch.backend(backend).rda_step(tensors, bucket, s)
+    return getattr(dispatch.backend(backend), function)(tensors, bucket, s)
 
 
 # ----------------------------------------------------------------------------------------------------------
