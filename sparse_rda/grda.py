@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import reference, step, target
+from . import reference, sharded, step, target
 from .optimizer import SparseOptimizer
 from .scalars import grda_scalars
 from .validation import check_hyper_value, check_number
@@ -74,8 +74,9 @@ class GRDA(SparseOptimizer):
         plans, buckets = self._step_plan(group, params)
         counters = self._scalar_rows(params, ("step", "l1"))
         advanced = self._advance_thresholds(group, plans, counters, scalars, found_inf)
-        tensors = step.GrdaTensors(params, [p.grad for p in params], [self.state[p]["acc"] for p in params],
-                                   thresholds=advanced[:, 1].float())
+        local = sharded.local_list  # (DTensors: each rank steps its own shards; nothing global but nnz)
+        tensors = step.GrdaTensors(local(params), local([p.grad for p in params]),
+                                   local([self.state[p]["acc"] for p in params]), thresholds=advanced[:, 1].float())
         counts = step.run(backend.grda_step, tensors, buckets, scalars)
         counters.copy_(advanced)  # after the update: a refused call leaves the counters as they were
         return counts
@@ -110,7 +111,8 @@ class GRDA(SparseOptimizer):
         """An element is zero when |acc| <= l1 = c * (l1 / c)."""
         state = self.state[p]
         unit = (state["l1"] / group["c"]).to(device=p.device, dtype=torch.float32)
-        return target.zero_ratio(state["acc"].abs(), unit.expand_as(state["acc"])), None
+        acc = sharded.local(state["acc"])
+        return target.zero_ratio(acc.abs(), unit.expand_as(acc)), None
 
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
         """c := scale, and every accumulated l1 with it (l1 is linear in c). In place: the l1 entries may be views
@@ -128,4 +130,5 @@ class GRDA(SparseOptimizer):
         """w = S(acc, l1)."""
         for p in penalized:
             state = self.state[p]
-            p.copy_(reference.soft_threshold(state["acc"], state["l1"].to(state["acc"].device, torch.float32)))
+            acc = sharded.local(state["acc"])
+            sharded.local(p).copy_(reference.soft_threshold(acc, state["l1"].to(acc.device, torch.float32)))

@@ -10,7 +10,7 @@ from itertools import chain
 
 import torch
 
-from . import dispatch, plan, step, target
+from . import dispatch, plan, sharded, step, target
 from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
                          same_granularity)
 
@@ -80,7 +80,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         value checks (its hyper-parameters may be symbolic); they ran when the group was added."""
         if not torch.compiler.is_compiling():
             self._check_options(group)
-        check_params(group["params"])
+        check_params(group["params"], self._capturable(group))
+        if plan.block_shape(group.get("granularity")) and any(sharded.is_sharded(p) for p in group["params"]):
+            raise NotImplementedError("granularity=('block', ...) does not take DTensor parameters yet (tiles across "
+                                      "shard boundaries); element, kernel and channel granularity do")
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         if self._capturable(group):
             check_device_scalars(group, self._DEVICE_SCALARS, device)
@@ -138,10 +141,11 @@ class SparseOptimizer(torch.optim.Optimizer):
 
     def _group_means(self, p: torch.Tensor, tensor_plan: plan.TensorPlan) -> torch.Tensor | None:
         """A structured mode's per-group mean |w| of ``p`` now, for the kernels (None otherwise), in a buffer
-        kept per parameter."""
+        kept per parameter (a DTensor's: of its local part of each group, or of the whole group where the shards
+        split groups: sparse_rda/sharded.py)."""
         if not (tensor_plan.grouped and tensor_plan.penalized):
             return None
-        means = self._means[id(p)] = step.group_means(p, tensor_plan.group_size, self._means.get(id(p)))
+        means = self._means[id(p)] = sharded.group_means(p, tensor_plan.group_size, self._means.get(id(p)))
         return means
 
     def _scalar_rows(self, params: list[torch.Tensor], keys: tuple[str, ...]) -> torch.Tensor:
@@ -243,13 +247,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         group's penalized tensors and hold a scale a step closer to the one that does it. Returns how far from
         ``scheduled`` the scale held so far had let the sparsity drift. Params without a grad this step keep
         their weights (torch's contract) but count."""
-        ratios, sizes = zip(*(self._zero_ratios(group, p) for p in penalized))
-        all_ratios = torch.cat([r.flatten() for r in ratios])
-        all_sizes = None if all(size is None for size in sizes) else torch.cat(
-            [torch.ones_like(r).flatten() if size is None else size.flatten() for r, size in zip(ratios, sizes)])
         held = self._threshold_scale(group)
-        quantile = target.scale_for_sparsity(all_ratios, all_sizes, scheduled) * target.ROUND_UP
-        drift = abs(target.sparsity_at(all_ratios, all_sizes, held) - scheduled)  # what the held scale gave
+        quantile, held_fraction = self._units(group, penalized).quantile_and_fraction(scheduled, held)
+        quantile *= target.ROUND_UP
+        drift = abs(held_fraction - scheduled)  # what the held scale gave
         self._set_threshold_scale(group, penalized, quantile)
         snapped = set(map(id, stepped))
         self._apply_threshold(group, [p for p in penalized if id(p) in snapped])
@@ -257,6 +258,20 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._nnz = [(params, counts) for params, counts in self._nnz if not any(id(p) in snapped for p in params)]
         self._set_threshold_scale(group, penalized, target.held_scale(held, quantile, first, self._HOLD_GAIN))
         return drift
+
+    def _units(self, group: dict, penalized: list[torch.Tensor]) -> target.Units:
+        """The group's penalized units for the controller's quantile: one part per set of process groups the
+        tensors are sharded over (one in one process), whose histograms add up over those shards."""
+        parts: dict[tuple, list] = {}
+        for p in penalized:
+            parts.setdefault(sharded.reduce_groups(p), []).append((p, *self._zero_ratios(group, p)))
+        units = []
+        for groups, members in parts.items():
+            ratios = torch.cat([r.flatten() for _, r, _ in members])
+            sizes = None if all(z is None for _, _, z in members) else torch.cat(
+                [torch.ones_like(r).flatten() if z is None else z.flatten() for _, r, z in members])
+            units.append((ratios, sizes, sharded.reducer(groups)))
+        return target.Units(units)
 
     def _zero_ratios(self, group: dict, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per unit of ``p`` (element, or tile: then also the tiles' sizes) the threshold scale from which the
@@ -278,12 +293,14 @@ class SparseOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def nnz(self) -> dict[torch.Tensor, int]:
         """Nonzero count of every parameter. The fused kernels count them during the step, so this costs one
-        host sync and no pass over the weights; parameters the last step did not count are counted here."""
-        counted: dict[torch.Tensor, int] = {}
+        host sync and no pass over the weights; parameters the last step did not count are counted here. A
+        DTensor's count is over all its shards (one collective: every rank must call this)."""
+        counted: dict[torch.Tensor, torch.Tensor] = {}
         for params, counts in self._nnz:
-            counted.update(zip(params, counts.tolist()))
-        return {p: counted[p] if p in counted else int(torch.count_nonzero(p))
-                for group in self.param_groups for p in group["params"]}
+            counted.update(zip(params, counts.unbind()))
+        params = [p for group in self.param_groups for p in group["params"]]
+        given = {i: counted[p] for i, p in enumerate(params) if p in counted}
+        return dict(zip(params, sharded.count_nonzeros(params, given)))
 
     def _check_live_state(self, g: int, group: dict, params: list[torch.Tensor]) -> None:
         """Before a step changes anything: the state of each param fits it (as load_state_dict checks), so that
@@ -292,7 +309,7 @@ class SparseOptimizer(torch.optim.Optimizer):
         address) or the granularity changed; otherwise a step pays an identity comparison per state tensor and
         an address per param (reading shapes and dtypes costs ~2 us a param, 0.1 ms a step on ResNet-18)."""
         seen = [v for p in params for v in self.state.get(p, _NO_STATE).values()]
-        where = (group.get("granularity"), [p.data_ptr() for p in params])
+        where = (group.get("granularity"), [sharded.local(p).data_ptr() for p in params])
         last = self._checked.get(g)
         if (last is not None and last[1] == where and len(last[0]) == len(seen)
                 and all(map(operator.is_, last[0], seen))):
@@ -301,7 +318,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             state = self.state.get(p)
             if state:  # (new params are initialised by this step)
                 check_state(f"state of param_groups[{g}]['params'][{i}] (shape {tuple(p.shape)})", state,
-                            self._state_layout(group, p), self._HOST_SCALARS, device=p.device)
+                            self._state_layout(group, p), self._HOST_SCALARS, device=p.device, param=p)
         self._checked[g] = (seen, where)
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -369,7 +386,7 @@ class SparseOptimizer(torch.optim.Optimizer):
             for i, (saved_id, p) in enumerate(zip(saved_group["params"], group["params"])):
                 if saved_state.get(saved_id):
                     check_state(f"{where}['params'][{i}] (shape {tuple(p.shape)})",
-                                saved_state[saved_id], self._state_layout(options, p), self._HOST_SCALARS)
+                                saved_state[saved_id], self._state_layout(options, p), self._HOST_SCALARS, param=p)
 
     # scalar state kept on the host (float64 tensors) outside capturable mode, whatever the parameter's device
     _HOST_SCALARS = ("step",)

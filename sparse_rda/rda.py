@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import nn, plan, reference, step, target
+from . import nn, plan, reference, sharded, step, target
 from .optimizer import SparseOptimizer
 from .scalars import rda_scalars
 from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
@@ -161,7 +161,7 @@ class RDA(SparseOptimizer):
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
         """An element is zero when |T| <= lam B; a tile when ||T_tile|| <= lam B_tile sqrt(tile size)."""
-        T, B = self.state[p]["T"], self.state[p]["B"]
+        T, B = sharded.local(self.state[p]["T"]), sharded.local(self.state[p]["B"])
         block = self._plan(group, p).block
         if block is None:
             return target.zero_ratio(T.abs(), B), None
@@ -178,11 +178,11 @@ class RDA(SparseOptimizer):
     def _apply_threshold(self, group: dict, penalized: list[torch.Tensor]) -> None:
         """w = S(T, lam B); in block mode the group prox, and the tile map (a SparseLinear's too) with it."""
         for p in penalized:
-            state = self.state[p]
-            w, live = reference.rda_prox(state["T"], group["lam"] * state["B"], self._plan(group, p))
-            if live is not None and "occupancy" in state:
-                state["occupancy"].copy_(live)
-            p.copy_(w)
+            T, B = sharded.local(self.state[p]["T"]), sharded.local(self.state[p]["B"])
+            w, live = reference.rda_prox(T, group["lam"] * B, self._plan(group, p))
+            if live is not None and "occupancy" in self.state[p]:
+                self.state[p]["occupancy"].copy_(live)
+            sharded.local(p).copy_(w)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
@@ -203,13 +203,18 @@ class RDA(SparseOptimizer):
     def _group_step(self, group: dict, backend, params: list[torch.Tensor], grad_scale, found_inf):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         plans, buckets = self._step_plan(group, params)
+        local = sharded.local_list  # (DTensors: each rank steps its own shards)
         tensors = step.RdaTensors(
-            params, [p.grad for p in params], *([s[key] for s in states] for key in ("T", "B", "A", "v")),
+            local(params), local([p.grad for p in params]),
+            *(local([s[key] for s in states]) for key in ("T", "B", "A", "v")),
             occupancy=[self._relink_map(p, s, tensor_plan.block) if tensor_plan.tiled else s.get("occupancy")
                        for p, s, tensor_plan in zip(params, states, plans)],
             group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
         scalars = rda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]
+        if scalars.reweight and sharded.any_sharded(params):  # the max over all shards: one collective
+            maxes = step.run(backend.rda_max_A, tensors, buckets, scalars)
+            tensors = tensors._replace(max_A=sharded.all_reduce(maxes, params, "max"))
         counts = step.run(backend.rda_step, tensors, buckets, scalars)
         self._count_steps(steps, found_inf)  # after the update: a refused call leaves the counters as they were
         return counts

@@ -73,8 +73,8 @@ def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
 
 
 def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> torch.Tensor | None:
-    """kernel(tensors, bucket, scalars) for each bucket; the params' nonzero counts in the group's order, or None
-    when the backend does not count."""
+    """kernel(tensors, bucket, scalars) for each bucket; what it returns per param (nonzero counts, or rda_max_A's
+    maxes) in the group's order, or None when the backend does not count."""
     n = len(tensors.params)
     if len(buckets) == 1:
         return kernel(_pick(tensors, buckets[0].indices, n), buckets[0], scalars)
@@ -84,7 +84,7 @@ def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> to
         if bucket_counts is None:
             continue
         if counts is None:
-            counts = torch.zeros(n, dtype=torch.int64, device=bucket_counts.device)
+            counts = torch.zeros(n, dtype=bucket_counts.dtype, device=bucket_counts.device)
         counts.index_copy_(0, _index(bucket.indices, counts.device), bucket_counts)
     return counts
 

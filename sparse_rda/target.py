@@ -56,6 +56,7 @@ is steered.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -120,41 +121,90 @@ def held_scale(held: float, quantile: float, first: bool, gain: float = HOLD_GAI
     return math.exp((1.0 - gain) * math.log(held) + gain * math.log(quantile))
 
 
+# A ratio is a float32 >= 0 (or inf): its 31 low bits order as integers, so the quantile is found digit by digit
+# from histograms that add up over ranks (a sharded group's units live on several), exactly, in three rounds.
+RADIX_ROUNDS = ((20, 11), (10, 10), (0, 10))  # (shift, bits) of each round's digit, from the top
+
+
+class Units:
+    """A group's penalized units (elements, or tiles with their sizes) in parts: per part its ratios (float32),
+    the units' sizes (None: one element each) and ``reduce(tensor, op)``, which sums (or maxes, mins) a tensor
+    of per-part totals over the part's shards in place (sparse_rda/sharded.py; nothing in one process)."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor | None, Callable]]):
+        self.parts = [(r.flatten().float().contiguous(), None if z is None else z.flatten().double(), reduce)
+                      for r, z, reduce in parts]
+        self.tiled = any(z is not None for _, z, _ in self.parts)
+
+    @classmethod
+    def local(cls, ratios: torch.Tensor, sizes: torch.Tensor | None = None) -> Units:
+        return cls([(ratios, sizes, lambda tensor, op: tensor)])
+
+    def _sum(self, local_rows) -> torch.Tensor:
+        """The float64 sum over parts and their shards of ``local_rows(ratios, sizes)`` (a 1-D tensor)."""
+        total = None
+        for ratios, sizes, reduce in self.parts:
+            row = reduce(local_rows(ratios, sizes).double(), "sum")
+            total = row if total is None else total + row.to(total.device)
+        return total.cpu()
+
+    def _extreme(self, local_value, op: str) -> float:
+        values = [float(reduce(local_value(ratios).reshape(1), op)) for ratios, _, reduce in self.parts]
+        return max(values) if op == "max" else min(values)
+
+    def quantile_and_fraction(self, sparsity: float, held: float) -> tuple[float, float]:
+        """(the scale that zeroes a ``sparsity`` fraction of the elements, the fraction ``held`` zeroes); a unit is
+        zero when its ratio <= the scale. The scale is the ratio of the first unit, in increasing order, at which
+        the units so far cover the fraction; tiles are zeroed whole, so it is the ratio below that one where that
+        count is nearer. When nothing is to be zeroed, a positive scale below every positive ratio (units at 0
+        stay zero whatever the scale)."""
+        prefix, below, needed, fraction = 0, 0.0, None, 0.0
+        for shift, bits in RADIX_ROUNDS:
+            def digits(ratios, sizes, shift=shift, bits=bits, prefix=prefix, first=needed is None):
+                """This round's histogram of the units under ``prefix``; the first round's also counts what
+                ``held`` zeroes (one collective for both)."""
+                keys = ratios.view(torch.int32)
+                chosen = (keys >> (shift + bits)) == prefix
+                weights = None if sizes is None else sizes[chosen]
+                hist = torch.bincount((keys[chosen] >> shift) & ((1 << bits) - 1), weights, minlength=1 << bits)
+                if not first:
+                    return hist
+                at_most_held = (ratios <= held).double() if sizes is None else sizes * (ratios <= held)
+                return torch.cat([hist.double(), at_most_held.sum().reshape(1)])
+
+            hist = self._sum(digits)
+            if needed is None:  # the first round: every unit is in it
+                hist, covered_by_held = hist[:-1], float(hist[-1])
+                total = float(hist.sum())
+                fraction = covered_by_held / total if total else 0.0
+                needed = round(sparsity * total)
+                if needed == 0:
+                    return self._below_all(), fraction
+            cumulative = below + torch.cumsum(hist, 0)
+            digit = min(int(torch.searchsorted(cumulative, torch.tensor([float(needed)], dtype=torch.float64))),
+                        len(hist) - 1)
+            below = float(cumulative[digit - 1]) if digit > 0 else below
+            prefix = (prefix << bits) | digit
+        at_most = float(cumulative[digit])
+        scale = float(torch.tensor([prefix], dtype=torch.int32).view(torch.float32))
+        if self.tiled and below > 0 and needed - below < at_most - needed:
+            scale = self._extreme(lambda r: torch.where(r < scale, r, -1.0).max(), "max")
+        return scale, fraction
+
+    def _below_all(self) -> float:
+        smallest = self._extreme(lambda r: torch.where(r > 0, r, math.inf).min(), "min")
+        return 0.5 * smallest if math.isfinite(smallest) else 0.0
+
+
 def scale_for_sparsity(ratios: torch.Tensor, sizes: torch.Tensor | None, sparsity: float) -> float:
-    """The threshold scale that zeroes a ``sparsity`` fraction of the elements, where a unit (an element, or a
-    tile of ``sizes`` elements) is zero when its ratio <= the scale: the ratio of the first unit, in increasing
-    order, at which the units so far cover the fraction. When nothing is to be zeroed, a positive scale below
-    every positive ratio (units already at 0 stay zero whatever the scale)."""
-    ratios = ratios.flatten().float()
-    if sizes is None:
-        k = round(sparsity * ratios.numel())
-        return _below_all(ratios) if k == 0 else float(torch.kthvalue(ratios, k).values)
-    sorted_ratios, order = torch.sort(ratios)
-    covered = torch.cumsum(sizes.flatten().to(torch.float64)[order], 0)
-    needed = round(sparsity * float(covered[-1]))
-    if needed == 0:
-        return _below_all(ratios)
-    # units are zeroed whole: stop at the count nearest to the fraction, above or below it
-    first = min(int(torch.searchsorted(covered, torch.tensor([needed], dtype=torch.float64, device=covered.device))),
-                ratios.numel() - 1)
-    if first > 0 and needed - float(covered[first - 1]) < float(covered[first]) - needed:
-        first -= 1
-    return float(sorted_ratios[first])
+    """Units.quantile_and_fraction's scale for units all in this process."""
+    return Units.local(ratios, sizes).quantile_and_fraction(sparsity, 0.0)[0]
 
 
 def sparsity_at(ratios: torch.Tensor, sizes: torch.Tensor | None, scale: float) -> float:
     """The fraction of the elements that ``scale`` zeroes (units with ratio <= scale, tiles counting their
     sizes)."""
-    zeroed = ratios.flatten() <= scale
-    if sizes is None:
-        return float(zeroed.double().mean())
-    sizes = sizes.flatten().double()
-    return float((sizes * zeroed).sum() / sizes.sum())
-
-
-def _below_all(ratios: torch.Tensor) -> float:
-    positive = ratios[ratios > 0]
-    return 0.5 * float(positive.min()) if positive.numel() and math.isfinite(float(positive.min())) else 0.0
+    return Units.local(ratios, sizes).quantile_and_fraction(0.0, scale)[1]
 
 
 def zero_ratio(magnitude: torch.Tensor, unit_threshold: torch.Tensor) -> torch.Tensor:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 import numbers
-import sys
 from collections.abc import Iterable
 
 import torch
 
 from .plan import GRANULARITIES
+from .sharded import is_sharded, local
 
 
 def check_number(name: str, value, *, low: float = 0.0, high: float = math.inf, low_open: bool = False) -> None:
@@ -90,28 +90,34 @@ def is_expanded(t: torch.Tensor) -> bool:
     return any(stride == 0 and size > 1 for stride, size in zip(t.stride(), t.shape))
 
 
-def is_dtensor(t: torch.Tensor) -> bool:
-    """A torch.distributed DTensor (FSDP2's fully_shard, tensor parallelism). None exists before its module is
-    imported, so the check imports nothing (that import is slow)."""
-    dtensor = sys.modules.get("torch.distributed.tensor")
-    return dtensor is not None and isinstance(t, dtensor.DTensor)
+def check_sharded(p, capturable: bool) -> None:
+    """A DTensor parameter: sharded (``Shard``) or replicated along each mesh dimension, stepped eagerly (the
+    collectives of sparse_rda/sharded.py run outside torch.compile and CUDA graphs)."""
+    from torch.distributed.tensor import Replicate, Shard
+
+    where = f"params: a DTensor parameter (shape {tuple(p.shape)}, placements {p.placements})"
+    if not all(isinstance(placement, (Shard, Replicate)) for placement in p.placements):
+        raise ValueError(f"{where} must be Shard or Replicate along each mesh dimension (a Partial parameter has "
+                         "no values of its own to step)")
+    if capturable:
+        raise ValueError(f"{where}: capturable=True is not supported with DTensor parameters (the step's "
+                         "collectives are not captured)")
+    if torch.compiler.is_compiling():
+        raise NotImplementedError(f"{where}: a step traced by torch.compile does not take DTensor parameters yet; "
+                                  "step them eagerly (compile the model, not optimizer.step)")
 
 
-def check_params(params: list[torch.Tensor]) -> None:
-    """Parameters of a group: real floating tensors, all on one device, not sharded."""
+def check_params(params: list[torch.Tensor], capturable: bool = False) -> None:
+    """Parameters of a group: real floating tensors, all on one device (DTensors: see check_sharded)."""
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"params: a param group must live on one device, got {sorted(map(str, devices))}")
     for p in params:
-        if is_dtensor(p):  # refused before any state exists: a step would fail halfway through its updates
-            raise NotImplementedError(
-                f"params: DTensor parameters (FSDP2's fully_shard, tensor parallelism) are not supported yet (shape "
-                f"{tuple(p.shape)}, placements {p.placements}): the step's global quantities (the reweighting's max "
-                "A, the nonzero counts, target_sparsity's quantile, tiles across shards) need collectives it does "
-                "not make. DistributedDataParallel works (each rank holds whole parameters).")
+        if is_sharded(p):
+            check_sharded(p, capturable)
         if p.layout != torch.strided:
             raise TypeError(f"params: parameters must be dense tensors (got layout {p.layout}, shape {tuple(p.shape)})")
-        if is_expanded(p):
+        if is_expanded(local(p)):
             raise ValueError(f"params: a parameter of shape {tuple(p.shape)} is an expanded view (stride 0): its "
                              "elements share memory, and the step writes each one")
         if p.is_complex():
@@ -135,7 +141,8 @@ def check_grad(p: torch.Tensor) -> None:
         raise TypeError(f"grad: gradient of dtype {g.dtype} (shape {tuple(p.shape)}); it must be floating")
 
 
-def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, ...], device=None) -> None:
+def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, ...], device=None,
+                param=None) -> None:
     """A parameter's state holds what the step reads and writes: each tensor of ``layout`` (key -> (shape, dtype))
     with that shape and dtype, and the scalar entries (one-element tensors; in a checkpoint also real numbers).
     Else an error naming ``where`` and the key. With ``device`` (state about to be stepped), the tensors of
@@ -167,8 +174,24 @@ def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, .
                              f"needs {dtype} of shape {tuple(shape)}")
         if device is not None and value.device != device:
             raise ValueError(f"{where}: state[{key!r}] is on {value.device}; the parameter is on {device}")
-        if is_expanded(value):
+        if is_expanded(local(value)):
             raise ValueError(f"{where}: state[{key!r}] is an expanded view (stride 0): the step writes each element")
+        if param is not None and (is_sharded(param) or is_sharded(value)):
+            check_sharded_like(f"{where}: state[{key!r}]", value, param)
+
+
+def check_sharded_like(where: str, value: torch.Tensor, param: torch.Tensor) -> None:
+    """State of a DTensor parameter is a DTensor on its mesh with its placements, and a plain parameter's is plain:
+    the step pairs each rank's shard of the state with its shard of the parameter."""
+    def layout(t):
+        return f"a DTensor on {t.device_mesh} with placements {t.placements}" if is_sharded(t) else "not a DTensor"
+
+    same = (is_sharded(value) and is_sharded(param) and value.device_mesh == param.device_mesh
+            and value.placements == param.placements)
+    if not same:
+        raise ValueError(f"{where} is {layout(value)}; the parameter is {layout(param)} (a checkpoint saved at "
+                         "another world size or sharding loads through torch.distributed.checkpoint's "
+                         "set_optimizer_state_dict, which reshards it)")
 
 
 def same_granularity(a, b) -> bool:
