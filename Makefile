@@ -70,7 +70,7 @@ TEST_JOBS ?= -n auto
 
 test: $(VENV)/.built native-check $(TRITON36)/.installed
 	TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench
-	PYTHONPATH=$(TRITON36) TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench \
+	PYTHONPATH=$(TRITON36) TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench -m "not triton_free" \
 	  -W "ignore:Conversion of an array with ndim:DeprecationWarning"  # (triton 3.6's interpreter, not ours)
 	RESULTS=$$(mktemp -d) $(MAKE) gpu-check
 	$(MAKE) install-check

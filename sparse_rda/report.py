@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .groups import penalized_names
+from .sharded import count_nonzeros
 
 
 @dataclass(frozen=True)
@@ -62,27 +63,14 @@ def sparsity(model: nn.Module, optimizer=None) -> SparsityReport:
     """The exact zeros of every parameter. ``print()`` the result for a table.
 
     With a sparse_rda ``optimizer``, the counts its fused step already made are used (``optimizer.nnz()``:
-    no pass over the weights); other parameters are counted here (one host sync per device)."""
+    no pass over the weights); other parameters are counted here (one host sync per device). A DTensor's zeros
+    are over all its shards: with any, every rank must call this (a collective)."""
     named = list(model.named_parameters())
     wanted = penalized_names(model)
     nnz = optimizer.nnz() if optimizer is not None else {}
     others = [p for _, p in named if p not in nnz]
-    counted = dict(zip(others, _count_zeros(others)))
-    counts = [p.numel() - nnz[p] if p in nnz else counted[p] for _, p in named]
+    counted = dict(zip(others, count_nonzeros(others)))
+    counts = [p.numel() - (nnz[p] if p in nnz else counted[p]) for _, p in named]
     return SparsityReport(
         [TensorSparsity(n, tuple(p.shape), p.numel(), c, n in wanted) for (n, p), c in zip(named, counts)]
     )
-
-
-def _count_zeros(tensors: list[torch.Tensor]) -> list[int]:
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        by_device.setdefault(t.device, []).append(i)
-    counts = [0] * len(tensors)
-    for idx in by_device.values():
-        if not idx:
-            continue
-        per_tensor = torch.stack([(tensors[i] == 0).sum() for i in idx]).tolist()
-        for i, c in zip(idx, per_tensor):
-            counts[i] = c
-    return counts
