@@ -71,6 +71,8 @@ def finite_max(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     finite = [torch.where(torch.isfinite(t), t, 0.0) for t in tensors]
     if torch.compiler.is_compiling():  # dynamo has no rule for _foreach_max (a graph break); the same values
         return [torch.amax(t) for t in finite]
+    if any(t.numel() == 0 for t in finite):  # a rank's empty shard of a DTensor: no values, 0 (as the kernels)
+        return [torch.amax(t) if t.numel() else t.new_zeros(()) for t in finite]
     return torch._foreach_max(finite)
 
 
@@ -100,13 +102,18 @@ def group_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, block: tuple[
     """The group prox on tiles: T_tile * max(0, 1 - t_tile sqrt(tile size) / ||T_tile||_2), with the tile's
     threshold t_tile (constant over the tile). Whole tiles become exactly zero. Returns (w, occupancy) with
     occupancy [tiles] True where the tile kept nonzeros."""
-    norms = torch.sqrt(tile_sums(T * T, block))
     rows, cols = block
-    t_tile = threshold[::rows, ::cols]
-    shrink = torch.clamp_min(1.0 - t_tile * torch.sqrt(tile_counts(T.shape, block, T.device)) / norms, 0.0)
-    shrink = torch.where(norms > 0, shrink, torch.zeros_like(shrink))  # an all-zero tile stays zero, not NaN
-    shrink = torch.where(torch.isfinite(norms), shrink, torch.ones_like(shrink))  # a NaN/inf tile is not shrunk
+    shrink = group_shrink(torch.sqrt(tile_sums(T * T, block)), threshold[::rows, ::cols],
+                          tile_counts(T.shape, block, T.device))
     return T * tile_broadcast(shrink, T.shape, block), shrink > 0
+
+
+def group_shrink(norms: torch.Tensor, t_tile: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Per tile, max(0, 1 - t_tile sqrt(count) / ||T_tile||): 0 for an all-zero tile (not NaN), 1 for a NaN/inf
+    one (not shrunk)."""
+    shrink = torch.clamp_min(1.0 - t_tile * torch.sqrt(counts) / norms, 0.0)
+    shrink = torch.where(norms > 0, shrink, torch.zeros_like(shrink))
+    return torch.where(torch.isfinite(norms), shrink, torch.ones_like(shrink))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -177,6 +184,27 @@ def rda_max_A(tensors: RdaTensors, bucket, s: RdaScalars) -> torch.Tensor:
     return maxes
 
 
+def step_grads(grads: Sequence[torch.Tensor], w: list[torch.Tensor], s: RdaScalars) -> list[torch.Tensor]:
+    """g = grad / scale (negated to maximize) + weight_decay w, float32, as new tensors: p.grad is never written.
+    The w term is added also with weight_decay 0, as the kernels do: a non-finite weight makes its own v
+    non-finite (0 * inf is NaN)."""
+    g = unscaled_grads(grads, s.inv_scale)
+    if s.maximize:
+        g = torch._foreach_neg(g)
+    return torch._foreach_add(g, w, alpha=s.weight_decay)
+
+
+def dual_average_(T: list[torch.Tensor], v: list[torch.Tensor], w: list[torch.Tensor], g: list[torch.Tensor],
+                  s: RdaScalars) -> None:
+    """T = alpha T + (1 - alpha) w; v = beta v + (1 - beta) g; T -= lr v, in place (every granularity)."""
+    lr, averaging, beta, _, _, one_minus_averaging, one_minus_beta, _ = s.changing()
+    torch._foreach_mul_(T, averaging)
+    add_scaled_(T, w, one_minus_averaging)
+    torch._foreach_mul_(v, beta)
+    add_scaled_(v, g, one_minus_beta)
+    add_scaled_(T, v, -lr)
+
+
 def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     """One RDA step (ALGORITHMS.md sections 1 and 3) over tensors that all have state; updates params and state
     in place. An unpenalized tensor has om = 0: its B stays 0 and its weight is the plain iterate T. A tiled
@@ -186,12 +214,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
     plans = bucket.plans
     lr, averaging, beta, beta_b, lam, one_minus_averaging, one_minus_beta, one_minus_beta_b = s.changing()
     w = as_float32(params)
-    g = unscaled_grads(grads, s.inv_scale)
-    if s.maximize:
-        g = torch._foreach_neg(g)
-    # a new list: p.grad is never written. Added also with weight_decay 0, as the kernels do: a non-finite weight
-    # makes its own v non-finite (0 * inf is NaN)
-    g = torch._foreach_add(g, w, alpha=s.weight_decay)
+    g = step_grads(grads, w, s)
 
     idx = [i for i, plan in enumerate(plans) if plan.penalized]
     if idx:
@@ -212,11 +235,7 @@ def rda_step(tensors: RdaTensors, bucket, s: RdaScalars) -> None:
         else:
             torch._foreach_add_(B_p, [lr * f for f in factors])
 
-    torch._foreach_mul_(T, averaging)
-    add_scaled_(T, w, one_minus_averaging)
-    torch._foreach_mul_(v, beta)
-    add_scaled_(v, g, one_minus_beta)
-    add_scaled_(T, v, -lr)
+    dual_average_(T, v, w, g, s)
 
     new_w = []
     for i, plan in enumerate(plans):
