@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import nn, plan, reference, sharded, step, target
+from . import nn, plan, reference, sharded, sharded_tiles, step, target
 from .optimizer import SparseOptimizer
 from .scalars import rda_scalars
 from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
@@ -138,7 +138,9 @@ class RDA(SparseOptimizer):
         for key in ("B", "A", "v"):
             state[key] = torch.zeros_like(p, dtype=torch.float32)
         block = self._plan(group, p).block
-        if block:
+        if block and sharded.is_sharded(p):  # the whole map on every rank (a replicated DTensor)
+            state["occupancy"] = sharded.replicated_like(sharded_tiles.initial_map(p, block), p)
+        elif block:
             state["occupancy"] = self._shared_map(p, reference.tile_sums(p.detach().float() != 0, block) > 0, block)
         return state
 
@@ -192,6 +194,46 @@ class RDA(SparseOptimizer):
                 if block and "occupancy" in self.state.get(p, {}):
                     self.state[p]["occupancy"] = self._shared_map(p, self.state[p]["occupancy"], block)
 
+    @staticmethod
+    def _sharded_step(backend, params, plans, tensors: step.RdaTensors, scalars) -> torch.Tensor | None:
+        """A group step with DTensor params (sparse_rda/sharded.py): the backend on each rank's shards, given the
+        reweighting's max over all shards (one collective); tiled weights through sparse_rda/sharded_tiles.py
+        (its interior tiles through the backend too)."""
+        tiled = [i for i, (p, tensor_plan) in enumerate(zip(params, plans))
+                 if tensor_plan.tiled and sharded.is_sharded(p)]
+        rest = [i for i in range(len(params)) if i not in set(tiled)]
+        parts = []  # (indices, tensors, buckets) stepped by the backend
+        tiles = None
+        if tiled:
+            tiles = sharded_tiles.TiledStep([params[i] for i in tiled], step.pick(tensors, tiled),
+                                            [plans[i] for i in tiled], scalars)
+            parts.append((tiled, tiles.interior()))
+        if rest:
+            parts.append((rest, step.pick(tensors, rest)))
+        parts = [(idx, part, plan.buckets(tuple(plans[i] for i in idx),
+                                          tuple((part.params[j].dtype, part.grads[j].dtype) for j in range(len(idx)))))
+                 for idx, part in parts]
+        maxes = None
+        if scalars.reweight:  # every part's maxes, then one collective
+            maxes = torch.zeros(len(params), dtype=torch.float32, device=tensors.params[0].device)
+            for idx, part, buckets in parts:
+                local_max = step.run(backend.rda_max_A, part, buckets, scalars)
+                maxes[idx] = tiles.local_max(local_max) if tiles is not None and idx is tiled else local_max
+            sharded.all_reduce(maxes, params, "max")
+        counts = []
+        for idx, part, buckets in parts:
+            given = None if maxes is None else maxes[idx]
+            part_counts = step.run(backend.rda_step, part._replace(max_A=given), buckets, scalars)
+            if tiles is not None and idx is tiled:
+                part_counts = tiles.finish(part, part_counts, given if given is not None else torch.zeros(len(idx)))
+            counts.append((idx, part_counts))
+        if any(c is None for _, c in counts):
+            return None  # (the reference does not count: nnz() counts)
+        total = torch.zeros(len(params), dtype=torch.int64, device=counts[0][1].device)
+        for idx, part_counts in counts:
+            total[idx] = part_counts.to(total.device)
+        return total
+
     def _relink_map(self, p: torch.Tensor, state: dict, block) -> torch.Tensor | None:
         """The state's tile map, adopted again when the layer's map in the same tiles was replaced since (the layer
         moved: ``.to()``, ``.cuda()``), so the step keeps writing the map the layer reads."""
@@ -207,14 +249,14 @@ class RDA(SparseOptimizer):
         tensors = step.RdaTensors(
             local(params), local([p.grad for p in params]),
             *(local([s[key] for s in states]) for key in ("T", "B", "A", "v")),
-            occupancy=[self._relink_map(p, s, tensor_plan.block) if tensor_plan.tiled else s.get("occupancy")
-                       for p, s, tensor_plan in zip(params, states, plans)],
+            occupancy=local([self._relink_map(p, s, tensor_plan.block) if tensor_plan.tiled else s.get("occupancy")
+                             for p, s, tensor_plan in zip(params, states, plans)]),
             group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
         scalars = rda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]
-        if scalars.reweight and sharded.any_sharded(params):  # the max over all shards: one collective
-            maxes = step.run(backend.rda_max_A, tensors, buckets, scalars)
-            tensors = tensors._replace(max_A=sharded.all_reduce(maxes, params, "max"))
-        counts = step.run(backend.rda_step, tensors, buckets, scalars)
+        if sharded.any_sharded(params):
+            counts = self._sharded_step(backend, params, plans, tensors, scalars)
+        else:
+            counts = step.run(backend.rda_step, tensors, buckets, scalars)
         self._count_steps(steps, found_inf)  # after the update: a refused call leaves the counters as they were
         return counts

@@ -43,6 +43,14 @@ def reduce_groups(t) -> tuple:
                  if isinstance(placement, Shard))
 
 
+def replicated_like(t: torch.Tensor, p) -> torch.Tensor:
+    """``t`` (the same on every rank) as a DTensor replicated over ``p``'s mesh: state that is whole on every rank
+    (block mode's tile map), which torch.distributed.checkpoint then saves once and loads at any world size."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    return DTensor.from_local(t, p.device_mesh, [Replicate()] * p.device_mesh.ndim, run_check=False)
+
+
 def any_sharded(tensors: Sequence) -> bool:
     return any(reduce_groups(t) for t in tensors)
 

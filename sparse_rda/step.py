@@ -72,6 +72,11 @@ def _pick(tensors: NamedTuple, indices: tuple[int, ...], n: int) -> NamedTuple:
                            else None if column is None else [column[i] for i in indices] for column in tensors))
 
 
+def pick(tensors: NamedTuple, indices) -> NamedTuple:
+    """The rows ``indices`` of a group's tensors (lists and per-tensor vectors)."""
+    return _pick(tensors, tuple(indices), len(tensors.params))
+
+
 def run(kernel, tensors: NamedTuple, buckets: tuple[Bucket, ...], scalars) -> torch.Tensor | None:
     """kernel(tensors, bucket, scalars) for each bucket; what it returns per param (nonzero counts, or rda_max_A's
     maxes) in the group's order, or None when the backend does not count."""

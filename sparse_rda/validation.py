@@ -177,17 +177,23 @@ def check_state(where: str, state: dict, layout: dict, scalar_keys: tuple[str, .
         if is_expanded(local(value)):
             raise ValueError(f"{where}: state[{key!r}] is an expanded view (stride 0): the step writes each element")
         if param is not None and (is_sharded(param) or is_sharded(value)):
-            check_sharded_like(f"{where}: state[{key!r}]", value, param)
+            # (block mode's tile map is whole on every rank: replicated over the parameter's mesh)
+            check_sharded_like(f"{where}: state[{key!r}]", value, param, replicated=key == "occupancy")
 
 
-def check_sharded_like(where: str, value: torch.Tensor, param: torch.Tensor) -> None:
-    """State of a DTensor parameter is a DTensor on its mesh with its placements, and a plain parameter's is plain:
-    the step pairs each rank's shard of the state with its shard of the parameter."""
+def check_sharded_like(where: str, value: torch.Tensor, param: torch.Tensor, replicated: bool = False) -> None:
+    """State of a DTensor parameter is a DTensor on its mesh with its placements (``replicated``: Replicate on
+    every mesh dimension), and a plain parameter's is plain: the step pairs each rank's shard of the state with
+    its shard of the parameter."""
     def layout(t):
         return f"a DTensor on {t.device_mesh} with placements {t.placements}" if is_sharded(t) else "not a DTensor"
 
+    from torch.distributed.tensor import Replicate
+
+    wanted = (Replicate(),) * param.device_mesh.ndim if replicated and is_sharded(param) else getattr(
+        param, "placements", None)
     same = (is_sharded(value) and is_sharded(param) and value.device_mesh == param.device_mesh
-            and value.placements == param.placements)
+            and tuple(value.placements) == tuple(wanted))
     if not same:
         raise ValueError(f"{where} is {layout(value)}; the parameter is {layout(param)} (a checkpoint saved at "
                          "another world size or sharding loads through torch.distributed.checkpoint's "

@@ -29,6 +29,9 @@ FSDP_CASES = [
     ("mlp-rda-target", "mlp", "RDA", {**RDA_OPTIONS, **TARGET}),
     ("mlp-grda-element", "mlp", "GRDA", GRDA_OPTIONS),
     ("mlp-grda-target", "mlp", "GRDA", {**GRDA_OPTIONS, **TARGET}),
+    ("mlp-rda-block", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("block", 4, 8), "lam": 2e-2}),
+    ("mlp-rda-block-plain-l1", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("block", 3, 5), "reweight": False,
+                                                 "lam": 6e-2}),
     ("cnn-rda-kernel", "cnn", "RDA", {**RDA_OPTIONS, "granularity": "kernel"}),
     ("cnn-rda-channel", "cnn", "RDA", {**RDA_OPTIONS, "granularity": "channel", "lam": 1e-3}),
     ("cnn-rda-element", "cnn", "RDA", {**RDA_OPTIONS, "lr": 0.3}),
@@ -132,13 +135,16 @@ def placements(rank: int, world: int, backend: str) -> list[str]:
     cases = [("shard1-element", [(9, 11), (6,)], [Shard(1), Replicate()], "element"),
              ("shard1-kernel", [(4, 5, 3, 3)], [Shard(1)], "kernel"),
              ("shard1-channel", [(4, 5, 3, 3)], [Shard(1)], "channel"),
-             ("shard0-channel", [(5, 3, 3, 3)], [Shard(0)], "channel")]
+             ("shard0-channel", [(5, 3, 3, 3)], [Shard(0)], "channel"),
+             ("shard1-block", [(9, 22), (7, 10)], [Shard(1), Replicate()], ("block", 4, 6)),
+             ("shard0-block", [(22, 9)], [Shard(0)], ("block", 6, 4))]
     for name, shapes, places, granularity in cases:
         gen = torch.Generator().manual_seed(2)
         full_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
         mine = [torch.nn.Parameter(distribute_tensor(p.detach().clone(), mesh, [place]))
                 for p, place in zip(full_params, places)]
-        options = dict(lr=0.5, lam=2e-2, granularity=granularity, sparsify_1d=True, backend=backend)
+        lam = 0.3 if isinstance(granularity, tuple) else 2e-2  # (a tile dies later than its elements would)
+        options = dict(lr=0.5, lam=lam, granularity=granularity, sparsify_1d=True, backend=backend)
         opt, ref_opt = sparse_rda.RDA(mine, **options), sparse_rda.RDA(full_params, **options)
         for _ in range(8):
             for p, q, place in zip(mine, full_params, places):

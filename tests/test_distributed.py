@@ -51,17 +51,17 @@ def same_on_every_rank(found: dict, world: int, lines: list[str]) -> None:
     assert found == {f"rank{r}": lines for r in range(world)}
 
 
-ALL_CASES = ["mlp-rda-element", "mlp-rda-target", "mlp-grda-element", "mlp-grda-target", "cnn-rda-kernel",
-             "cnn-rda-channel", "cnn-rda-element", "cnn-grda-element"]
+ALL_CASES = ["mlp-rda-element", "mlp-rda-target", "mlp-grda-element", "mlp-grda-target", "mlp-rda-block",
+             "mlp-rda-block-plain-l1", "cnn-rda-kernel", "cnn-rda-channel", "cnn-rda-element", "cnn-grda-element"]
 
 
 @pytest.mark.triton_free
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_fsdp2_trains_as_one_process(tmp_path, backend, world):
-    """RDA (element, kernel, channel, target_sparsity) and GRDA (element, target_sparsity) under fully_shard, an
-    MLP and a CNN, 20 steps: weights and state within 1e-6 of one process, nonzero counts and the controller's
-    scale equal."""
+    """RDA (element, kernel, channel, block with tiles straddling the shards, target_sparsity) and GRDA (element,
+    target_sparsity) under fully_shard, an MLP and a CNN, 20 steps: weights, state and tile maps within 1e-6 of
+    one process, nonzero counts and the controller's scale equal."""
     needs(backend)
     found = run_ranks(tmp_path, "fsdp2", world, backend, "all")
     same_on_every_rank(found, world, [f"{case} matches" for case in ALL_CASES])
@@ -70,7 +70,7 @@ def test_fsdp2_trains_as_one_process(tmp_path, backend, world):
 def test_fsdp2_on_triton(tmp_path):
     """The Triton kernels (in the interpreter on CPU) on 3 uneven ranks: RDA's max over shards, GRDA."""
     needs("triton")
-    cases = ["mlp-rda-element", "mlp-grda-element", "cnn-rda-channel"]
+    cases = ["mlp-rda-element", "mlp-rda-block", "mlp-grda-element", "cnn-rda-channel"]
     found = run_ranks(tmp_path, "fsdp2", 3, "triton", ",".join(cases), timeout=600, interpret=True)
     same_on_every_rank(found, 3, [f"{case} matches" for case in cases])
 
@@ -78,12 +78,13 @@ def test_fsdp2_on_triton(tmp_path):
 @pytest.mark.triton_free
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_dtensor_placements(tmp_path, backend):
-    """Shard(1) (element, kernel, channel: its groups span shards, their means summed over them), Shard(0) and
-    Replicate, on 3 ranks."""
+    """Shard(1) (element, kernel, channel: its groups span shards, their means summed over them; block, tiles
+    straddling column shards), Shard(0) and Replicate, on 3 ranks."""
     needs(backend)
     found = run_ranks(tmp_path, "placements", 3, backend)
     same_on_every_rank(found, 3, [f"{case} matches" for case in
-                                  ("shard1-element", "shard1-kernel", "shard1-channel", "shard0-channel")])
+                                  ("shard1-element", "shard1-kernel", "shard1-channel", "shard0-channel",
+                                   "shard1-block", "shard0-block")])
 
 
 @pytest.mark.triton_free
@@ -106,19 +107,17 @@ def test_ddp_trains_as_one_process_on_the_global_batch(tmp_path, backend):
     same_on_every_rank(run_ranks(tmp_path, "ddp", 2, backend), 2, ["RDA matches", "GRDA matches"])
 
 
-def test_block_granularity_refuses_dtensors_before_any_state():
-    """Block mode over DTensor parameters is not implemented yet: refused when the optimizer is made."""
-    pytest.importorskip("torch.distributed.tensor")
+def test_block_target_sparsity_refuses_dtensors_before_any_state():
+    """target_sparsity in block mode over DTensor parameters is not implemented yet: refused when the optimizer
+    is made."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
-                                             world_size=1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
-        mesh = init_device_mesh("cpu", (1,))
-        p = torch.nn.Parameter(distribute_tensor(torch.randn(8, 8), mesh, [Shard(0)]))
-        with pytest.raises(NotImplementedError, match="does not take DTensor parameters yet"):
-            sparse_rda.RDA([p], granularity=("block", 4, 4))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(8, 8), init_device_mesh("cpu", (1,)), [Shard(0)]))
+        with pytest.raises(NotImplementedError, match="target_sparsity with granularity=.'block', .... does not"):
+            sparse_rda.RDA([p], granularity=("block", 4, 4), target_sparsity=0.5, total_steps=10)
+        sparse_rda.RDA([p], granularity=("block", 4, 4))  # without target_sparsity it does
     finally:
         torch.distributed.destroy_process_group()
