@@ -230,8 +230,8 @@ def _fsdp_run(backend: str, cls_name: str):
         if list(layer.parameters()):
             fully_shard(layer)
     fully_shard(model)
-    options = {**(RDA_OPTIONS if cls_name == "RDA" else GRDA_OPTIONS), **TARGET}
-    return model, getattr(sparse_rda, cls_name)(model.parameters(), backend=backend, **options)
+    options = DCP_RUNS[cls_name]
+    return model, getattr(sparse_rda, cls_name.split("-")[0])(model.parameters(), backend=backend, **options)
 
 
 def _gathered(model, opt) -> dict[str, torch.Tensor]:
@@ -245,6 +245,9 @@ def _gathered(model, opt) -> dict[str, torch.Tensor]:
     out[scale] = torch.tensor([opt.param_groups[0][scale]], dtype=torch.float64)
     return out
 
+
+DCP_RUNS = {"RDA": {**RDA_OPTIONS, **TARGET}, "GRDA": {**GRDA_OPTIONS, **TARGET},
+            "RDA-block": {**RDA_OPTIONS, "granularity": ("block", 4, 8), "lam": 2e-2}}
 
 SCENARIOS = {"fsdp2": fsdp2_matches, "placements": placements, "ddp": ddp_matches, "dcp_save": dcp_save,
              "dcp_resume": dcp_resume}

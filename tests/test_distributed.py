@@ -88,10 +88,11 @@ def test_dtensor_placements(tmp_path, backend):
 
 
 @pytest.mark.triton_free
-@pytest.mark.parametrize("cls_name", ["RDA", "GRDA"])
+@pytest.mark.parametrize("cls_name", ["RDA", "GRDA", "RDA-block"])
 def test_distributed_checkpoint_resumes_resharded(tmp_path, cls_name):
     """get/set_optimizer_state_dict with torch.distributed.checkpoint: saved on 2 ranks after 10 of 20 steps
-    (target_sparsity on), loaded on 3, the last 10 steps equal the uninterrupted 2-rank run's."""
+    (target_sparsity on; block mode without it, its tile maps replicated), loaded on 3, the last 10 steps equal the
+    uninterrupted 2-rank run's."""
     backend = "cpu" if "cpu" in sparse_rda.backends() else "torch"
     path = str(tmp_path / "checkpoint")
     assert run_ranks(tmp_path, "dcp_save", 2, backend, cls_name, path) == {"rank0": ["saved"], "rank1": ["saved"]}
