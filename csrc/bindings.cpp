@@ -57,46 +57,120 @@ unsigned long long* counts_ptr(at::Tensor& counts) {
   return reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
 }
 
+// The device form's tensors as the kernels read them (float32 on the params' device), alive through the launches.
+struct DeviceForm {
+  at::Tensor hyper, skip;
+  DeviceForm(const std::optional<at::Tensor>& device_hyper, const std::optional<at::Tensor>& found_inf,
+             const at::Device& device)
+      : hyper(device_f32(device_hyper, device)), skip(device_f32(found_inf, device)) {}
+  cuda::DeviceScalars scalars() const { return {ptr_or_null(hyper), ptr_or_null(skip)}; }
+};
+
+// An element op's tensors as the launchers take them: contiguous stand-ins (written back by finish(), which the
+// max op never calls), the grads as read, and the table. The max op builds the step's table, so it reads the same.
+struct RdaCall {
+  std::vector<Flat> flats;
+  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+  std::vector<cuda::RdaTensor> tensors;
+  RdaCall(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B, at::TensorList A,
+          at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means, at::ArrayRef<double> factors) {
+    const size_t n = params.size();
+    flats.reserve(n * 5);
+    for (size_t i = 0; i < n; ++i) {
+      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
+      Flat* f = &flats[flats.size() - 5];
+      grads_read.push_back(grad_for(params[i], grads[i]));
+      const std::optional<at::Tensor> means = factors[i] > 0 ? group_means.get(i) : std::nullopt;
+      tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                         f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                         means ? means->data_ptr<float>() : nullptr, f[0].flat.numel(),
+                         means ? group_size_of(params[i], *means) : 1, static_cast<float>(factors[i])});
+    }
+  }
+  void finish() {
+    for (Flat& f : flats) f.finish();
+  }
+};
+
+// The block op's counterpart of RdaCall.
+struct BlockCall {
+  std::vector<Flat> flats;
+  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
+  std::vector<cuda::BlockTensor> tensors;
+  BlockCall(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B, at::TensorList A,
+            at::TensorList v, at::TensorList occupancy) {
+    const size_t n = params.size();
+    flats.reserve(n * 6);
+    for (size_t i = 0; i < n; ++i) {
+      for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
+      Flat* f = &flats[flats.size() - 6];
+      grads_read.push_back(grad_for(params[i], grads[i]));
+      tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
+                         f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
+                         f[5].flat.data_ptr<bool>(), params[i].size(0), params[i].size(1)});
+    }
+  }
+  void finish() {
+    for (Flat& f : flats) f.finish();
+  }
+};
+
+at::Tensor per_tensor_max(at::TensorList params) {
+  return at::zeros({static_cast<int64_t>(params.size())}, params[0].options().dtype(at::kFloat));
+}
+
 at::Tensor rda_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                          at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
                          at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
                          const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
-                         const std::optional<at::Tensor>& found_inf) {
+                         const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A) {
   TORCH_CHECK(!params.empty(), "rda_step_: params is empty");
   check_rda_args("rda_step_", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
                  found_inf);
   check_one_dtype_pair("rda_step_", params, grads);
+  check_max_A("rda_step_", max_A, params);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor inv = device_f32(inv_scale, device);
   const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
   // the device form: lr, averaging, the decays, lam and the skip flag read by the kernels from the device
-  const at::Tensor hyper_f32 = device_f32(device_hyper, device), skip = device_f32(found_inf, device);
-  const cuda::DeviceScalars scalars{ptr_or_null(hyper_f32), ptr_or_null(skip)};
+  const DeviceForm form(device_hyper, found_inf, device);
   const int64_t n = static_cast<int64_t>(params.size());
-  std::vector<Flat> flats;
-  flats.reserve(n * 5);
-  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
-  std::vector<cuda::RdaTensor> tensors;
-  for (int64_t i = 0; i < n; ++i) {
-    for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i]}) flats.emplace_back(t);
-    Flat* f = &flats[flats.size() - 5];
-    grads_read.push_back(grad_for(params[i], grads[i]));
-    const std::optional<at::Tensor> means = factors[i] > 0 ? group_means.get(i) : std::nullopt;
-    tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
-                       f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
-                       means ? means->data_ptr<float>() : nullptr, f[0].flat.numel(),
-                       means ? group_size_of(params[i], *means) : 1, static_cast<float>(factors[i])});
-  }
-  auto max_A = at::zeros({n}, params[0].options().dtype(at::kFloat));
+  RdaCall call(params, grads, T, B, A, v, group_means, factors);
+  // a given max (already on the device: converted there) replaces the max pass
+  const at::Tensor maxes = max_A.has_value() ? device_f32(max_A, device) : per_tensor_max(params);
   auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
   const cuda::DType w_dtype = kernel_dtype(params[0].scalar_type());
-  if (reweight) check(cuda::launch_rda_max_A(tensors.data(), n, w_dtype, s, scalars, max_A.data_ptr<float>(), stream));
-  check(cuda::launch_rda_step(tensors.data(), n, w_dtype, grads_float32(params, grads), s, scalars, ptr_or_null(inv),
-                              reweight, max_A.data_ptr<float>(), counts_ptr(counts), stream));
-  for (Flat& f : flats) f.finish();
+  if (reweight && !max_A.has_value()) {
+    check(cuda::launch_rda_max_A(call.tensors.data(), n, w_dtype, s, form.scalars(), maxes.data_ptr<float>(),
+                                 stream));
+  }
+  check(cuda::launch_rda_step(call.tensors.data(), n, w_dtype, grads_float32(params, grads), s, form.scalars(),
+                              ptr_or_null(inv), reweight, maxes.data_ptr<float>(), counts_ptr(counts), stream));
+  call.finish();
   return counts;
+}
+
+at::Tensor rda_max_A_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                          at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                          at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool /*reweight*/, bool maximize,
+                          const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                          const std::optional<at::Tensor>& found_inf) {
+  TORCH_CHECK(!params.empty(), "rda_max_A: params is empty");
+  check_rda_args("rda_max_A", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
+                 found_inf);
+  check_one_dtype_pair("rda_max_A", params, grads);
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceForm form(device_hyper, found_inf, device);
+  const RdaCall call(params, grads, T, B, A, v, group_means, factors);
+  at::Tensor maxes = per_tensor_max(params);
+  check(cuda::launch_rda_max_A(call.tensors.data(), static_cast<int64_t>(params.size()),
+                               kernel_dtype(params[0].scalar_type()), make_rda_scalars(hyper.data(), 1.0f, maximize),
+                               form.scalars(), maxes.data_ptr<float>(), stream));
+  return maxes;
 }
 
 at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
@@ -104,39 +178,58 @@ at::Tensor rda_block_step_cuda(at::TensorList params, at::TensorList grads, at::
                                at::ArrayRef<double> hyper, bool reweight, bool maximize,
                                const std::optional<at::Tensor>& inv_scale,
                                const std::optional<at::Tensor>& device_hyper,
-                               const std::optional<at::Tensor>& found_inf) {
+                               const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A) {
   TORCH_CHECK(!params.empty(), "rda_block_step_: params is empty");
   check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
                         device_hyper, found_inf);
   check_one_dtype_pair("rda_block_step_", params, grads);
+  check_max_A("rda_block_step_", max_A, params);
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor inv = device_f32(inv_scale, device);
   const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
   // the device form: the changing values and the skip flag read by the kernels from the device
-  const at::Tensor hyper_f32 = device_f32(device_hyper, device), skip = device_f32(found_inf, device);
-  const cuda::DeviceScalars scalars{ptr_or_null(hyper_f32), ptr_or_null(skip)};
+  const DeviceForm form(device_hyper, found_inf, device);
   const int64_t n = static_cast<int64_t>(params.size());
-  std::vector<Flat> flats;
-  flats.reserve(n * 6);
-  std::vector<at::Tensor> grads_read;  // alive until the kernels are queued
-  std::vector<cuda::BlockTensor> tensors;
-  for (int64_t i = 0; i < n; ++i) {
-    for (const at::Tensor& t : {params[i], T[i], B[i], A[i], v[i], occupancy[i]}) flats.emplace_back(t);
-    Flat* f = &flats[flats.size() - 6];
-    grads_read.push_back(grad_for(params[i], grads[i]));
-    tensors.push_back({f[0].flat.data_ptr(), grads_read.back().data_ptr(), f[1].flat.data_ptr<float>(),
-                       f[2].flat.data_ptr<float>(), f[3].flat.data_ptr<float>(), f[4].flat.data_ptr<float>(),
-                       f[5].flat.data_ptr<bool>(), params[i].size(0), params[i].size(1)});
-  }
-  auto max_A = at::zeros({n}, params[0].options().dtype(at::kFloat));
+  BlockCall call(params, grads, T, B, A, v, occupancy);
+  const at::Tensor maxes = max_A.has_value() ? device_f32(max_A, device) : per_tensor_max(params);
   auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
-  check(cuda::launch_rda_block_step(tensors.data(), n, static_cast<int>(block[0]), static_cast<int>(block[1]),
-                                    kernel_dtype(params[0].scalar_type()), grads_float32(params, grads), s, scalars,
-                                    ptr_or_null(inv), reweight, max_A.data_ptr<float>(), counts_ptr(counts), stream));
-  for (Flat& f : flats) f.finish();
+  const int rows = static_cast<int>(block[0]), cols = static_cast<int>(block[1]);
+  const cuda::DType w_dtype = kernel_dtype(params[0].scalar_type());
+  const bool grads_f32 = grads_float32(params, grads);
+  if (reweight && !max_A.has_value()) {
+    check(cuda::launch_rda_block_max_A(call.tensors.data(), n, rows, cols, w_dtype, grads_f32, s, form.scalars(),
+                                       maxes.data_ptr<float>(), stream));
+  }
+  check(cuda::launch_rda_block_step(call.tensors.data(), n, rows, cols, w_dtype, grads_f32, s, form.scalars(),
+                                    ptr_or_null(inv), reweight, maxes.data_ptr<float>(), counts_ptr(counts), stream));
+  call.finish();
   return counts;
+}
+
+at::Tensor rda_block_max_A_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                                at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
+                                at::ArrayRef<double> hyper, bool /*reweight*/, bool maximize,
+                                const std::optional<at::Tensor>& inv_scale,
+                                const std::optional<at::Tensor>& device_hyper,
+                                const std::optional<at::Tensor>& found_inf) {
+  TORCH_CHECK(!params.empty(), "rda_block_max_A: params is empty");
+  check_block_step_args("rda_block_max_A", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
+                        device_hyper, found_inf);
+  check_one_dtype_pair("rda_block_max_A", params, grads);
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const DeviceForm form(device_hyper, found_inf, device);
+  const BlockCall call(params, grads, T, B, A, v, occupancy);
+  at::Tensor maxes = per_tensor_max(params);
+  check(cuda::launch_rda_block_max_A(call.tensors.data(), static_cast<int64_t>(params.size()),
+                                     static_cast<int>(block[0]), static_cast<int>(block[1]),
+                                     kernel_dtype(params[0].scalar_type()), grads_float32(params, grads),
+                                     make_rda_scalars(hyper.data(), 1.0f, maximize), form.scalars(),
+                                     maxes.data_ptr<float>(), stream));
+  return maxes;
 }
 
 // A host scalar tensor's first value (the checks allow more than one), read on the host: no device involved.
@@ -190,15 +283,25 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
 }  // namespace
 #endif
 
+// max_A: a given per-tensor max of A (a sharded tensor's, over every rank) replacing the step's own max pass;
+// rda_max_A / rda_block_max_A run that pass alone (the steps' arguments, nothing written).
 TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "rda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, Tensor?[] group_means, float[] factors, float[] hyper, bool reweight, bool maximize, "
-      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf) -> Tensor");
+      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf, Tensor? max_A=None) -> Tensor");
   m.def(
       "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float[] hyper, bool reweight, bool maximize, "
-      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf) -> Tensor");
+      "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf, Tensor? max_A=None) -> Tensor");
+  m.def(
+      "rda_max_A(Tensor[] params, Tensor[] grads, Tensor[] T, Tensor[] B, Tensor[] A, Tensor[] v, "
+      "Tensor?[] group_means, float[] factors, float[] hyper, bool reweight, bool maximize, Tensor? inv_scale, "
+      "Tensor? device_hyper, Tensor? found_inf) -> Tensor");
+  m.def(
+      "rda_block_max_A(Tensor[] params, Tensor[] grads, Tensor[] T, Tensor[] B, Tensor[] A, Tensor[] v, "
+      "Tensor[] occupancy, int[] block, float[] hyper, bool reweight, bool maximize, Tensor? inv_scale, "
+      "Tensor? device_hyper, Tensor? found_inf) -> Tensor");
   m.def(
       "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, Tensor thresholds, float lr, "
       "Tensor? lr_device, Tensor? inv_scale, Tensor? found_inf) -> Tensor");
@@ -207,6 +310,8 @@ TORCH_LIBRARY(sparse_rda, m) {
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
   m.impl("rda_step_", &rda_step_cpu);
   m.impl("rda_block_step_", &rda_block_step_cpu);
+  m.impl("rda_max_A", &rda_max_A_cpu);
+  m.impl("rda_block_max_A", &rda_block_max_A_cpu);
   m.impl("grda_step_", &grda_step_cpu);
 }
 
@@ -214,6 +319,8 @@ TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
 TORCH_LIBRARY_IMPL(sparse_rda, CUDA, m) {
   m.impl("rda_step_", &rda_step_cuda);
   m.impl("rda_block_step_", &rda_block_step_cuda);
+  m.impl("rda_max_A", &rda_max_A_cuda);
+  m.impl("rda_block_max_A", &rda_block_max_A_cuda);
   m.impl("grda_step_", &grda_step_cuda);
 }
 #endif

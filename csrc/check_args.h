@@ -195,6 +195,18 @@ inline void check_block_step_args(const char* op, at::TensorList params, at::Ten
   check_device_form(op, device_hyper, found_inf, device);
 }
 
+// The RDA steps' optional given max A (a sharded tensor's max over every rank): one floating value per param on
+// the params' device, where the kernels read it (a CUDA step copies nothing from the host).
+inline void check_max_A(const char* op, const std::optional<at::Tensor>& max_A, at::TensorList params) {
+  if (!max_A.has_value()) return;
+  TORCH_CHECK(max_A->defined(), op, ": max_A is undefined");
+  TORCH_CHECK(max_A->numel() == static_cast<int64_t>(params.size()), op, ": max_A has ", max_A->numel(),
+              " values for ", params.size(), " params");
+  TORCH_CHECK(at::isFloatingType(max_A->scalar_type()), op, ": max_A must be floating, got ", max_A->scalar_type());
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  TORCH_CHECK(max_A->device() == device, op, ": max_A is on ", max_A->device(), ", params on ", device);
+}
+
 // thresholds: one floating value per param, on the host or on the params' device.
 inline void check_grda_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList acc,
                             const at::Tensor& thresholds, const std::optional<at::Tensor>& lr_device,

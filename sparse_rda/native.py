@@ -1,6 +1,6 @@
 """The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_``,
-``rda_block_step_`` and ``grda_step_``, with CPU and (when built with CUDA) CUDA kernels,
-behind the backend contract (sparse_rda/step.py).
+``rda_block_step_`` and ``grda_step_``, and the RDA steps' max pass alone as ``rda_max_A`` / ``rda_block_max_A``,
+with CPU and (when built with CUDA) CUDA kernels, behind the backend contract (sparse_rda/step.py).
 
 The ops are registered with schemas that declare what they mutate, and fake implementations so that
 ``torch.compile`` traces an optimizer step through them without graph breaks.
@@ -45,15 +45,39 @@ def missing_reason(device_type: str) -> str:
 
 if _C is not None:
 
+    def _check_max_A(op, params, max_A):
+        """check_args.h's check of a given max_A, also here: the fakes are the Meta kernels too, so a meta max_A
+        beside real params would reach this and not the op's own check."""
+        if max_A is None:
+            return
+        if max_A.numel() != len(params):
+            raise RuntimeError(f"{op}: max_A has {max_A.numel()} values for {len(params)} params")
+        if not max_A.dtype.is_floating_point:
+            raise RuntimeError(f"{op}: max_A must be floating, got {max_A.dtype}")
+        if params and max_A.device != params[0].device:
+            raise RuntimeError(f"{op}: max_A is on {max_A.device}, params on {params[0].device}")
+
     @torch.library.register_fake("sparse_rda::rda_step_")
     def _rda_step_fake(params, grads, T, B, A, v, group_means, factors, hyper, reweight, maximize, inv_scale,
-                       device_hyper, found_inf):
+                       device_hyper, found_inf, max_A=None):
+        _check_max_A("rda_step_", params, max_A)
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
     @torch.library.register_fake("sparse_rda::rda_block_step_")
     def _rda_block_step_fake(params, grads, T, B, A, v, occupancy, block, hyper, reweight, maximize, inv_scale,
-                             device_hyper, found_inf):
+                             device_hyper, found_inf, max_A=None):
+        _check_max_A("rda_block_step_", params, max_A)
         return params[0].new_empty((len(params),), dtype=torch.int64)
+
+    @torch.library.register_fake("sparse_rda::rda_max_A")
+    def _rda_max_A_fake(params, grads, T, B, A, v, group_means, factors, hyper, reweight, maximize, inv_scale,
+                        device_hyper, found_inf):
+        return params[0].new_empty((len(params),), dtype=torch.float32)
+
+    @torch.library.register_fake("sparse_rda::rda_block_max_A")
+    def _rda_block_max_A_fake(params, grads, T, B, A, v, occupancy, block, hyper, reweight, maximize, inv_scale,
+                              device_hyper, found_inf):
+        return params[0].new_empty((len(params),), dtype=torch.float32)
 
     @torch.library.register_fake("sparse_rda::grda_step_")
     def _grda_step_fake(params, grads, acc, thresholds, lr, lr_device, inv_scale, found_inf):
@@ -62,13 +86,27 @@ if _C is not None:
 
 def rda_step(tensors, bucket, s) -> torch.Tensor:
     """The backend contract's rda_step (sparse_rda/step.py) as one native op: the block op for a tiled bucket,
-    the element-wise one otherwise; returns each param's nonzero count."""
-    params, grads, T, B, A, v, occupancy, group_means, _ = tensors
+    the element-wise one otherwise; returns each param's nonzero count. A given ``tensors.max_A`` replaces the
+    op's own max pass."""
+    params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_step_(params, grads, T, B, A, v, occupancy, list(bucket.block),
                                                     s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,
-                                                    s.found_inf)
+                                                    s.found_inf, max_A)
     return torch.ops.sparse_rda.rda_step_(params, grads, T, B, A, v, group_means,
+                                          [plan.factor for plan in bucket.plans], s.host_values(), s.reweight,
+                                          s.maximize, s.inv_scale, s.device, s.found_inf, max_A)
+
+
+def rda_max_A(tensors, bucket, s) -> torch.Tensor:
+    """The backend contract's rda_max_A as one native op (the block op for a tiled bucket): the max over each
+    tensor's finite values of this step's A, float32 on the params' device, 0 for an unpenalized tensor."""
+    params, grads, T, B, A, v, occupancy, group_means, _ = tensors
+    if bucket.tiled:
+        return torch.ops.sparse_rda.rda_block_max_A(params, grads, T, B, A, v, occupancy, list(bucket.block),
+                                                    s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,
+                                                    s.found_inf)
+    return torch.ops.sparse_rda.rda_max_A(params, grads, T, B, A, v, group_means,
                                           [plan.factor for plan in bucket.plans], s.host_values(), s.reweight,
                                           s.maximize, s.inv_scale, s.device, s.found_inf)
 

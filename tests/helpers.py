@@ -337,3 +337,210 @@ def gpu_backends():
 
     return ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
         "cuda" not in sparse_rda.backends(), reason="extension built without CUDA kernels"))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The RDA steps' max pass as its own op (rda_max_A / rda_block_max_A) and steps given max_A, on CPU and CUDA
+
+MAX_A_HYPER = dict(lr=0.5, lam=1e-2, beta=0.9, beta_b=0.8, averaging=0.3, weight_decay=1e-4, max_factor=50.0)
+# element op: (shape, group size or None (element mode), penalized); the kernel and channel modes of a conv
+MAX_A_SHAPES = [((7, 5), None, True), ((13,), None, False), ((4, 3, 3, 3), 9, True), ((6, 2, 3, 3), 18, True),
+                ((33, 17), None, True)]
+# block op (block (4, 8)): ragged tiles both ways, whole aligned rows (the CUDA kernels' packs), one tile
+MAX_A_BLOCK = (4, 8)
+MAX_A_BLOCK_SHAPES = [(13, 19), (16, 24), (3, 5)]
+
+
+def max_A_hyper(device_form: bool, device):
+    """(hyper, device_hyper): the host values, or in the device form the host ones 0 where the device tensor
+    [lr, averaging, beta, beta_b, lam, 1 - averaging, 1 - beta, 1 - beta_b] holds them."""
+    h = MAX_A_HYPER
+    hyper = [h["lr"], h["lam"], h["beta"], h["beta_b"], h["averaging"], h["weight_decay"], h["max_factor"]]
+    if not device_form:
+        return hyper, None
+    values = [h["lr"], h["averaging"], h["beta"], h["beta_b"], h["lam"], 1 - h["averaging"], 1 - h["beta"],
+              1 - h["beta_b"]]
+    return [0.0] * 5 + hyper[5:], torch.tensor(values, dtype=torch.float64).float().to(device)
+
+
+def max_A_inputs(device, dtype=torch.float32, block=False, device_form=False, nonfinite=False, copies=1, seed=0):
+    """The keyword arguments of an RDA op call (its max op's; a step's too): random weights and state, a
+    first element, a group and a tile made NaN / inf with ``nonfinite``. Block weights are multiples of 1/8, so a
+    tile's sum of squares is exact in float32 whatever the order of the sum."""
+    from sparse_rda import step
+
+    gen = torch.Generator().manual_seed(seed)
+    specs = (MAX_A_BLOCK_SHAPES if block else MAX_A_SHAPES) * copies
+    params, state = [], []
+    for spec in specs:
+        shape = spec if block else spec[0]
+        w = (torch.randint(-16, 17, shape, generator=gen) / 8.0) if block else torch.randn(shape, generator=gen) * 0.5
+        params.append(w)
+        state.append([w.clone(), *(torch.rand(shape, generator=gen) for _ in range(3))])
+    if nonfinite:
+        params[0].view(-1)[0] = float("nan")  # |w| NaN (element), a NaN tile RMS (block)
+        state[0][2].view(-1)[8] = float("inf")  # an inf A (block: the second tile's, on its first element)
+        if not block:
+            params[2].view(-1)[10] = float("inf")  # a group's mean |w| inf
+            params[4].view(-1)[7] = float("-inf")
+    params = [w.to(device=device, dtype=dtype) for w in params]
+    hyper, device_hyper = max_A_hyper(device_form, device)
+    args = dict(params=params, grads=[torch.randn(w.shape, generator=gen).to(w) for w in params],
+                T=[s[0].to(device) for s in state], B=[s[1].to(device) for s in state],
+                A=[s[2].to(device) for s in state], v=[s[3].to(device) for s in state], hyper=hyper,
+                reweight=True, maximize=False, inv_scale=None, device_hyper=device_hyper,
+                found_inf=torch.zeros((), device=device) if device_form else None)
+    if block:
+        from sparse_rda import plan
+
+        args["occupancy"] = [torch.ones(plan.tile_grid(w.shape, MAX_A_BLOCK), dtype=torch.bool, device=device)
+                             for w in params]
+        args["block"] = list(MAX_A_BLOCK)
+    else:
+        sizes = [spec[1] for spec in specs]
+        penalized = [spec[2] for spec in specs]
+        args["group_means"] = [step.group_means(w, size, None) if size and pen else None
+                               for w, size, pen in zip(params, sizes, penalized)]
+        args["factors"] = [float(size or 1) ** 0.5 if pen else 0.0 for size, pen in zip(sizes, penalized)]
+    return args
+
+
+_ELEMENT_ORDER = ("params", "grads", "T", "B", "A", "v", "group_means", "factors", "hyper", "reweight", "maximize",
+                  "inv_scale", "device_hyper", "found_inf")
+_BLOCK_ORDER = ("params", "grads", "T", "B", "A", "v", "occupancy", "block", "hyper", "reweight", "maximize",
+                "inv_scale", "device_hyper", "found_inf")
+
+
+def max_A_op_args(a) -> tuple:
+    """The positional arguments of the op (without max_A) for max_A_inputs' keywords."""
+    return tuple(a[k] for k in (_BLOCK_ORDER if "block" in a else _ELEMENT_ORDER))
+
+
+def call_max_A(a) -> torch.Tensor:
+    op = torch.ops.sparse_rda.rda_block_max_A if "block" in a else torch.ops.sparse_rda.rda_max_A
+    return op(*max_A_op_args(a))
+
+
+def call_step(a, max_A=None) -> torch.Tensor:
+    op = torch.ops.sparse_rda.rda_block_step_ if "block" in a else torch.ops.sparse_rda.rda_step_
+    return op(*max_A_op_args(a), max_A)
+
+
+_WRITTEN = ("params", "T", "B", "A", "v", "occupancy")
+
+
+def snapshot(a) -> dict:
+    return {k: [t.clone() for t in a[k]] for k in _WRITTEN if k in a}
+
+
+def same_bits(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bit for bit (NaN included, which torch.equal calls unequal)."""
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    if x.dtype.is_floating_point:
+        view = {4: torch.int32, 2: torch.int16}[x.element_size()]
+        return torch.equal(x.contiguous().view(view), y.contiguous().view(view))
+    return torch.equal(x, y)
+
+
+def assert_unchanged(a, before: dict, what: str):
+    for key, tensors in before.items():
+        for i, (got, want) in enumerate(zip(a[key], tensors)):
+            assert same_bits(got, want), f"{what}: {key}[{i}] changed"
+
+
+def expected_max_A(a) -> torch.Tensor:
+    """The max over each tensor's finite values of this step's A, computed with torch in float32 (0 for an
+    unpenalized tensor): beta_b A + (1 - beta_b) a, a = |w|, the group mean or (block) the tile RMS."""
+    h = MAX_A_HYPER
+    beta_b = torch.tensor(h["beta_b"], dtype=torch.float64).float()
+    one_minus = torch.tensor(1 - h["beta_b"], dtype=torch.float64).float()
+    out = []
+    for i, (w, A) in enumerate(zip(a["params"], a["A"])):
+        w, A = w.detach().cpu(), A.cpu()
+        if "block" in a:
+            br, bc = a["block"]
+            rows, cols = w.shape
+            tr, tc = -(-rows // br), -(-cols // bc)
+            squares = torch.nn.functional.pad(w.double() ** 2, (0, tc * bc - cols, 0, tr * br - rows))
+            ones = torch.nn.functional.pad(torch.ones(rows, cols, dtype=torch.float64),
+                                           (0, tc * bc - cols, 0, tr * br - rows))
+            sums, counts = (x.reshape(tr, br, tc, bc).sum(dim=(1, 3)) for x in (squares, ones))
+            magnitude, A = torch.sqrt(sums / counts).float(), A[::br, ::bc]
+        elif a["factors"][i] <= 0:
+            out.append(torch.zeros((), dtype=torch.float32))
+            continue
+        elif a["group_means"][i] is not None:
+            means = a["group_means"][i].cpu()
+            magnitude = means.repeat_interleave(w.numel() // means.numel()).reshape(w.shape)
+        else:
+            magnitude = w.float().abs()
+        new_A = beta_b * A + one_minus * magnitude
+        out.append(torch.where(torch.isfinite(new_A), new_A, 0.0).amax().clamp_min(0.0))
+    return torch.stack(out)
+
+
+def assert_within_one_ulp(got: torch.Tensor, want: torch.Tensor, what: str = "max_A"):
+    got, want = got.cpu(), want.cpu()
+    lo, hi = torch.nextafter(want, torch.tensor(-float("inf"))), torch.nextafter(want, torch.tensor(float("inf")))
+    bad = (got < lo) | (got > hi) | got.isnan()
+    assert not bad.any(), f"{what}: {got[bad].tolist()} for {want[bad].tolist()} (more than 1 ulp off)"
+
+
+def check_max_A_op_matches_torch(device, block=False, dtype=torch.float32, device_form=False, copies=1):
+    """The max op: float32 [n] on the params' device, each tensor's max over its finite values of this step's A
+    (torch's, within 1 ulp), 0 unpenalized, NaN / inf ignored, the same with and without reweight; nothing
+    written. A set found_inf (a skipped step) gives zeros."""
+    a = max_A_inputs(device, dtype, block=block, device_form=device_form, nonfinite=True, copies=copies)
+    before = snapshot(a)
+    got = call_max_A(a)
+    assert got.dtype == torch.float32 and got.shape == (len(a["params"]),) and got.device == a["params"][0].device
+    assert_unchanged(a, before, "the max op")
+    assert_within_one_ulp(got, expected_max_A(a))
+    assert bool((got > 0).any())
+    assert same_bits(call_max_A({**a, "reweight": False}), got), "reweight does not change the max"
+    if device_form:
+        assert same_bits(call_max_A({**a, "found_inf": torch.ones((), device=device)}), torch.zeros_like(got))
+        host = {**a, "device_hyper": None, "found_inf": None, "hyper": max_A_hyper(False, device)[0]}
+        assert same_bits(call_max_A(host), got), "the device form's beta_b is the host's"
+    return got
+
+
+def check_given_max_A_is_the_steps_own(device, block=False, dtype=torch.float32, device_form=False, copies=1,
+                                       max_dtype=torch.float32):
+    """A step given max_A = the max op's output leaves params, state, maps and counts bit-identical to a step
+    that takes its own max, from the same start."""
+    mine = max_A_inputs(device, dtype, block=block, device_form=device_form, copies=copies)
+    theirs = {**mine, **snapshot(mine)}
+    max_A = call_max_A(mine).to(max_dtype)
+    counts = call_step(mine, max_A)
+    expected_counts = call_step(theirs)
+    assert_unchanged(mine, snapshot(theirs), "a step given the op's max_A")
+    assert torch.equal(counts, expected_counts)
+
+
+def check_given_max_A_sets_om(device, block=False):
+    """A step given another max (2x the true one) reweights with it: B = alpha B + lr om factor, om =
+    M / (1 + (M - 1) A / given max), from the B before and the A after the step; and that differs from the B of a
+    step taking its own max."""
+    h = MAX_A_HYPER
+    mine = max_A_inputs(device, block=block)
+    own = {**mine, **snapshot(mine)}
+    B_before = [B.clone() for B in mine["B"]]
+    given = 2 * call_max_A(mine)
+    call_step(mine, given)
+    call_step(own)
+    for i, (A, B, B0) in enumerate(zip(mine["A"], mine["B"], B_before)):
+        A, B0 = A.double().cpu(), B0.double().cpu()
+        if block:
+            br, bc = mine["block"]
+            B0 = B0[::br, ::bc].repeat_interleave(br, 0).repeat_interleave(bc, 1)[:A.shape[0], :A.shape[1]]
+            factor = 1.0
+        elif mine["factors"][i] <= 0:
+            continue
+        else:
+            factor = mine["factors"][i]
+        M = h["max_factor"]
+        om = M / (1 + (M - 1) * A / float(given[i]))
+        assert_state_close(B.cpu(), h["averaging"] * B0 + h["lr"] * om * factor, 1e-6, f"tensor {i} B")
+        assert not torch.equal(B, own["B"][i]), f"tensor {i}: the given max changes om"

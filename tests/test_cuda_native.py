@@ -5,7 +5,9 @@ import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import assert_state_close, assert_within_rounding_step, rda_contract_call
+from helpers import (assert_state_close, assert_unchanged, assert_within_rounding_step, call_step,
+                     check_given_max_A_is_the_steps_own, check_given_max_A_sets_om, check_max_A_op_matches_torch,
+                     max_A_inputs, rda_contract_call, snapshot)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not native.has_kernels("cuda"), reason="extension built without CUDA kernels")]
@@ -124,3 +126,40 @@ def test_cuda_grda_op_takes_host_and_device_scalars():
         ps, accs, counts = step("cuda", thresholds, None, found_inf)
         assert all(torch.equal(p.cpu(), q) for p, q in zip(ps + accs, params + params))
         assert counts.tolist() == [int(torch.count_nonzero(p)) for p in params]
+
+
+# The steps' max pass as its own op, and steps given max_A (test_native_ops.py has the same checks on CPU). 13
+# copies of the shapes: more tensors than one launch takes (36), so each launch reads and writes its own slice.
+MAX_A_CASES = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
+MAX_A_IDS = ["fp32", "device-form", "bf16"]
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+@pytest.mark.parametrize("dtype, device_form", MAX_A_CASES, ids=MAX_A_IDS)
+def test_cuda_max_A_op_matches_torch(block, dtype, device_form):
+    check_max_A_op_matches_torch("cuda", block=block, dtype=dtype, device_form=device_form, copies=13)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+@pytest.mark.parametrize("dtype, device_form", MAX_A_CASES, ids=MAX_A_IDS)
+def test_cuda_step_given_the_max_ops_output_is_its_own_step(block, dtype, device_form):
+    check_given_max_A_is_the_steps_own("cuda", block=block, dtype=dtype, device_form=device_form, copies=13)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+def test_cuda_given_max_A_sets_om(block):
+    check_given_max_A_sets_om("cuda", block=block)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+def test_cuda_step_refuses_a_host_max_A_or_a_wrong_count(block):
+    """The kernels read a given max_A on the device: a host one is refused (no copy), as one of the wrong count."""
+    a = max_A_inputs("cuda", block=block)
+    op = "rda_block_step_" if block else "rda_step_"
+    n = len(a["params"])
+    before = snapshot(a)
+    for max_A, match in [(torch.ones(n), "max_A is on cpu, params on cuda:0"),
+                         (torch.ones(n - 1, device="cuda"), f"max_A has {n - 1} values for {n} params")]:
+        with pytest.raises(RuntimeError, match=f"{op}: {match}"):
+            call_step(a, max_A)
+        assert_unchanged(a, before, "a refused step")

@@ -1,5 +1,6 @@
 """The native ops check their own arguments (csrc/check_args.h): a bad call from Python raises an error naming
-the argument and index, before any tensor changes; it never reads or writes outside a tensor."""
+the argument and index, before any tensor changes; it never reads or writes outside a tensor. The max ops
+(rda_max_A, rda_block_max_A) check the steps' arguments the same way, and the steps a given max_A."""
 
 import copy
 
@@ -25,8 +26,13 @@ def rda_lists():
                 factors=[1.0, 0.0, 1.0], hyper=HYPER)
 
 
-def call_rda(a, device_hyper=None, found_inf=None):
+def call_rda(a, device_hyper=None, found_inf=None, max_A=None):
     return torch.ops.sparse_rda.rda_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["group_means"],
+                                          a["factors"], a["hyper"], *FLAGS, None, device_hyper, found_inf, max_A)
+
+
+def call_rda_max_A(a, device_hyper=None, found_inf=None):
+    return torch.ops.sparse_rda.rda_max_A(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["group_means"],
                                           a["factors"], a["hyper"], *FLAGS, None, device_hyper, found_inf)
 
 
@@ -87,8 +93,14 @@ def block_lists(block=(8, 8)):
     return a
 
 
-def call_block(a, device_hyper=None, found_inf=None):
+def call_block(a, device_hyper=None, found_inf=None, max_A=None):
     return torch.ops.sparse_rda.rda_block_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
+                                                a["occupancy"], a["block"], HYPER, *FLAGS, None, device_hyper,
+                                                found_inf, max_A)
+
+
+def call_block_max_A(a, device_hyper=None, found_inf=None):
+    return torch.ops.sparse_rda.rda_block_max_A(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"],
                                                 a["occupancy"], a["block"], HYPER, *FLAGS, None, device_hyper,
                                                 found_inf)
 
@@ -167,3 +179,80 @@ def test_a_good_device_form_call_still_steps(op):
     before = [p.clone() for p in a["params"]]
     nnz = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3, 0.7, 0.1, 0.2]), found_inf=torch.zeros(()))
     assert nnz.shape == (len(before),) and not torch.equal(a["params"][0], before[0])
+
+
+# A given max_A (the steps' last argument): one floating value per param, on the params' device
+MAX_A_CASES = {
+    "too few": (lambda n: torch.ones(n - 1), r"max_A has {m} values for {n} params"),
+    "too many": (lambda n: torch.ones(n + 1), r"max_A has {m} values for {n} params"),
+    "integer": (lambda n: torch.ones(n, dtype=torch.int32), "max_A must be floating, got Int"),
+    "bool": (lambda n: torch.ones(n, dtype=torch.bool), "max_A must be floating, got Bool"),
+    "on the meta device": (lambda n: torch.ones(n, device="meta"), "max_A is on meta, params on cpu"),
+}
+if native.has_kernels("cuda") and torch.cuda.is_available():  # the CUDA op gets the call, and refuses it
+    MAX_A_CASES["on a GPU"] = (lambda n: torch.ones(n, device="cuda"), "max_A is on cuda:0, params on cpu")
+
+
+@pytest.mark.parametrize("case", list(MAX_A_CASES))
+@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+def test_a_given_max_A_is_checked(op, case):
+    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    a = lists()
+    make, match = MAX_A_CASES[case]
+    max_A = make(len(a["params"]))
+    refused(call, a, f"{op}: " + match.format(m=max_A.numel(), n=len(a["params"])), max_A=max_A)
+
+
+@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+def test_a_good_max_A_in_any_floating_dtype_shape_or_layout_steps_alike(op):
+    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    n = len(lists()["params"])
+    values = torch.tensor([1.5, 0.0, 2.0])[:n]
+    results = []
+    for max_A in (values, values.double().reshape(n, 1), torch.stack([values, 7 * values], 1)[:, 0]):
+        a = lists()
+        call(a, max_A=max_A)
+        results.append(a)
+    for a in results[1:]:
+        for key in ("params", "B"):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], results[0][key])), key
+
+
+# The max ops take the steps' arguments and check them the same way, naming themselves
+@pytest.mark.parametrize("case", ["T of another size", "factors too short", "group means not a divisor",
+                                  "hyper too short", "integer param"])
+def test_rda_max_A_refuses(case):
+    make_bad, match = RDA_CASES[case]
+    refused(call_rda_max_A, make_bad(rda_lists()), f"rda_max_A: {match}")
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda a: with_item(a, "occupancy", 1, torch.zeros(2, 2, dtype=torch.bool)),
+     r"occupancy\[1\] must be a bool map of 8"),
+    (lambda a: {**a, "block": [0, 8]}, "block must be two positive tile sides"),
+    (lambda a: with_item(a, "A", 0, torch.zeros(3)), r"A\[0\] has 3 elements"),
+], ids=["map of the wrong size", "zero tile side", "A of another size"])
+def test_rda_block_max_A_refuses(make_bad, match):
+    refused(call_block_max_A, make_bad(block_lists()), f"rda_block_max_A: {match}")
+
+
+@pytest.mark.parametrize("case", list(DEVICE_FORM_CASES))
+@pytest.mark.parametrize("op", ["rda_max_A", "rda_block_max_A"])
+def test_the_max_ops_device_form_is_checked(op, case):
+    extra, match = DEVICE_FORM_CASES[case]
+    call, lists = (call_rda_max_A, rda_lists) if op == "rda_max_A" else (call_block_max_A, block_lists)
+    refused(call, lists(), f"{op}: {match}", **extra)
+
+
+@pytest.mark.parametrize("op", ["rda_max_A", "rda_block_max_A"])
+def test_a_good_max_op_call_writes_nothing(op):
+    call, lists = (call_rda_max_A, rda_lists) if op == "rda_max_A" else (call_block_max_A, block_lists)
+    a = lists()
+    before = copy.deepcopy(a)
+    max_A = call(a)
+    assert max_A.dtype == torch.float32 and max_A.shape == (len(a["params"]),) and bool((max_A > 0).any())
+    for key, value in before.items():
+        if isinstance(value, list) and value and torch.is_tensor(value[0]):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], value)), f"{key} written by the max op"
+    skipped = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3, 0.7, 0.1, 0.2]), found_inf=torch.ones(()))
+    assert torch.equal(skipped, torch.zeros_like(max_A)), "a skipped step has no max"

@@ -1,14 +1,16 @@
 """The native extension's ops: schema and fake implementations (torch.library.opcheck), tracing by
-torch.compile, and non-contiguous and mixed-dtype inputs against the reference."""
+torch.compile, non-contiguous and mixed-dtype inputs against the reference, and the max ops / a given max_A."""
 
 import pytest
 import torch
 
 import sparse_rda
 from sparse_rda import native
-from helpers import (assert_state_close, assert_weights_match, check_capturable_grda_against_host,
-                     check_device_form_matches_host, check_device_form_skip_writes_nothing, native_devices,
-                     rda_contract_call, rda_error_scales, state_copy, step_both)
+from helpers import (MAX_A_HYPER, assert_state_close, assert_weights_match, call_max_A,
+                     check_capturable_grda_against_host, check_device_form_matches_host,
+                     check_device_form_skip_writes_nothing, check_given_max_A_is_the_steps_own,
+                     check_given_max_A_sets_om, check_max_A_op_matches_torch, max_A_inputs, native_devices,
+                     rda_contract_call, rda_error_scales, same_bits, state_copy, step_both)
 
 pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
 
@@ -193,3 +195,71 @@ def test_device_form_matches_the_host_form(granularity, dtype, device):
 @pytest.mark.parametrize("device", native_devices())
 def test_device_form_skip_on_found_inf_writes_nothing(device):
     check_device_form_skip_writes_nothing(device, device, ELEMENT_SHAPES, "element", ELEMENT_PENALIZED)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The steps' max pass as its own op, and steps given max_A (a sharded tensor's max over every rank)
+
+
+def block_op_args(dtype=torch.float32):
+    shapes = [(5, 7), (9, 4)]
+    params = [torch.randn(s).to(dtype) for s in shapes]
+    return (params, [torch.randn(s).to(dtype) for s in shapes], [p.float().clone() for p in params],
+            *([torch.rand(s) for s in shapes] for _ in range(3)),
+            [torch.zeros(2, 4, dtype=torch.bool), torch.zeros(3, 2, dtype=torch.bool)], [3, 2],
+            [0.5, 1e-2, 0.9, 0.8, 0.3, 1e-4, 500.0], True, False, torch.tensor(0.5), None, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_opcheck_max_A_ops_and_steps_given_max_A(dtype):
+    for max_op, step_op, args in [
+        (torch.ops.sparse_rda.rda_max_A, torch.ops.sparse_rda.rda_step_, rda_args([(5, 7), (3,), (2, 3, 3, 3)], dtype)),
+        (torch.ops.sparse_rda.rda_block_max_A, torch.ops.sparse_rda.rda_block_step_, block_op_args(dtype)),
+    ]:
+        torch.library.opcheck(max_op.default, args)
+        torch.library.opcheck(step_op.default, args + (max_op(*args),))
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+@pytest.mark.parametrize("dtype, device_form", [(torch.float32, False), (torch.float32, True),
+                                                (torch.bfloat16, False)], ids=["fp32", "device-form", "bf16"])
+def test_max_A_op_matches_torch(block, dtype, device_form):
+    check_max_A_op_matches_torch("cpu", block=block, dtype=dtype, device_form=device_form)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+@pytest.mark.parametrize("dtype, device_form, max_dtype", [
+    (torch.float32, False, torch.float32), (torch.bfloat16, False, torch.float32),
+    (torch.float32, True, torch.float32), (torch.float32, False, torch.float64)],
+    ids=["fp32", "bf16", "device-form", "fp64-max"])
+def test_a_step_given_the_max_ops_output_is_its_own_step(block, dtype, device_form, max_dtype):
+    check_given_max_A_is_the_steps_own("cpu", block=block, dtype=dtype, device_form=device_form, max_dtype=max_dtype)
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["element", "block"])
+def test_a_given_max_A_sets_om(block):
+    check_given_max_A_sets_om("cpu", block=block)
+
+
+def test_native_rda_max_A_through_the_contract():
+    """native.rda_max_A in the contract's shape: the element op for an element bucket, the block op for a tiled
+    one; native.rda_step hands tensors.max_A to the op."""
+    from sparse_rda import plan, scalars, step
+
+    s = scalars.RdaScalars(**MAX_A_HYPER, reweight=True, maximize=False)
+    for granularity in ["element", ("block", 4, 8)]:
+        a = max_A_inputs("cpu", block=granularity != "element")
+        a = {k: v[:2] if k in ("params", "grads", "T", "B", "A", "v", "occupancy") else v for k, v in a.items()}
+        if "block" not in a:  # both penalized, element mode (the plans' factors)
+            a.update(group_means=[None, None], factors=[1.0, 1.0])
+        plans = tuple(plan.tensor_plan(p.shape, granularity, True) for p in a["params"])
+        bucket, = plan.buckets(plans, tuple((p.dtype, p.dtype) for p in a["params"]))
+        tensors = step.RdaTensors(*(a[k] for k in ("params", "grads", "T", "B", "A", "v")),
+                                  a.get("occupancy", [None, None]), [None, None])
+        got = native.rda_max_A(tensors, bucket, s)
+        assert same_bits(got, call_max_A(a))
+        theirs = tensors._replace(**{k: [t.clone() for t in getattr(tensors, k)] for k in ("params", "T", "B", "A",
+                                                                                         "v")})
+        native.rda_step(tensors._replace(max_A=2 * got), bucket, s)
+        native.rda_step(theirs, bucket, s)
+        assert not torch.equal(tensors.B[0], theirs.B[0]), "the given max reaches the op"

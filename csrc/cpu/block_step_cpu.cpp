@@ -1,10 +1,12 @@
 // RDA with granularity ("block", rows, cols) on CPU (ALGORITHMS.md section 3), for penalized 2-D weights.
-// Per tensor: the tile RMS of w; with reweighting the exact max of this step's A; then tile by tile (in
-// parallel over tiles) the element update, the tile's ||T||, the group prox and the tile's occupancy bit: a
-// 64x64 tile's six fp32 arrays are ~100 KB, so the prox loop re-reads T from L2, not from memory.
+// Per tensor: the tile RMS of w; with reweighting the exact max of this step's A (unless given; the
+// rda_block_max_A op runs that pass alone); then tile by tile (in parallel over tiles) the element update, the
+// tile's ||T||, the group prox and the tile's occupancy bit: a 64x64 tile's six fp32 arrays are ~100 KB, so the
+// prox loop re-reads T from L2, not from memory.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -137,11 +139,18 @@ int64_t block_tile(int64_t tile, param_t* w, const grad_t* g, float* T, float* B
   return count;
 }
 
+// The max pass alone (the rda_block_max_A op): the tile RMS, then the max of the tiles' new A.
+template <typename param_t>
+float block_max_A(const param_t* w, const float* A, const Tiling& t, const RdaScalars& s) {
+  return max_new_A(A, tile_rms(w, t), t, s);
+}
+
+// given_max_A: the max of A given for this tensor, or null to take it here.
 template <typename param_t, typename grad_t>
 int64_t block_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, bool* live,
-                     const Tiling& t, bool reweight, const RdaScalars& s) {
+                     const Tiling& t, bool reweight, const float* given_max_A, const RdaScalars& s) {
   const std::vector<float> rms = tile_rms(w, t);
-  const float max_A = reweight ? max_new_A(A, rms, t, s) : 0.0f;
+  const float max_A = !reweight ? 0.0f : given_max_A != nullptr ? *given_max_A : max_new_A(A, rms, t, s);
   return at::parallel_reduce(
       0, t.tiles(), 1, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t count) {
@@ -160,15 +169,17 @@ at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::T
                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
                               const std::optional<at::Tensor>& inv_scale,
                               const std::optional<at::Tensor>& device_hyper,
-                              const std::optional<at::Tensor>& found_inf) {
+                              const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A) {
   check_block_step_args("rda_block_step_", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
                         device_hyper, found_inf);
+  check_max_A("rda_block_step_", max_A, params);
   if (found_inf_set(found_inf)) return count_nonzeros(params);  // nothing written, the maps neither
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
   const RdaScalars s =
       with_device_form(make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize), device_hyper);
+  const at::Tensor given = given_max_A(max_A);
   for (int64_t k = 0; k < n_tensors; ++k) {
     Flat w(params[k]), Ts(T[k]), Bs(B[k]), As(A[k]), vs(v[k]), live(occupancy[k]);
     const at::Tensor g = grad_for(params[k], grads[k]);
@@ -177,13 +188,37 @@ at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::T
       auto run = [&](auto* grad) {
         return block_tensor(w.flat.data_ptr<scalar_t>(), grad, Ts.flat.data_ptr<float>(), Bs.flat.data_ptr<float>(),
                             As.flat.data_ptr<float>(), vs.flat.data_ptr<float>(), live.flat.data_ptr<bool>(), tiling,
-                            reweight, s);
+                            reweight, given.defined() ? given.data_ptr<float>() + k : nullptr, s);
       };
       counts[k] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
     });
     for (Flat* f : {&w, &Ts, &Bs, &As, &vs, &live}) f->finish();
   }
   return nnz;
+}
+
+// The step's max pass alone; writes nothing. A skipped step (found_inf set) gives zeros, as the CUDA max kernel.
+at::Tensor rda_block_max_A_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
+                               at::ArrayRef<double> hyper, bool /*reweight*/, bool maximize,
+                               const std::optional<at::Tensor>& inv_scale,
+                               const std::optional<at::Tensor>& device_hyper,
+                               const std::optional<at::Tensor>& found_inf) {
+  check_block_step_args("rda_block_max_A", params, grads, T, B, A, v, occupancy, block, hyper, inv_scale,
+                        device_hyper, found_inf);
+  const int64_t n_tensors = static_cast<int64_t>(params.size());
+  auto out = at::zeros({n_tensors}, at::TensorOptions().dtype(at::kFloat));
+  if (found_inf_set(found_inf)) return out;
+  auto* maxes = out.data_ptr<float>();
+  const RdaScalars s = with_device_form(make_rda_scalars(hyper.data(), 1.0f, maximize), device_hyper);
+  for (int64_t k = 0; k < n_tensors; ++k) {
+    const at::Tensor w = params[k].contiguous(), As = A[k].contiguous();
+    const Tiling tiling(params[k].size(0), params[k].size(1), block[0], block[1]);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "rda_block_max_A_cpu", [&] {
+      maxes[k] = block_max_A(w.data_ptr<scalar_t>(), As.data_ptr<float>(), tiling, s);
+    });
+  }
+  return out;
 }
 
 }  // namespace sparse_rda

@@ -1,11 +1,13 @@
 // The fused RDA / gRDA steps on CPU: per tensor, one pass over the elements (two for RDA with reweighting:
-// the exact per-tensor max of this step's A comes first), split across threads with ATen's parallel_reduce,
-// fp32 math on fp32/bf16/fp16 parameters, fp32 state. Returns each tensor's nonzero count.
+// the exact per-tensor max of this step's A comes first, unless given; rda_max_A runs it alone), split across
+// threads with ATen's parallel_reduce, fp32 math on fp32/bf16/fp16 parameters, fp32 state. Returns each tensor's
+// nonzero count.
 #include "step_cpu.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>
@@ -87,17 +89,25 @@ SPARSE_RDA_CPU_CLONES float max_A_range(const float* __restrict__ A, const Magni
   return running;
 }
 
+// The max pass alone: the max of this step's finite A over the tensor (the step's, or the rda_max_A op's).
+template <bool GROUPED, typename param_t>
+float tensor_max_A(const float* A, const Magnitude<param_t> a, int64_t n, const RdaScalars& s) {
+  return at::parallel_reduce(
+      0, n, kGrain, 0.0f,
+      [&](int64_t begin, int64_t end, float running) { return max_A_range<GROUPED>(A, a, begin, end, s, running); },
+      [](float x, float y) { return std::max(x, y); });
+}
+
+template <typename param_t>
+float tensor_max_A(bool grouped, const float* A, const Magnitude<param_t> a, int64_t n, const RdaScalars& s) {
+  return grouped ? tensor_max_A<true>(A, a, n, s) : tensor_max_A<false>(A, a, n, s);
+}
+
+// The step pass; max_A (read with reweighting only) from tensor_max_A or given.
 template <bool GROUPED, typename param_t, typename grad_t>
 int64_t rda_tensor(param_t* w, const grad_t* g, float* T, float* B, float* A, float* v, Magnitude<param_t> a,
-                   int64_t n, const RdaScalars& s, float factor, bool reweight) {
+                   int64_t n, const RdaScalars& s, float factor, bool reweight, float max_A) {
   const bool penalized = factor > 0.0f;
-  float max_A = 0.0f;
-  if (penalized && reweight) {
-    max_A = at::parallel_reduce(
-        0, n, kGrain, 0.0f,
-        [&](int64_t begin, int64_t end, float running) { return max_A_range<GROUPED>(A, a, begin, end, s, running); },
-        [](float x, float y) { return std::max(x, y); });
-  }
   return at::parallel_reduce(
       0, n, kGrain, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t count) {
@@ -145,6 +155,10 @@ at::Tensor count_nonzeros(at::TensorList params) {
   return nnz;
 }
 
+at::Tensor given_max_A(const std::optional<at::Tensor>& max_A) {
+  return max_A.has_value() ? max_A->to(at::kFloat).contiguous() : at::Tensor();
+}
+
 float host_inv_scale(const std::optional<at::Tensor>& inv_scale) {
   return inv_scale.has_value() ? static_cast<float>(first_value(*inv_scale)) : 1.0f;
 }
@@ -160,15 +174,17 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
-                        const std::optional<at::Tensor>& found_inf) {
+                        const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A) {
   check_rda_args("rda_step_", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
                  found_inf);
+  check_max_A("rda_step_", max_A, params);
   if (found_inf_set(found_inf)) return count_nonzeros(params);
   const int64_t n_tensors = static_cast<int64_t>(params.size());
   auto nnz = at::empty({n_tensors}, at::TensorOptions().dtype(at::kLong));
   auto* counts = nnz.data_ptr<int64_t>();
   const RdaScalars s =
       with_device_form(make_rda_scalars(hyper.data(), host_inv_scale(inv_scale), maximize), device_hyper);
+  const at::Tensor given = given_max_A(max_A);
   for (int64_t t = 0; t < n_tensors; ++t) {
     Flat w(params[t]), Ts(T[t]), Bs(B[t]), As(A[t]), vs(v[t]);
     const at::Tensor g = grad_for(params[t], grads[t]);
@@ -179,19 +195,50 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.flat.scalar_type(), "rda_step_cpu", [&] {
       Magnitude<scalar_t> a{w.flat.data_ptr<scalar_t>(), means.defined() ? means.data_ptr<float>() : nullptr,
                             group_size};
+      auto* args_w = w.flat.data_ptr<scalar_t>();
+      float *T_ = Ts.flat.data_ptr<float>(), *B_ = Bs.flat.data_ptr<float>(), *A_ = As.flat.data_ptr<float>(),
+            *v_ = vs.flat.data_ptr<float>();
+      const int64_t n = w.flat.numel();
+      float max_A_t = 0.0f;
+      if (factor > 0.0f && reweight) {
+        max_A_t = given.defined() ? given.data_ptr<float>()[t] : tensor_max_A(means.defined(), A_, a, n, s);
+      }
       auto run = [&](auto* grad) {
-        auto* args_w = w.flat.data_ptr<scalar_t>();
-        float *T_ = Ts.flat.data_ptr<float>(), *B_ = Bs.flat.data_ptr<float>(), *A_ = As.flat.data_ptr<float>(),
-              *v_ = vs.flat.data_ptr<float>();
-        const int64_t n = w.flat.numel();
-        return means.defined() ? rda_tensor<true>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight)
-                               : rda_tensor<false>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight);
+        return means.defined() ? rda_tensor<true>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight, max_A_t)
+                               : rda_tensor<false>(args_w, grad, T_, B_, A_, v_, a, n, s, factor, reweight, max_A_t);
       };
       counts[t] = g.scalar_type() == w.flat.scalar_type() ? run(g.data_ptr<scalar_t>()) : run(g.data_ptr<float>());
     });
     for (Flat* f : {&w, &Ts, &Bs, &As, &vs}) f->finish();
   }
   return nnz;
+}
+
+// The step's max pass alone; writes nothing. A skipped step (found_inf set) gives zeros, as the CUDA max kernel.
+at::Tensor rda_max_A_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool /*reweight*/, bool maximize,
+                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                         const std::optional<at::Tensor>& found_inf) {
+  check_rda_args("rda_max_A", params, grads, T, B, A, v, group_means, factors, hyper, inv_scale, device_hyper,
+                 found_inf);
+  const int64_t n_tensors = static_cast<int64_t>(params.size());
+  auto out = at::zeros({n_tensors}, at::TensorOptions().dtype(at::kFloat));
+  if (found_inf_set(found_inf)) return out;
+  auto* maxes = out.data_ptr<float>();
+  const RdaScalars s = with_device_form(make_rda_scalars(hyper.data(), 1.0f, maximize), device_hyper);
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    if (!(static_cast<float>(factors[t]) > 0.0f)) continue;  // unpenalized: 0, as the step's
+    const at::Tensor w = params[t].contiguous(), As = A[t].contiguous();
+    const at::Tensor means = group_means.get(t).value_or(at::Tensor());
+    const int64_t group_size = means.defined() ? group_size_of(params[t], means) : 1;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "rda_max_A_cpu", [&] {
+      const Magnitude<scalar_t> a{w.data_ptr<scalar_t>(), means.defined() ? means.data_ptr<float>() : nullptr,
+                                  group_size};
+      maxes[t] = tensor_max_A(means.defined(), As.data_ptr<float>(), a, w.numel(), s);
+    });
+  }
+  return out;
 }
 
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,

@@ -1,4 +1,4 @@
-// CPU implementations of the sparse_rda::rda_step_, rda_block_step_ and grda_step_ ops (schemas in bindings.cpp).
+// CPU implementations of the sparse_rda::* ops (schemas in bindings.cpp).
 #pragma once
 
 #include <ATen/core/List.h>
@@ -22,14 +22,27 @@ at::Tensor rda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorL
                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
-                        const std::optional<at::Tensor>& found_inf);
+                        const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A);
+
+at::Tensor rda_max_A_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                         at::TensorList A, at::TensorList v, const c10::List<std::optional<at::Tensor>>& group_means,
+                         at::ArrayRef<double> factors, at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                         const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& device_hyper,
+                         const std::optional<at::Tensor>& found_inf);
 
 at::Tensor rda_block_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
                               const std::optional<at::Tensor>& inv_scale,
                               const std::optional<at::Tensor>& device_hyper,
-                              const std::optional<at::Tensor>& found_inf);
+                              const std::optional<at::Tensor>& found_inf, const std::optional<at::Tensor>& max_A);
+
+at::Tensor rda_block_max_A_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                               at::TensorList A, at::TensorList v, at::TensorList occupancy, at::IntArrayRef block,
+                               at::ArrayRef<double> hyper, bool reweight, bool maximize,
+                               const std::optional<at::Tensor>& inv_scale,
+                               const std::optional<at::Tensor>& device_hyper,
+                               const std::optional<at::Tensor>& found_inf);
 
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
                          double lr, const std::optional<at::Tensor>& lr_device,
@@ -46,5 +59,7 @@ RdaScalars with_device_form(const RdaScalars& s, const std::optional<at::Tensor>
 bool found_inf_set(const std::optional<at::Tensor>& found_inf);
 // Each param's nonzero count, for a skipped step.
 at::Tensor count_nonzeros(at::TensorList params);
+// A given max_A (checked) as float32 values on the host; undefined when not given.
+at::Tensor given_max_A(const std::optional<at::Tensor>& max_A);
 
 }  // namespace sparse_rda

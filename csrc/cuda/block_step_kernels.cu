@@ -1,7 +1,8 @@
 // CUDA RDA step in block granularity (docs/ALGORITHMS.md section 3), the native counterpart of
 // kernels/rda_block_step.py and csrc/cpu/block_step_cpu.cpp: one thread block per tile.
-//   1. block_max_A_kernel (with reweighting only): the tile's RMS, its A = beta_b A + (1 - beta_b) RMS and the
-//      per-tensor max of A (atomic); om needs that max over all tiles before any tile is shrunk.
+//   1. block_max_A_kernel (with reweighting, unless the max is given; alone: the rda_block_max_A op): the tile's
+//      RMS, its A = beta_b A + (1 - beta_b) RMS and the per-tensor max of A (atomic); om needs that max over all
+//      tiles before any tile is shrunk.
 //   2. block_step_kernel: per element the dual average (T, v) while summing w^2 and T^2; then the tile's A, om,
 //      B and group prox factor; then w = T * shrink with A and B stored on every element (the state keeps the
 //      weight's shape), and the tile's occupancy bit. The prox pass re-reads the T this same thread just wrote
@@ -213,16 +214,13 @@ int threads_for(int64_t tile_elements) {
   return threads;
 }
 
-}  // namespace
-
-cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
-                                  DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d,
-                                  const float* inv_scale, bool reweight, float* max_A, unsigned long long* nnz,
-                                  cudaStream_t stream) {
+// Calls launch(batch, begin, grid, threads, param) over the tiled tensors (param: a value of the param type).
+template <typename Launch>
+cudaError_t for_each_tiled_batch(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                 DType w_dtype, bool grad_is_float32, Launch&& launch) {
   if (block_rows < 1 || block_cols < 1 || static_cast<int64_t>(block_rows) * block_cols > INT_MAX) {
     return cudaErrorInvalidValue;
   }
-  const TileShape shape{block_rows, block_cols};
   const size_t w_size = w_dtype == DType::kFloat32 ? 4 : 2;
   const size_t g_size = grad_is_float32 ? 4 : w_size;
   std::vector<TiledTensor> tiled;
@@ -237,18 +235,42 @@ cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int blo
   };
   const int threads = threads_for(static_cast<int64_t>(block_rows) * block_cols);
   return with_param_type(w_dtype, [&](auto param) {
-    using param_t = decltype(param);
     return for_each_batch(tiled.data(), n, tiles_of, [&](const Batch& b, int64_t begin, unsigned grid) {
-      if (reweight) block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, max_A + begin);
-      if (grad_is_float32) {
-        block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
-                                                                        max_A + begin, nnz + begin);
-      } else {
-        block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
-                                                                          max_A + begin, nnz + begin);
-      }
-      return cudaGetLastError();
+      return launch(b, begin, grid, threads, param);
     });
+  });
+}
+
+}  // namespace
+
+cudaError_t launch_rda_block_max_A(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                   DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d, float* max_A,
+                                   cudaStream_t stream) {
+  const TileShape shape{block_rows, block_cols};
+  return for_each_tiled_batch(tensors, n, block_rows, block_cols, w_dtype, grad_is_float32,
+                              [&](const Batch& b, int64_t begin, unsigned grid, int threads, auto param) {
+    using param_t = decltype(param);
+    block_max_A_kernel<param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, max_A + begin);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                  DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d,
+                                  const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz,
+                                  cudaStream_t stream) {
+  const TileShape shape{block_rows, block_cols};
+  return for_each_tiled_batch(tensors, n, block_rows, block_cols, w_dtype, grad_is_float32,
+                              [&](const Batch& b, int64_t begin, unsigned grid, int threads, auto param) {
+    using param_t = decltype(param);
+    if (grad_is_float32) {
+      block_step_kernel<param_t, float><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
+                                                                      max_A + begin, nnz + begin);
+    } else {
+      block_step_kernel<param_t, param_t><<<grid, threads, 0, stream>>>(b, shape, s, d, inv_scale, reweight,
+                                                                        max_A + begin, nnz + begin);
+    }
+    return cudaGetLastError();
   });
 }
 

@@ -44,12 +44,12 @@ struct DeviceScalars {
 // The launchers take the n tensors as a host array and pass them to the kernels by value (no device table), so
 // a CUDA graph can capture them. Per-tensor outputs (max_A, nnz) are device arrays of n, zeroed by the caller.
 
-// The per-tensor max of this step's A, into max_A, for penalized tensors.
+// The per-tensor max of this step's A, into max_A, for penalized tensors (nothing with a set found_inf).
 cudaError_t launch_rda_max_A(const RdaTensor* tensors, int64_t n, DType w_dtype, RdaScalars s, DeviceScalars d,
                              float* max_A, cudaStream_t stream);
 
-// The RDA step; counts each tensor's nonzeros into nnz. max_A from launch_rda_max_A (unused without
-// reweighting); inv_scale: the caller's 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
+// The RDA step; counts each tensor's nonzeros into nnz. max_A from launch_rda_max_A or given (n values, read
+// with reweighting only); inv_scale: the caller's 1 / GradScaler scale on the device (s.grad_factor then +-1), or null.
 cudaError_t launch_rda_step(const RdaTensor* tensors, int64_t n, DType w_dtype, bool grad_is_float32, RdaScalars s,
                             DeviceScalars d, const float* inv_scale, bool reweight, const float* max_A,
                             unsigned long long* nnz, cudaStream_t stream);
@@ -84,11 +84,17 @@ struct BlockTensor {
   int64_t cols;
 };
 
-// The block-mode RDA step; max_A is scratch for the per-tensor max of A; d and inv_scale as in launch_rda_step
-// (a skipped step writes neither the tensors nor the occupancy maps).
+// The per-tensor max of this step's tile A, into max_A (nothing with a set found_inf). The same tensors and
+// flags as the step's launch: the tile RMS is summed in the order the step's alignment picks.
+cudaError_t launch_rda_block_max_A(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
+                                   DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d, float* max_A,
+                                   cudaStream_t stream);
+
+// The block-mode RDA step; max_A from launch_rda_block_max_A or given (n values, read with reweighting only); d
+// and inv_scale as in launch_rda_step (a skipped step writes neither the tensors nor the occupancy maps).
 cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int block_rows, int block_cols,
                                   DType w_dtype, bool grad_is_float32, RdaScalars s, DeviceScalars d,
-                                  const float* inv_scale, bool reweight, float* max_A, unsigned long long* nnz,
+                                  const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz,
                                   cudaStream_t stream);
 
 }  // namespace cuda
