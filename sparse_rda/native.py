@@ -116,9 +116,3 @@ def grda_step(tensors, bucket, s) -> torch.Tensor:
     params, grads, acc, thresholds = tensors
     return torch.ops.sparse_rda.grda_step_(params, grads, acc, thresholds, s.lr, s.lr_device, s.inv_scale,
                                            s.found_inf)
-
-
-def rda_max_A(tensors, bucket, s) -> torch.Tensor:  # (the native ops come with the sharded step's work)
-    from . import reference
-
-    return reference.rda_max_A(tensors, bucket, s)
