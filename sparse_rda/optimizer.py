@@ -81,11 +81,6 @@ class SparseOptimizer(torch.optim.Optimizer):
         if not torch.compiler.is_compiling():
             self._check_options(group)
         check_params(group["params"], self._capturable(group))
-        if (plan.block_shape(group.get("granularity")) and group.get("target_sparsity") is not None
-                and any(sharded.is_sharded(p) for p in group["params"])):
-            raise NotImplementedError("target_sparsity with granularity=('block', ...) does not take DTensor "
-                                      "parameters yet (the quantile over tiles across shard boundaries); element, "
-                                      "kernel and channel granularity do, and block mode without target_sparsity")
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         if self._capturable(group):
             check_device_scalars(group, self._DEVICE_SCALARS, device)

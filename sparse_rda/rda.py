@@ -167,6 +167,9 @@ class RDA(SparseOptimizer):
         block = self._plan(group, p).block
         if block is None:
             return target.zero_ratio(T.abs(), B), None
+        if sharded.is_sharded(p):  # (tiles across shards: their norms over every holder, counted once)
+            _, norms, B_tile, counts, weights = sharded_tiles.tile_view(p, T, B, block)
+            return target.zero_ratio(norms, B_tile * torch.sqrt(counts)), weights
         counts = reference.tile_counts(T.shape, block, T.device)
         norms = torch.sqrt(reference.tile_sums(T * T, block))
         return target.zero_ratio(norms, B[:: block[0], :: block[1]] * torch.sqrt(counts)), counts
@@ -181,7 +184,12 @@ class RDA(SparseOptimizer):
         """w = S(T, lam B); in block mode the group prox, and the tile map (a SparseLinear's too) with it."""
         for p in penalized:
             T, B = sharded.local(self.state[p]["T"]), sharded.local(self.state[p]["B"])
-            w, live = reference.rda_prox(T, group["lam"] * B, self._plan(group, p))
+            tensor_plan = self._plan(group, p)
+            if tensor_plan.tiled and sharded.is_sharded(p):
+                sharded_tiles.apply_threshold(p, T, B, sharded.local(self.state[p]["occupancy"]), group["lam"],
+                                              tensor_plan.block)
+                continue
+            w, live = reference.rda_prox(T, group["lam"] * B, tensor_plan)
             if live is not None and "occupancy" in self.state[p]:
                 self.state[p]["occupancy"].copy_(live)
             sharded.local(p).copy_(w)

@@ -196,7 +196,7 @@ class TiledStep:
             [torch.count_nonzero(x) for x in interior.params])
         if self.slots:
             self._step_edges(max_A, counts)
-        self._exchange_maps()
+        exchange_maps(self.layouts, self.tensors.occupancy)
         return counts
 
     def _step_edges(self, max_A: torch.Tensor, counts: torch.Tensor) -> None:
@@ -220,36 +220,16 @@ class TiledStep:
         for (i, lay, lo, hi), T, A, B, total, count in zip(segs, T_e, self.edge_A, first_B, T2, self.counts):
             shrink = reference.group_shrink(torch.sqrt(total), lam * B, count)
             other, side = T.shape[1], lay.block[1]
-            def spread(per_tile, rows=hi - lo, other=other, side=side):
+            def on_rows(per_tile, rows=hi - lo, other=other, side=side):
                 return per_tile.repeat_interleave(side)[:other].expand(rows, other)
 
-            orient(t.A[i], lay)[lo:hi] = spread(A)
-            orient(t.B[i], lay)[lo:hi] = spread(B)
-            new_w = T * spread(shrink)
+            orient(t.A[i], lay)[lo:hi] = on_rows(A)
+            orient(t.B[i], lay)[lo:hi] = on_rows(B)
+            new_w = T * on_rows(shrink)
             orient(t.params[i], lay)[lo:hi] = new_w.to(t.params[i].dtype)
             tile = (lay.start + lo) // lay.side
             orient(t.occupancy[i], lay)[tile] = shrink > 0
             counts[i] += torch.count_nonzero(orient(t.params[i], lay)[lo:hi])
-
-    def _exchange_maps(self) -> None:
-        """Each rank's rows of the (replicated) tile maps to every rank: a buffer of all maps, this rank's tile rows
-        filled and zeros elsewhere, maxed over the ranks (holders of a straddling tile agree on its bit)."""
-        by_groups: dict[tuple, list[int]] = {}
-        for i, lay in enumerate(self.layouts):
-            if lay.groups:
-                by_groups.setdefault(lay.groups, []).append(i)
-        for groups, idx in by_groups.items():
-            pieces = []
-            for i in idx:
-                lay = self.layouts[i]
-                mine = torch.zeros_like(orient(self.tensors.occupancy[i], lay), dtype=torch.uint8)
-                first, end = lay.tiles(0, lay.stop - lay.start) if lay.stop > lay.start else (0, 0)
-                mine[first:end] = orient(self.tensors.occupancy[i], lay)[first:end]
-                pieces.append(mine)
-            buffer = torch.cat([piece.flatten() for piece in pieces])
-            reducer(groups)(buffer, "max")
-            for i, piece, chunk in zip(idx, pieces, buffer.split([piece.numel() for piece in pieces])):
-                orient(self.tensors.occupancy[i], self.layouts[i]).copy_(chunk.view(piece.shape).bool())
 
 
 def initial_map(p, block: tuple[int, int]) -> torch.Tensor:
@@ -269,3 +249,74 @@ def initial_map(p, block: tuple[int, int]) -> torch.Tensor:
     if lay.groups:
         reducer(lay.groups)(whole, "max")
     return orient(whole.bool(), lay).contiguous()
+
+
+def tile_view(p, T: torch.Tensor, B: torch.Tensor, block: tuple[int, int]):
+    """The tiles a rank's shard of DTensor ``p`` touches, for target_sparsity's control steps: (layout, norms of T
+    per tile with straddling tiles' sums added over their holders (one collective), B per tile (its first local
+    row's), each tile's size in the whole weight, and the size to count it by: 0 for a straddling tile another rank
+    owns (the holder of its first row counts it), so that the ranks' histograms add up to one process's). Each is
+    [this rank's tiles along dim, tiles along the other]; T, B the local state."""
+    lay = layout(p, block)
+    T_o, B_o = orient(T, lay), orient(B, lay)
+    side, other_side = lay.block
+    first, end = lay.tiles(0, lay.stop - lay.start) if lay.stop > lay.start else (0, 0)
+    padded = torch.nn.functional.pad(T_o.square(), (0, 0, lay.start - first * side, 0))
+    sums = reference.tile_sums(padded, lay.block) if T_o.shape[0] else T_o.new_zeros((0, -(-T_o.shape[1] // other_side)))
+    if lay.straddling:
+        width = sums.shape[1]
+        buffer = torch.zeros((len(lay.straddling), width), device=T.device)
+        for row, tile in enumerate(lay.straddling):
+            if first <= tile < end:
+                buffer[row] = sums[tile - first]
+        reducer(lay.groups)(buffer, "sum")
+        for row, tile in enumerate(lay.straddling):
+            if first <= tile < end:
+                sums[tile - first] = buffer[row]
+    tiles = range(first, end)
+    first_rows = [max(tile * side, lay.start) - lay.start for tile in tiles]
+    B_tile = B_o[first_rows, ::other_side] if first_rows else B_o[:0, ::other_side]
+    cols = _tile_cols(T_o.shape[1], other_side).to(T.device)
+    counts = torch.stack([lay.tile_rows(tile) * cols for tile in tiles]) if first_rows else cols.new_zeros(
+        (0, cols.numel()))
+    owned = torch.tensor([lay.start <= tile * side for tile in tiles], device=T.device, dtype=torch.float32)
+    return lay, torch.sqrt(sums), B_tile, counts, counts * owned[:, None]
+
+
+def spread(per_tile: torch.Tensor, lay: Layout, shape) -> torch.Tensor:
+    """Each local tile's value on each of its local elements (oriented ``shape``)."""
+    rows = (torch.arange(shape[0], device=per_tile.device) + lay.start) // lay.side - lay.start // lay.side
+    return per_tile[rows].repeat_interleave(lay.block[1], dim=1)[:, :shape[1]]
+
+
+def apply_threshold(p, T: torch.Tensor, B: torch.Tensor, occupancy: torch.Tensor, lam: float, block) -> None:
+    """target_sparsity's snap on a rank's shard of a tiled DTensor weight: w = the group prox of T with threshold
+    lam B (straddling tiles' norms over every holder), the tile map's rows with it, then the maps exchanged."""
+    lay, norms, B_tile, counts, _ = tile_view(p, T, B, block)
+    shrink = reference.group_shrink(norms, lam * B_tile, counts)
+    w = orient(local(p), lay)
+    w.copy_(orient(T, lay) * spread(shrink, lay, w.shape))
+    first = lay.start // lay.side
+    orient(occupancy, lay)[first:first + shrink.shape[0]] = shrink > 0
+    exchange_maps([lay], [occupancy])
+
+
+def exchange_maps(layouts: list[Layout], maps: list[torch.Tensor]) -> None:
+    """Each rank's rows of the (replicated) tile maps to every rank: a buffer of all maps, this rank's tile rows
+    filled and zeros elsewhere, maxed over the ranks (holders of a straddling tile agree on its bit)."""
+    by_groups: dict[tuple, list[int]] = {}
+    for i, lay in enumerate(layouts):
+        if lay.groups:
+            by_groups.setdefault(lay.groups, []).append(i)
+    for groups, idx in by_groups.items():
+        pieces = []
+        for i in idx:
+            lay, whole = layouts[i], orient(maps[i], layouts[i])
+            mine = torch.zeros_like(whole, dtype=torch.uint8)
+            first, end = lay.tiles(0, lay.stop - lay.start) if lay.stop > lay.start else (0, 0)
+            mine[first:end] = whole[first:end]
+            pieces.append(mine)
+        buffer = torch.cat([piece.flatten() for piece in pieces])
+        reducer(groups)(buffer, "max")
+        for i, piece, chunk in zip(idx, pieces, buffer.split([piece.numel() for piece in pieces])):
+            orient(maps[i], layouts[i]).copy_(chunk.view(piece.shape).bool())

@@ -30,6 +30,7 @@ FSDP_CASES = [
     ("mlp-grda-element", "mlp", "GRDA", GRDA_OPTIONS),
     ("mlp-grda-target", "mlp", "GRDA", {**GRDA_OPTIONS, **TARGET}),
     ("mlp-rda-block", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("block", 4, 8), "lam": 2e-2}),
+    ("mlp-rda-block-target", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("block", 4, 8), **TARGET}),
     ("mlp-rda-block-plain-l1", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("block", 3, 5), "reweight": False,
                                                  "lam": 6e-2}),
     ("cnn-rda-kernel", "cnn", "RDA", {**RDA_OPTIONS, "granularity": "kernel"}),
@@ -188,43 +189,46 @@ def ddp_matches(rank: int, world: int, backend: str) -> list[str]:
     return lines
 
 
-def dcp_save(rank: int, world: int, backend: str, cls_name: str, path: str) -> list[str]:
-    """FSDP2 on ``world`` ranks: 10 steps, a torch.distributed.checkpoint of the model and optimizer, 10 more steps;
-    rank 0 saves the final gathered weights and state beside the checkpoint."""
+def dcp_save(rank: int, world: int, backend: str, runs: str, path: str) -> list[str]:
+    """FSDP2 on ``world`` ranks, for each of ``runs`` (DCP_RUNS' names): 10 steps, a torch.distributed.checkpoint
+    of the model and optimizer, 10 more steps; rank 0 saves the final gathered weights and state beside it."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    model, opt = _fsdp_run(backend, cls_name)
-    data = batches("mlp")
-    train(model, opt, data[:10], rank, world)
-    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
-             checkpoint_id=path)
-    train(model, opt, data[10:], rank, world)
-    final = _gathered(model, opt)
-    if rank == 0:
-        torch.save(final, os.path.join(path, "uninterrupted.pt"))
-    return ["saved"]
+    for run in runs.split(","):
+        model, opt = _fsdp_run(backend, run)
+        data = batches("mlp")
+        train(model, opt, data[:10], rank, world)
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+                 checkpoint_id=os.path.join(path, run))
+        train(model, opt, data[10:], rank, world)
+        final = _gathered(model, opt)
+        if rank == 0:
+            torch.save(final, os.path.join(path, run, "uninterrupted.pt"))
+    return [f"{run} saved" for run in runs.split(",")]
 
 
-def dcp_resume(rank: int, world: int, backend: str, cls_name: str, path: str) -> list[str]:
-    """Loads dcp_save's checkpoint on ``world`` ranks (resharded), steps the last 10 steps, and compares with the
-    uninterrupted run."""
+def dcp_resume(rank: int, world: int, backend: str, runs: str, path: str) -> list[str]:
+    """Loads dcp_save's checkpoints on ``world`` ranks (resharded), steps the last 10 steps, and compares with the
+    uninterrupted runs."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
 
-    model, opt = _fsdp_run(backend, cls_name)
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
-    dcp.load(state, checkpoint_id=path)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, opt, state["optim"])
-    train(model, opt, batches("mlp")[10:], rank, world)
-    mine, theirs = _gathered(model, opt), torch.load(os.path.join(path, "uninterrupted.pt"))
-    assert sorted(mine) == sorted(theirs), (sorted(mine), sorted(theirs))
-    for key, value in theirs.items():
-        error = float((mine[key].double() - value.double()).abs().max() / value.double().abs().max().clamp_min(1e-30))
-        assert error <= RTOL, f"{key}: the resumed run is off by {error:.3g} of its max"
-    return ["resumed"]
+    for run in runs.split(","):
+        model, opt = _fsdp_run(backend, run)
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(state, checkpoint_id=os.path.join(path, run))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+        train(model, opt, batches("mlp")[10:], rank, world)
+        mine, theirs = _gathered(model, opt), torch.load(os.path.join(path, run, "uninterrupted.pt"))
+        assert sorted(mine) == sorted(theirs), (sorted(mine), sorted(theirs))
+        for key, value in theirs.items():
+            scale = value.double().abs().max().clamp_min(1e-30)
+            error = float((mine[key].double() - value.double()).abs().max() / scale)
+            assert error <= RTOL, f"{run}: {key}: the resumed run is off by {error:.3g} of its max"
+    return [f"{run} resumed" for run in runs.split(",")]
 
 
 def _fsdp_run(backend: str, cls_name: str):
