@@ -1,6 +1,6 @@
-"""What each rank runs in tests/test_distributed.py: ``python tests/ranks.py SCENARIO WORLD PORT RESULTS [ARGS]``
-spawns WORLD gloo ranks on CPU; each writes its findings, one line each, to RESULTS/rank<r> (their stdout would
-interleave). A failed check raises, so the run exits nonzero with the traceback on stderr.
+"""What each rank runs in tests/test_distributed.py: ``python tests/ranks.py SCENARIO WORLD RESULTS [ARGS]``
+spawns WORLD gloo ranks on CPU (meeting through a file in RESULTS); each writes its findings, one line each, to
+RESULTS/rank<r> (their stdout would interleave). A failed check raises, so the run exits nonzero with the traceback on stderr.
 
 Scenarios compare a distributed run with one process on the global batch: the gathered state within 1e-6 of each
 tensor's largest value and the weights within 1e-6 of their iterate's (float32 rounding: the ranks' gradient
@@ -8,6 +8,7 @@ reductions add in another order), the nonzero counts equal."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -186,6 +187,8 @@ def ddp_matches(rank: int, world: int, backend: str) -> list[str]:
             assert all(torch.equal(o, p) for o in others), "the ranks differ"
         compare(f"DDP {cls.__name__}", model.module.parameters(), opt, single.parameters(), ref_opt)
         lines.append(f"{cls.__name__} matches")
+        del model  # (its reducer gone before the process group: gloo once aborted at exit otherwise)
+        gc.collect()
     return lines
 
 
@@ -264,16 +267,19 @@ SCENARIOS = {"fsdp2": fsdp2_matches, "placements": placements, "ddp": ddp_matche
              "dcp_resume": dcp_resume}
 
 
-def rank_main(rank: int, world: int, port: int, results: str, scenario: str, args: list[str]) -> None:
+def rank_main(rank: int, world: int, results: str, scenario: str, args: list[str]) -> None:
     torch.set_num_threads(1)  # ranks share the cores: more threads each only wait on each other (100x slower)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a rendezvous file in the run's own folder: no port to race other runs for
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(results, 'rendezvous')}", rank=rank,
+                            world_size=world)
     try:
         for line in SCENARIOS[scenario](rank, world, *args):
             report(results, rank, line)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    scenario, world, port, results, *rest = sys.argv[1:]
-    mp.spawn(rank_main, args=(int(world), int(port), results, scenario, rest), nprocs=int(world))
+    scenario, world, results, *rest = sys.argv[1:]
+    mp.spawn(rank_main, args=(int(world), results, scenario, rest), nprocs=int(world))
