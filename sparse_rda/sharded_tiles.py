@@ -119,17 +119,19 @@ class TiledStep:
         self.layouts = [layout(p, plan.block) for p, plan in zip(params, plans)]
         self.tensors, self.plans, self.s = tensors, plans, s
         self.w = reference.as_float32(tensors.params)
-        # every weight's straddling tiles, in one order on every rank: (weight, tile) -> row of the buffers
-        self.slots = {(i, tile): None for i, lay in enumerate(self.layouts) for tile in lay.straddling}
+        # every weight's straddling tiles, in one order on every rank (the rows of the sums' buffers)
+        self.straddling = [(i, tile) for i, lay in enumerate(self.layouts) for tile in lay.straddling]
+        # this rank's parts of them (possibly none while other ranks hold some: it joins their collectives)
         self.parts = [(i, lo, hi, tile) for i, lay in enumerate(self.layouts) for lo, hi, tile in lay.edges()]
-        self.edge_A = self.edge_B = None
-        if self.slots:
+        self.edge_A, self.counts = [], []
+        if self.straddling:
             w2 = self._added([_row_sums(orient(self.w[i], self.layouts[i])[lo:hi].square(), self._other_side(i))
                               for i, lo, hi, _ in self.parts])
             self.counts = [self._counts(i, tile) for i, _, _, tile in self.parts]
             rms = [torch.sqrt(total / count) for total, count in zip(w2, self.counts)]
             first_A = [orient(tensors.A[i], self.layouts[i])[lo, ::self._other_side(i)] for i, lo, _, _ in self.parts]
-            self.edge_A = reference._next_A(first_A, rms, s, out=True) if self.parts else []
+            if self.parts:
+                self.edge_A = reference._next_A(first_A, rms, s, out=True)
 
     def _other_side(self, i: int) -> int:
         return self.layouts[i].block[1]
@@ -144,9 +146,9 @@ class TiledStep:
         float32 buffer over all straddling tiles of all weights, this rank's parts filled and zeros elsewhere,
         summed by one collective per set of process groups."""
         widths = {(i, tile): -(-orient(self.tensors.params[i], self.layouts[i]).shape[1] // self._other_side(i))
-                  for i, tile in self.slots}
+                  for i, tile in self.straddling}
         by_groups: dict[tuple, list] = {}
-        for key in self.slots:
+        for key in self.straddling:
             by_groups.setdefault(self.layouts[key[0]].groups, []).append(key)
         mine = {(i, tile): total for (i, _, _, tile), total in zip(self.parts, sums)}
         added = {}
@@ -180,7 +182,7 @@ class TiledStep:
     def local_max(self, interior_max: torch.Tensor) -> torch.Tensor:
         """The backend's maxes over the interiors with the edge tiles' A taken in."""
         maxes = interior_max.clone()
-        for (i, _, _, _), A_new in zip(self.parts, self.edge_A or []):
+        for (i, _, _, _), A_new in zip(self.parts, self.edge_A):
             finite = torch.where(torch.isfinite(A_new), A_new, 0.0)
             if finite.numel():
                 maxes[i] = torch.maximum(maxes[i], finite.max().to(maxes.dtype))
@@ -194,12 +196,17 @@ class TiledStep:
                 view.copy_(stepped)
         counts = counts.clone() if counts is not None else torch.stack(
             [torch.count_nonzero(x) for x in interior.params])
-        if self.slots:
+        if self.straddling:
             self._step_edges(max_A, counts)
         exchange_maps(self.layouts, self.tensors.occupancy)
         return counts
 
     def _step_edges(self, max_A: torch.Tensor, counts: torch.Tensor) -> None:
+        """This rank's parts of straddling tiles: the reference's element update, the tile's sums over its
+        holders, the group prox and the tile's bit (a rank without parts joins the sums' collective)."""
+        if not self.parts:
+            self._added([])
+            return
         t, s = self.tensors, self.s
         lr, averaging, _, _, lam, _, _, _ = s.changing()
         segs = [(i, self.layouts[i], lo, hi) for i, lo, hi, _ in self.parts]
@@ -220,6 +227,7 @@ class TiledStep:
         for (i, lay, lo, hi), T, A, B, total, count in zip(segs, T_e, self.edge_A, first_B, T2, self.counts):
             shrink = reference.group_shrink(torch.sqrt(total), lam * B, count)
             other, side = T.shape[1], lay.block[1]
+
             def on_rows(per_tile, rows=hi - lo, other=other, side=side):
                 return per_tile.repeat_interleave(side)[:other].expand(rows, other)
 

@@ -146,7 +146,9 @@ def placements(rank: int, world: int, backend: str) -> list[str]:
              ("shard1-channel", [(4, 5, 3, 3)], [Shard(1)], "channel"),
              ("shard0-channel", [(5, 3, 3, 3)], [Shard(0)], "channel"),
              ("shard1-block", [(9, 22), (7, 10)], [Shard(1), Replicate()], ("block", 4, 6)),
-             ("shard0-block", [(22, 9)], [Shard(0)], ("block", 6, 4))]
+             ("shard0-block", [(22, 9)], [Shard(0)], ("block", 6, 4)),
+             # on 3 ranks rows [0, 6), [6, 12), [12, 16): only ranks 0 and 1 hold parts of a straddling tile
+             ("shard0-block-two-holders", [(16, 9)], [Shard(0)], ("block", 4, 3))]
     for name, shapes, places, granularity in cases:
         gen = torch.Generator().manual_seed(2)
         full_params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]

@@ -77,7 +77,7 @@ def test_dtensor_placements(tmp_path, backend):
     found = run_ranks(tmp_path, "placements", 3, backend)
     same_on_every_rank(found, 3, [f"{case} matches" for case in
                                   ("shard1-element", "shard1-kernel", "shard1-channel", "shard0-channel",
-                                   "shard1-block", "shard0-block")])
+                                   "shard1-block", "shard0-block", "shard0-block-two-holders")])
 
 
 @pytest.mark.triton_free
