@@ -74,7 +74,7 @@ class GRDA(SparseOptimizer):
         plans, buckets = self._step_plan(group, params)
         counters = self._scalar_rows(params, ("step", "l1"))
         advanced = self._advance_thresholds(group, plans, counters, scalars, found_inf)
-        local = sharded.local_list  # (DTensors: each rank steps its own shards; nothing global but nnz)
+        local = sharded.local_lister(params)  # (DTensors: each rank steps its own shards; nothing global but nnz)
         tensors = step.GrdaTensors(local(params), local([p.grad for p in params]),
                                    local([self.state[p]["acc"] for p in params]), thresholds=advanced[:, 1].float())
         counts = step.run(backend.grda_step, tensors, buckets, scalars)

@@ -253,7 +253,7 @@ class RDA(SparseOptimizer):
     def _group_step(self, group: dict, backend, params: list[torch.Tensor], grad_scale, found_inf):
         states = [self.state[p] if self.state[p] else self._init_state(p, group) for p in params]
         plans, buckets = self._step_plan(group, params)
-        local = sharded.local_list  # (DTensors: each rank steps its own shards)
+        local = sharded.local_lister(params)  # (DTensors: each rank steps its own shards)
         tensors = step.RdaTensors(
             local(params), local([p.grad for p in params]),
             *(local([s[key] for s in states]) for key in ("T", "B", "A", "v")),
@@ -262,7 +262,7 @@ class RDA(SparseOptimizer):
             group_means=[self._group_means(p, tensor_plan) for p, tensor_plan in zip(params, plans)])
         scalars = rda_scalars(group, grad_scale, found_inf, self._on_device(group), params[0].device)
         steps = self._scalar_rows(params, ("step",))[:, 0]
-        if sharded.any_sharded(params):
+        if sharded.any_dtensor(params) and sharded.any_sharded(params):
             counts = self._sharded_step(backend, params, plans, tensors, scalars)
         else:
             counts = step.run(backend.rda_step, tensors, buckets, scalars)

@@ -23,6 +23,18 @@ def is_sharded(t) -> bool:
     return dtensor is not None and isinstance(t, dtensor.DTensor)
 
 
+def any_dtensor(tensors: Sequence) -> bool:
+    """Whether any of ``tensors`` is a DTensor (no per-tensor check before torch.distributed.tensor is imported)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and any(isinstance(t, dtensor.DTensor) for t in tensors)
+
+
+def local_lister(tensors: Sequence):
+    """The function that lists the local parts of a group's tensors: local_list where a param is a DTensor, a
+    plain list copy otherwise (a step of plain tensors pays no per-tensor check)."""
+    return local_list if any_dtensor(tensors) else list
+
+
 def local(t):
     """The rank's own part of a DTensor (a view: writing it writes the DTensor), anything else as it is."""
     return t.to_local() if is_sharded(t) else t
