@@ -2,7 +2,7 @@
 block, then the model), its MLP weights trained by ``RDA(granularity=("block", 32, 32))`` with the CosineRDA
 schedule and everything else by AdamW, data-parallel (each rank on its own batches).
 
-    torchrun --nproc-per-node 2 examples/fsdp_train.py --quick     # gloo on CPU: ~40 s on 2 cores
+    torchrun --nproc-per-node 2 examples/fsdp_train.py --quick     # gloo on CPU: about a minute on 2 cores
     torchrun --nproc-per-node 2 examples/fsdp_train.py             # ~3 minutes on 2 cores
     torchrun --nproc-per-node 8 examples/fsdp_train.py --device cuda   # NCCL, one GPU per rank
 

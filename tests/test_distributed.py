@@ -101,3 +101,19 @@ def test_ddp_trains_as_one_process_on_the_global_batch(tmp_path, backend):
     ranks stay bit-identical and within 1e-6 of one process, with the same zeros."""
     needs(backend)
     same_on_every_rank(run_ranks(tmp_path, "ddp", 2, backend), 2, ["RDA matches", "GRDA matches"])
+
+
+@pytest.mark.triton_free
+def test_the_fsdp_example_runs_under_torchrun():
+    """examples/fsdp_train.py as the README runs it (torchrun, 2 gloo ranks), cut to 30 steps: it trains, zeroes
+    tiles and prints its summary."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "fsdp_train.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(example),
+                          "--quick", "--steps", "30", "--log-every", "15", "--lam", "1e-3"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "FSDP2 on 2 ranks (cpu, gloo)" in out.stdout and "step    30  loss" in out.stdout, out.stdout
+    summary = next(line for line in out.stdout.splitlines() if line.startswith("val loss"))
+    dead = int(summary.split("MLP weights: ")[1].split("/")[0])
+    assert dead > 0, summary
