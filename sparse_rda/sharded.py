@@ -74,21 +74,16 @@ def all_reduce(values: torch.Tensor, tensors: Sequence, op: str) -> torch.Tensor
     """Reduces ``values[i]`` (one row per tensor, dim 0) over ``tensors[i]``'s shards, in place: one collective
     per set of process groups among the tensors (FSDP2 and tensor parallelism put all of a model's tensors on
     one mesh: one collective), none for tensors that are not sharded."""
-    import torch.distributed as dist
-
     rows: dict[tuple, list[int]] = {}
     for i, t in enumerate(tensors):
         groups = reduce_groups(t)
         if groups:
             rows.setdefault(groups, []).append(i)
-    reduce_op = getattr(dist.ReduceOp, _OPS[op])
     for groups, idx in rows.items():
-        whole = len(idx) == values.shape[0]
-        part = values if whole else values[idx]
-        for group in groups:
-            dist.all_reduce(part, op=reduce_op, group=group)
-        if not whole:
-            values[idx] = part
+        if len(idx) == values.shape[0]:
+            reducer(groups)(values, op)
+        else:
+            values[idx] = reducer(groups)(values[idx], op)
     return values
 
 
