@@ -60,12 +60,12 @@ def test_fsdp2_trains_as_one_process(tmp_path, backend, world):
 
 
 def test_fsdp2_on_triton(tmp_path):
-    """The Triton kernels (in the interpreter on CPU) on 3 uneven ranks: block RDA (the max over shards, tiles
-    straddling them: interior tiles through the kernels), GRDA."""
+    """The Triton kernels (in the interpreter on CPU) on 2 uneven ranks (17 and 16 rows of the first weight):
+    block RDA (the max over shards, tiles straddling them: interior tiles through the kernels), GRDA."""
     needs("triton")
     cases = ["mlp-grda-element", "mlp-rda-block"]  # (in FSDP_CASES order)
-    found = run_ranks(tmp_path, "fsdp2", 3, "triton", ",".join(cases), timeout=600, interpret=True)
-    same_on_every_rank(found, 3, [f"{case} matches" for case in cases])
+    found = run_ranks(tmp_path, "fsdp2", 2, "triton", ",".join(cases), timeout=600, interpret=True)
+    same_on_every_rank(found, 2, [f"{case} matches" for case in cases])
 
 
 @pytest.mark.triton_free
