@@ -10,7 +10,7 @@ from itertools import chain
 
 import torch
 
-from . import dispatch, plan, sharded, step, target
+from . import dispatch, plan, sharded, sharded_tiles, step, target
 from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
                          same_granularity)
 
@@ -81,6 +81,10 @@ class SparseOptimizer(torch.optim.Optimizer):
         if not torch.compiler.is_compiling():
             self._check_options(group)
         check_params(group["params"], self._capturable(group))
+        if plan.block_shape(group.get("granularity")) and sharded.any_dtensor(group["params"]):
+            for p in group["params"]:
+                if sharded.is_sharded(p) and p.dim() == 2:
+                    sharded_tiles.check_sharding(p)
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         if self._capturable(group):
             check_device_scalars(group, self._DEVICE_SCALARS, device)

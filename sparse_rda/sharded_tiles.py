@@ -68,16 +68,24 @@ class Layout:
         return min(self.side, self.length - tile * self.side)
 
 
-def layout(p, block: tuple[int, int]) -> Layout:
-    """The layout of DTensor ``p`` (sharded along at most one mesh dimension, on dim 0 or 1, as DTensor splits:
-    torch.chunk's pieces) for ``block`` tiles."""
+def check_sharding(p) -> list[tuple[int, int]]:
+    """(mesh dimension, tensor dimension) of each Shard placement of a block-mode DTensor: at most one, on dim 0 or
+    1, else an error naming the parameter (checked when the group is added, before any state exists)."""
     from torch.distributed.tensor import Shard
 
     sharding = [(mesh_dim, placement.dim) for mesh_dim, placement in enumerate(p.placements)
                 if isinstance(placement, Shard)]
     if len(sharding) > 1 or (sharding and sharding[0][1] not in (0, 1)):
-        raise NotImplementedError(f"granularity=('block', ...) takes a DTensor sharded along one dimension, 0 or 1 "
-                                  f"(shape {tuple(p.shape)}, placements {p.placements})")
+        raise NotImplementedError(f"params: granularity=('block', ...) takes a DTensor sharded along one mesh "
+                                  f"dimension, on tensor dim 0 or 1 (shape {tuple(p.shape)}, placements "
+                                  f"{p.placements})")
+    return sharding
+
+
+def layout(p, block: tuple[int, int]) -> Layout:
+    """The layout of DTensor ``p`` (sharded along at most one mesh dimension, on dim 0 or 1, as DTensor splits:
+    torch.chunk's pieces) for ``block`` tiles."""
+    sharding = check_sharding(p)
     if not sharding:  # replicated: every rank steps the whole weight
         return Layout(0, 0, p.shape[0], p.shape[0], tuple(block), (), ())
     mesh_dim, dim = sharding[0]

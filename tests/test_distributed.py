@@ -117,3 +117,25 @@ def test_the_fsdp_example_runs_under_torchrun():
     summary = next(line for line in out.stdout.splitlines() if line.startswith("val loss"))
     dead = int(summary.split("MLP weights: ")[1].split("/")[0])
     assert dead > 0, summary
+
+
+def test_block_mode_refuses_a_dtensor_sharded_twice_before_any_state(tmp_path):
+    """Block mode takes a DTensor sharded along one mesh dimension: one sharded along two (a 2-D mesh, both
+    Shard) is refused when the optimizer is made, naming the parameter; element mode takes it."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                                         world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1, 1))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(8, 8), mesh, [Shard(0), Shard(1)]))
+        with pytest.raises(NotImplementedError, match="params: granularity=.'block', .... takes a DTensor sharded "
+                                                      "along one mesh dimension"):
+            sparse_rda.RDA([p], granularity=("block", 4, 4))
+        opt = sparse_rda.RDA([p], lam=1e-2)
+        p.grad = distribute_tensor(torch.randn(8, 8), mesh, [Shard(0), Shard(1)])
+        opt.step()
+        assert opt.state[p]["T"].placements == p.placements
+    finally:
+        torch.distributed.destroy_process_group()
