@@ -263,11 +263,9 @@ class SparseOptimizer(torch.optim.Optimizer):
     def _units(self, group: dict, penalized: list[torch.Tensor]) -> target.Units:
         """The group's penalized units for the controller's quantile: one part per set of process groups the
         tensors are sharded over (one in one process), whose histograms add up over those shards."""
-        parts: dict[tuple, list] = {}
-        for p in penalized:
-            parts.setdefault(sharded.reduce_groups(p), []).append((p, *self._zero_ratios(group, p)))
         units = []
-        for groups, members in parts.items():
+        for groups, params in sharded.by_groups(penalized, sharded.reduce_groups, keep_unsharded=True).items():
+            members = [(p, *self._zero_ratios(group, p)) for p in params]
             ratios = torch.cat([r.flatten() for _, r, _ in members])
             sizes = None if all(z is None for _, _, z in members) else torch.cat(
                 [torch.ones_like(r).flatten() if z is None else z.flatten() for _, r, z in members])

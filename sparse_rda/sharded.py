@@ -74,17 +74,30 @@ def all_reduce(values: torch.Tensor, tensors: Sequence, op: str) -> torch.Tensor
     """Reduces ``values[i]`` (one row per tensor, dim 0) over ``tensors[i]``'s shards, in place: one collective
     per set of process groups among the tensors (FSDP2 and tensor parallelism put all of a model's tensors on
     one mesh: one collective), none for tensors that are not sharded."""
-    rows: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups = reduce_groups(t)
-        if groups:
-            rows.setdefault(groups, []).append(i)
-    for groups, idx in rows.items():
+    for groups, idx in by_groups(range(len(tensors)), lambda i: reduce_groups(tensors[i])).items():
         if len(idx) == values.shape[0]:
             reducer(groups)(values, op)
         else:
             values[idx] = reducer(groups)(values[idx], op)
     return values
+
+
+def by_groups(items, groups_of, keep_unsharded: bool = False) -> dict[tuple, list]:
+    """``items`` by the process groups ``groups_of(item)`` reduces them over, in first-seen order (the same on
+    every rank, so the collectives line up); items with none are left out unless ``keep_unsharded``."""
+    found: dict[tuple, list] = {}
+    for item in items:
+        groups = groups_of(item)
+        if groups or keep_unsharded:
+            found.setdefault(groups, []).append(item)
+    return found
+
+
+def reduce_together(groups: tuple, pieces: list[torch.Tensor], op: str) -> list[torch.Tensor]:
+    """``pieces`` (one dtype) reduced over ``groups`` in one collective of their concatenation; returned in
+    their shapes."""
+    buffer = reducer(groups)(torch.cat([piece.flatten() for piece in pieces]), op)
+    return [chunk.view(piece.shape) for piece, chunk in zip(pieces, buffer.split([p.numel() for p in pieces]))]
 
 
 def reducer(groups: tuple):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import reference
-from .sharded import local, reducer
+from .sharded import by_groups, local, reduce_together, reducer
 
 
 @dataclass(frozen=True)
@@ -155,18 +155,12 @@ class TiledStep:
         summed by one collective per set of process groups."""
         widths = {(i, tile): -(-orient(self.tensors.params[i], self.layouts[i]).shape[1] // self._other_side(i))
                   for i, tile in self.straddling}
-        by_groups: dict[tuple, list] = {}
-        for key in self.straddling:
-            by_groups.setdefault(self.layouts[key[0]].groups, []).append(key)
         mine = {(i, tile): total for (i, _, _, tile), total in zip(self.parts, sums)}
         added = {}
         device = self.w[0].device
-        for groups, keys in by_groups.items():
-            buffer = torch.cat([mine[k].float() if k in mine else torch.zeros(widths[k], device=device)
-                                for k in keys])
-            reducer(groups)(buffer, "sum")
-            for k, chunk in zip(keys, buffer.split([widths[k] for k in keys])):
-                added[k] = chunk
+        for groups, keys in by_groups(self.straddling, lambda key: self.layouts[key[0]].groups).items():
+            pieces = [mine[k].float() if k in mine else torch.zeros(widths[k], device=device) for k in keys]
+            added.update(zip(keys, reduce_together(groups, pieces, "sum")))
         return [added[(i, tile)] for i, _, _, tile in self.parts]
 
     def interior(self):
@@ -320,11 +314,7 @@ def apply_threshold(p, T: torch.Tensor, B: torch.Tensor, occupancy: torch.Tensor
 def exchange_maps(layouts: list[Layout], maps: list[torch.Tensor]) -> None:
     """Each rank's rows of the (replicated) tile maps to every rank: a buffer of all maps, this rank's tile rows
     filled and zeros elsewhere, maxed over the ranks (holders of a straddling tile agree on its bit)."""
-    by_groups: dict[tuple, list[int]] = {}
-    for i, lay in enumerate(layouts):
-        if lay.groups:
-            by_groups.setdefault(lay.groups, []).append(i)
-    for groups, idx in by_groups.items():
+    for groups, idx in by_groups(range(len(layouts)), lambda i: layouts[i].groups).items():
         pieces = []
         for i in idx:
             lay, whole = layouts[i], orient(maps[i], layouts[i])
@@ -332,7 +322,5 @@ def exchange_maps(layouts: list[Layout], maps: list[torch.Tensor]) -> None:
             first, end = lay.tiles(0, lay.stop - lay.start) if lay.stop > lay.start else (0, 0)
             mine[first:end] = whole[first:end]
             pieces.append(mine)
-        buffer = torch.cat([piece.flatten() for piece in pieces])
-        reducer(groups)(buffer, "max")
-        for i, piece, chunk in zip(idx, pieces, buffer.split([piece.numel() for piece in pieces])):
-            orient(maps[i], layouts[i]).copy_(chunk.view(piece.shape).bool())
+        for i, reduced in zip(idx, reduce_together(groups, pieces, "max")):
+            orient(maps[i], layouts[i]).copy_(reduced.bool())
