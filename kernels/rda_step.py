@@ -213,6 +213,8 @@ def rda_max_A(tensors, bucket, s) -> torch.Tensor:
 def _run(tensors, bucket, s, max_only: bool) -> torch.Tensor:
     params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
     grads = kernel_grads(grads)
+    if bucket.constrained and not max_only:
+        raise NotImplementedError("granularity ('nm', N, M): not in the Triton kernels yet")
     if bucket.tiled:
         ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)
         states = [Contiguous(x, write_back=True) for x in (T, B, A, v)]

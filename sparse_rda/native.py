@@ -89,6 +89,8 @@ def rda_step(tensors, bucket, s) -> torch.Tensor:
     the element-wise one otherwise; returns each param's nonzero count. A given ``tensors.max_A`` replaces the
     op's own max pass."""
     params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
+    if bucket.constrained:
+        raise NotImplementedError("granularity ('nm', N, M): not in the native kernels yet")
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_step_(params, grads, T, B, A, v, occupancy, list(bucket.block),
                                                     s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,

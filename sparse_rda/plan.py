@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-ELEMENT, KERNEL, CHANNEL, BLOCK = "element", "kernel", "channel", "block"
-GRANULARITIES = (ELEMENT, KERNEL, CHANNEL)  # and ("block", rows, cols) for tiles of 2-D weights
+ELEMENT, KERNEL, CHANNEL, BLOCK, NM = "element", "kernel", "channel", "block", "nm"
+GRANULARITIES = (ELEMENT, KERNEL, CHANNEL)  # and ("block", rows, cols) for tiles of 2-D weights, ("nm", N, M)
+MAX_NM_GROUP = 32  # the largest M of ("nm", N, M): a group's elements are ranked against each other (M^2 compares)
 
 
 def block_shape(granularity) -> tuple[int, int] | None:
@@ -24,11 +25,20 @@ def block_shape(granularity) -> tuple[int, int] | None:
     return None
 
 
+def nm_pattern(granularity) -> tuple[int, int] | None:
+    """(N, M) for granularity ("nm", N, M): at most N nonzeros in each group of M consecutive weights; else None."""
+    if isinstance(granularity, (tuple, list)) and len(granularity) == 3 and granularity[0] == NM:
+        return int(granularity[1]), int(granularity[2])
+    return None
+
+
 def effective_granularity(shape, granularity) -> str:
-    """Structured modes apply to 4-D conv weights (out, in, kh, kw), block mode to 2-D weights; every other
-    tensor is element-wise."""
+    """Structured modes apply to 4-D conv weights (out, in, kh, kw), block mode to 2-D weights, N:M to weights of
+    2+ dims (along each row of the flattened (shape[0], rest)); every other tensor is element-wise."""
     if block_shape(granularity) is not None:
         return BLOCK if len(shape) == 2 else ELEMENT
+    if nm_pattern(granularity) is not None:
+        return NM if len(shape) >= 2 else ELEMENT
     return granularity if granularity in (KERNEL, CHANNEL) and len(shape) == 4 else ELEMENT
 
 
@@ -50,14 +60,18 @@ def tile_grid(shape, block: tuple[int, int]) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class TensorPlan:
-    """One tensor's step. ``mode``: ELEMENT, KERNEL, CHANNEL or BLOCK (what the penalty does to this tensor; an
-    unpenalized tensor is ELEMENT); ``group_size``: weights sharing one penalty weight (KERNEL, CHANNEL);
-    ``block``: the tile sides (BLOCK)."""
+    """One tensor's step. ``mode``: ELEMENT, KERNEL, CHANNEL, BLOCK or NM (what the penalty does to this tensor;
+    an unpenalized tensor is ELEMENT); ``group_size``: weights sharing one penalty weight (KERNEL, CHANNEL);
+    ``block``: the tile sides (BLOCK); ``nm``: (N, M) and ``row``: the row length, prod(shape[1:]), whose groups
+    of M consecutive weights keep at most N nonzeros each, the last group of a row holding the row's remaining
+    ``row % M`` weights when M does not divide it (NM)."""
 
     mode: str
     penalized: bool
     group_size: int = 1
     block: tuple[int, int] | None = None
+    nm: tuple[int, int] | None = None
+    row: int = 0
 
     @property
     def factor(self) -> float:
@@ -73,6 +87,11 @@ class TensorPlan:
     def grouped(self) -> bool:
         """A structured mode: the magnitude is the mean |w| of each group of ``group_size`` weights."""
         return self.group_size > 1
+
+    @property
+    def constrained(self) -> bool:
+        """N:M mode: the prox keeps the N largest soft-thresholded weights of each group of M."""
+        return self.mode == NM
 
 
 # Plans and buckets are values, cached in plain dicts (dynamo traces a dict lookup; it warns on lru_cache)
@@ -93,6 +112,8 @@ def _plan(shape: tuple[int, ...], granularity, penalized: bool) -> TensorPlan:
     if not penalized:
         return TensorPlan(ELEMENT, False)
     mode = effective_granularity(shape, granularity)
+    if mode == NM:
+        return TensorPlan(NM, True, nm=nm_pattern(granularity), row=math.prod(shape[1:]))
     return TensorPlan(mode, True, group_size(shape, granularity), block_shape(granularity) if mode == BLOCK else None)
 
 
@@ -106,27 +127,34 @@ def tensor_plan(shape, granularity, penalized: bool) -> TensorPlan:
 @dataclass(frozen=True)
 class Bucket:
     """Tensors of a group that one kernel launch takes: ``indices`` into the group's stepped tensors, their
-    ``plans``, one parameter and one gradient dtype, and either all tiled (``block`` set) or none."""
+    ``plans``, one parameter and one gradient dtype, and either all tiled (``block`` set), all N:M with one
+    pattern (``nm`` set) or neither."""
 
     indices: tuple[int, ...]
     plans: tuple[TensorPlan, ...]
     w_dtype: torch.dtype
     g_dtype: torch.dtype
     block: tuple[int, int] | None = None
+    nm: tuple[int, int] | None = None
 
     @property
     def tiled(self) -> bool:
         return self.block is not None
 
+    @property
+    def constrained(self) -> bool:
+        return self.nm is not None
+
 
 def buckets(plans: tuple[TensorPlan, ...], dtypes: tuple[tuple[torch.dtype, torch.dtype], ...]) -> tuple[Bucket, ...]:
-    """The group's tensors split by (tiled, parameter dtype, gradient dtype), in first-seen order (cached)."""
+    """The group's tensors split by (tiles, N:M pattern, parameter dtype, gradient dtype), in first-seen order
+    (cached)."""
     return _memo(_BUCKETS, (plans, dtypes), _buckets, 256)
 
 
 def _buckets(plans, dtypes) -> tuple[Bucket, ...]:
     members: dict[tuple, list[int]] = {}
     for i, (plan, pair) in enumerate(zip(plans, dtypes)):
-        members.setdefault((plan.block if plan.tiled else None, *pair), []).append(i)
-    return tuple(Bucket(tuple(idx), tuple(plans[i] for i in idx), w, g, block)
-                 for (block, w, g), idx in members.items())
+        members.setdefault((plan.block if plan.tiled else None, plan.nm, *pair), []).append(i)
+    return tuple(Bucket(tuple(idx), tuple(plans[i] for i in idx), w, g, block, nm)
+                 for (block, nm, w, g), idx in members.items())

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import torch
 
-from .plan import GRANULARITIES
+from .plan import GRANULARITIES, MAX_NM_GROUP
 from .sharded import is_sharded, local
 
 
@@ -53,14 +53,23 @@ def check_choice(name: str, value, choices: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def _positive_ints(values) -> bool:
+    return all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in values)
+
+
 def check_granularity(value) -> None:
-    """One of plan.GRANULARITIES ("element", "kernel", "channel"), or ("block", rows, cols) with positive integer
-    tile sizes: the one rule for RDA's tiles (the masked matmul's own is kernels/tiles.py)."""
+    """One of plan.GRANULARITIES ("element", "kernel", "channel"), ("block", rows, cols) with positive integer
+    tile sizes (the one rule for RDA's tiles; the masked matmul's own is kernels/tiles.py), or ("nm", N, M) with
+    integers 1 <= N < M <= plan.MAX_NM_GROUP."""
+    if isinstance(value, (tuple, list)) and len(value) == 3 and value[0] == "nm":
+        if not (_positive_ints(value[1:]) and value[1] < value[2] <= MAX_NM_GROUP):
+            raise ValueError(f"granularity ('nm', N, M) keeps at most N nonzeros in each group of M weights and takes "
+                             f"integers 1 <= N < M <= {MAX_NM_GROUP}; got {value!r}")
+        return
     if isinstance(value, (tuple, list)):
-        ok = len(value) == 3 and value[0] == "block" and all(
-            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value[1:])
-        if not ok:
-            raise ValueError(f"granularity must be ('block', rows, cols) with positive integer sizes; got {value!r}")
+        if not (len(value) == 3 and value[0] == "block" and _positive_ints(value[1:])):
+            raise ValueError(f"granularity must be ('block', rows, cols) with positive integer sizes, or ('nm', N, M); "
+                             f"got {value!r}")
         return
     check_choice("granularity", value, GRANULARITIES)
 

@@ -49,6 +49,43 @@ def assert_weights_match(w: torch.Tensor, w_ref: torch.Tensor, T: torch.Tensor, 
     assert not bad.any(), f"{what}: {int(bad.sum())} of {w.numel()} elements off; worst error {err.max().item():.3g}"
 
 
+def nm_groups(x: torch.Tensor, plan, fill=0.0) -> torch.Tensor:
+    """x as [rows, groups, M] along its rows of plan.row elements (a row's short last group padded with fill)."""
+    m = plan.nm[1]
+    rows = x.reshape(x.shape[0], plan.row)
+    groups = -(-plan.row // m)
+    return torch.nn.functional.pad(rows, (0, groups * m - plan.row), value=fill).reshape(rows.shape[0], groups, m)
+
+
+def assert_at_most_n_per_group(w: torch.Tensor, plan, what: str = "weights"):
+    """Every group of M (plan.nm) along a row of w holds at most N nonzeros."""
+    counts = (nm_groups(w, plan) != 0).sum(-1)
+    assert counts.numel() == 0 or int(counts.max()) <= plan.nm[0], (
+        f"{what}: a group holds {int(counts.max())} nonzeros, more than N = {plan.nm[0]}")
+
+
+def assert_nm_weights_match(w: torch.Tensor, w_ref: torch.Tensor, T: torch.Tensor, threshold: torch.Tensor, plan,
+                            rtol: float = RTOL_FP32, what: str = "weights", T_scale: torch.Tensor | None = None):
+    """N:M weights (w = S_thr(T) kept to the N largest |S_thr(T)| per group): at most N nonzeros per group, and
+    assert_weights_match's agreement in every group whose choice is clear (its N-th and N+1-th largest |S(T)|
+    further apart than the errors allow); in a group whose choice is a near tie either choice is right, so there
+    each nonzero must be its S(T)."""
+    assert_at_most_n_per_group(w, plan, what)
+    n = plan.nm[0]
+    T64, thr = T.double(), torch.as_tensor(threshold).double().expand_as(T)
+    scale = torch.maximum(T64.abs(), thr) + (T64.abs().max() if T_scale is None else T_scale.double())
+    keys = nm_groups(torch.clamp_min(T64.abs() - thr, 0.0), plan, fill=-1.0)
+    room = nm_groups(4 * rtol * scale, plan).amax(-1)
+    ordered = keys.sort(-1, descending=True).values
+    clear = (ordered[..., n - 1] - ordered[..., n] > room) if keys.shape[-1] > n else torch.ones_like(room, dtype=torch.bool)
+    clear = clear[..., None].expand(keys.shape).reshape(keys.shape[0], -1)[:, : plan.row].reshape(T.shape)
+    assert_weights_match(w[clear], w_ref[clear], T[clear], thr[clear], rtol, what,
+                         None if T_scale is None else T_scale[clear])
+    soft = torch.sign(T64) * torch.clamp_min(T64.abs() - thr, 0.0)
+    err = torch.where(w != 0, (w.double() - soft).abs(), 0.0)[~clear]
+    assert not (err > rtol * scale[~clear] + 1e-30).any(), f"{what}: a kept weight of a near-tie group is not S(T)"
+
+
 def rda_error_scales(group: dict, before: dict, grad: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(T_scale, v_scale): the sizes of the terms summed into one step's T and v, from that step's inputs
     (weights "w", and state "T", "v" when the tensor had any; grad None when it had no gradient). Sums can
@@ -138,8 +175,10 @@ def compare_rda(fused, ref, inputs, rtol):
     """After step_both: the state within rtol (errors of sums judged against their terms) and the weights. In
     element modes the weights as the prox of T (the same zeros away from the threshold) and the step counts
     equal; in block mode fp32 weights within rtol, low-precision ones within a rounding step, and the same maps."""
+    from sparse_rda import plan as plans
+
     group = ref.param_groups[0]
-    block = isinstance(group["granularity"], (tuple, list))
+    block = plans.block_shape(group["granularity"]) is not None
     for i, (p, q, before) in enumerate(zip(fused.param_groups[0]["params"], group["params"], inputs)):
         mine, theirs = fused.state[p], ref.state[q]
         T_scale, v_scale = rda_error_scales(group, before, q.grad)
@@ -147,8 +186,12 @@ def compare_rda(fused, ref, inputs, rtol):
             assert_state_close(mine[key], theirs[key], rtol, f"tensor {i} {key}", scale)
         if not block:
             assert float(mine["step"]) == float(theirs["step"])
-            assert_weights_match(p.data, q.data, theirs["T"], group["lam"] * theirs["B"], rtol, f"tensor {i} w",
-                                 T_scale)
+            tensor_plan, threshold = ref._plan(group, q), group["lam"] * theirs["B"]
+            if tensor_plan.constrained:
+                assert_nm_weights_match(p.data, q.data, theirs["T"], threshold, tensor_plan, rtol, f"tensor {i} w",
+                                        T_scale)
+            else:
+                assert_weights_match(p.data, q.data, theirs["T"], threshold, rtol, f"tensor {i} w", T_scale)
             continue
         if p.dtype == torch.float32:
             assert_state_close(p.data, q.data, rtol, f"tensor {i} w", T_scale)
