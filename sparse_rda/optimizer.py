@@ -11,8 +11,8 @@ from itertools import chain
 import torch
 
 from . import dispatch, plan, sharded, sharded_tiles, step, target
-from .validation import (check_bool, check_device_scalars, check_grad, check_params, check_state, check_target,
-                         same_granularity)
+from .validation import (check_bool, check_device_scalars, check_grad, check_nm_sharding, check_params, check_state,
+                         check_target, same_granularity)
 
 
 _NO_STATE: dict = {}
@@ -85,6 +85,10 @@ class SparseOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if sharded.is_sharded(p) and p.dim() == 2:
                     sharded_tiles.check_sharding(p)
+        if plan.nm_pattern(group.get("granularity")) and sharded.any_dtensor(group["params"]):
+            for p in group["params"]:
+                if sharded.is_sharded(p) and p.dim() >= 2:
+                    check_nm_sharding(p)
         device = group["params"][0].device if group["params"] else torch.device("cpu")
         if self._capturable(group):
             check_device_scalars(group, self._DEVICE_SCALARS, device)

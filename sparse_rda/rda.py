@@ -9,7 +9,8 @@ import torch
 from . import nn, plan, reference, sharded, sharded_tiles, step, target
 from .optimizer import SparseOptimizer
 from .scalars import rda_scalars
-from .validation import check_bool, check_granularity, check_hyper_value, check_number, check_optional_time
+from .validation import (check_bool, check_granularity, check_hyper_value, check_nm_target, check_number,
+                         check_optional_time)
 
 
 class RDA(SparseOptimizer):
@@ -42,7 +43,10 @@ class RDA(SparseOptimizer):
             sqrt(kh*kw)) or "channel" (mean |w| per output filter, ``om`` times sqrt(in*kh*kw)), or for 2-D
             weights ("block", rows, cols): tiles with the RMS as magnitude and the group prox, so whole tiles
             become zero (the step writes ``state["occupancy"]``, which tiles are live); tensors of other shapes
-            use "element". Block mode runs on every backend.
+            use "element". Block mode runs on every backend. ("nm", N, M), 1 <= N < M <= 32: at most N nonzeros in
+            each group of M consecutive weights along the rows of each weight of 2+ dims (a conv's flattened
+            in*kh*kw), the N largest of each group's soft-thresholded weights (2:4 is what sparse tensor cores
+            run; docs/ALGORITHMS.md section 3b); with ``target_sparsity`` >= 1 - N/M, sparsity beyond the pattern.
         sparsify_1d: also penalize tensors with fewer than 2 dims (biases, norm scales); off by default.
         maximize: maximize the objective instead.
         backend: "auto" (the native kernels where built, else Triton on CUDA and the reference on CPU; see
@@ -112,6 +116,7 @@ class RDA(SparseOptimizer):
         check_number("max_factor", group["max_factor"], low=1.0)
         check_number("weight_decay", group["weight_decay"])
         check_granularity(group["granularity"])
+        check_nm_target(group["granularity"], group.get("target_sparsity"))
         for flag in ("reweight", "sparsify_1d", "maximize"):
             check_bool(flag, group[flag])
 
@@ -162,9 +167,16 @@ class RDA(SparseOptimizer):
         return bound[1]
 
     def _zero_ratios(self, group: dict, p: torch.Tensor):
-        """An element is zero when |T| <= lam B; a tile when ||T_tile|| <= lam B_tile sqrt(tile size)."""
+        """An element is zero when |T| <= lam B; a tile when ||T_tile|| <= lam B_tile sqrt(tile size). In N:M mode
+        an element outside its group's N largest ratios is zero at every scale (a group keeps min(N, its elements
+        above the threshold) nonzeros): its ratio counts as 0."""
         T, B = sharded.local(self.state[p]["T"]), sharded.local(self.state[p]["B"])
-        block = self._plan(group, p).block
+        tensor_plan = self._plan(group, p)
+        block = tensor_plan.block
+        if tensor_plan.constrained:
+            ratios = target.zero_ratio(T.abs(), B)
+            outside = ~reference.nm_keep(ratios, tensor_plan.nm, tensor_plan.row)
+            return ratios.masked_fill(outside, 0.0), None
         if block is None:
             return target.zero_ratio(T.abs(), B), None
         if sharded.is_sharded(p):  # (tiles across shards: their norms over every holder, counted once)

@@ -120,28 +120,28 @@ def group_shrink(norms: torch.Tensor, t_tile: torch.Tensor, counts: torch.Tensor
 # Steps over a bucket of a param group (the backend contract, sparse_rda/step.py)
 
 
-def nm_keep(x: torch.Tensor, plan: TensorPlan) -> torch.Tensor:
-    """In each group of M consecutive elements along a row of x (rows: x viewed as [x.shape[0], plan.row]; a
-    row's last group is shorter when M does not divide it), True on the N largest values: ties go to the lower
-    index, NaN ranks above everything (as +inf does)."""
-    n, m = plan.nm
+def nm_keep(x: torch.Tensor, nm: tuple[int, int], row: int) -> torch.Tensor:
+    """In each group of M consecutive elements along a row of x (x viewed as rows of ``row`` elements; a row's last
+    group is shorter when M does not divide it), True on the N largest values of (N, M) = ``nm``: ties go to the
+    lower index, NaN ranks above everything (as +inf does)."""
+    n, m = nm
     if x.numel() == 0:
         return torch.ones_like(x, dtype=torch.bool)
-    rows = x.reshape(x.shape[0], plan.row)
-    groups = -(-plan.row // m)
+    rows = x.reshape(-1, row)
+    groups = -(-row // m)
     keys = torch.where(torch.isnan(rows), torch.inf, rows)
-    keys = torch.nn.functional.pad(keys, (0, groups * m - plan.row), value=-torch.inf)  # padding ranks last
+    keys = torch.nn.functional.pad(keys, (0, groups * m - row), value=-torch.inf)  # padding ranks last
     keys = keys.reshape(rows.shape[0], groups, m)
     order = torch.sort(keys, dim=-1, descending=True, stable=True).indices[..., :n]  # stable: lower index first
     keep = torch.zeros(keys.shape, dtype=torch.bool, device=x.device).scatter_(-1, order, True)
-    return keep.reshape(rows.shape[0], groups * m)[:, : plan.row].reshape(x.shape)
+    return keep.reshape(rows.shape[0], groups * m)[:, :row].reshape(x.shape)
 
 
 def nm_soft_threshold(T: torch.Tensor, threshold: torch.Tensor, plan: TensorPlan) -> torch.Tensor:
-    """The prox of the penalty under the N:M constraint (ALGORITHMS.md section 3d): S_threshold(T), then in each
+    """The prox of the penalty under the N:M constraint (ALGORITHMS.md section 3b): S_threshold(T), then in each
     group only its N largest |S(T)| kept (an element's gain from being nonzero is (|T| - threshold)_+^2 / 2)."""
     w = soft_threshold(T, threshold)
-    return torch.where(nm_keep(w.abs(), plan), w, torch.zeros_like(w))
+    return torch.where(nm_keep(w.abs(), plan.nm, plan.row), w, torch.zeros_like(w))
 
 
 def rda_prox(T: torch.Tensor, threshold: torch.Tensor, plan: TensorPlan):

@@ -74,6 +74,17 @@ def check_granularity(value) -> None:
     check_choice("granularity", value, GRANULARITIES)
 
 
+def check_nm_target(granularity, target_sparsity) -> None:
+    """target_sparsity with ("nm", N, M): at least the pattern's own 1 - N/M (sparsity beyond it is steered inside
+    the pattern; below it no lam gets there)."""
+    if target_sparsity is None or not (isinstance(granularity, (tuple, list)) and granularity[0] == "nm"):
+        return
+    floor = 1.0 - granularity[1] / granularity[2]
+    if isinstance(target_sparsity, numbers.Real) and target_sparsity < floor:
+        raise ValueError(f"target_sparsity={target_sparsity} is below what granularity {tuple(granularity)!r} zeroes by "
+                         f"itself (1 - N/M = {floor:g}): ask for at least {floor:g}, or use a sparser pattern")
+
+
 def check_target(target_sparsity, total_steps, capturable: bool) -> None:
     """target_sparsity: None, or a fraction in [0, 1) with total_steps a positive int (the ramp's length);
     steered on the host, so not in capturable mode."""
@@ -114,6 +125,16 @@ def check_sharded(p, capturable: bool) -> None:
     if torch.compiler.is_compiling():
         raise NotImplementedError(f"{where}: a step traced by torch.compile does not take DTensor parameters yet; "
                                   "step them eagerly (compile the model, not optimizer.step)")
+
+
+def check_nm_sharding(p) -> None:
+    """A DTensor in N:M mode: its groups run along each row, so each rank must hold whole rows (Shard(0), as
+    FSDP2 shards, or Replicate); a split along another dim would cut groups."""
+    from torch.distributed.tensor import Shard
+
+    if any(isinstance(placement, Shard) and placement.dim != 0 for placement in p.placements):
+        raise NotImplementedError(f"params: granularity=('nm', N, M) takes DTensors sharded along dim 0 only (its "
+                                  f"groups run along the rows; shape {tuple(p.shape)}, placements {p.placements})")
 
 
 def check_params(params: list[torch.Tensor], capturable: bool = False) -> None:
