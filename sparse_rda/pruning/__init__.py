@@ -27,8 +27,13 @@ All methods share one training-loop protocol::
 Methods (``make`` name: class): ``"magnitude"``: :class:`MagnitudePruner` (one-shot), ``"gmp"``: :class:`GMP`,
 ``"cyclical"``: :class:`CyclicalPruner`, ``"imp-weight"`` / ``"imp-lr"``: :class:`IMP` with weight or
 learning-rate rewinding, ``"rigl"``: :class:`RigL`, ``"set"``: :class:`SET`, ``"snip"``: :class:`SNIP`,
-``"halo"``: :class:`HALO`. Each ends training at ``sparsity`` over the prunable weights (to the rounding of one
-element per tensor for the per-layer methods). Their docstrings give the paper, the defaults and why.
+``"halo"``: :class:`HALO`, ``"sr-ste"``: :class:`SRSTE` (N:M from scratch). Each ends training at ``sparsity``
+over the prunable weights (to the rounding of one element per tensor for the per-layer methods). Their docstrings
+give the paper, the defaults and why.
+
+N:M patterns: every method but RigL and SET takes ``pattern="2:4"`` (or (2, 4)): its masks end inside the
+pattern, at most N kept weights in each group of M consecutive ones along a row (``sparsity >= 1 - N/M``), e.g.
+``pruning.make("gmp", model, sparsity=0.5, total_steps=N, pattern="2:4")`` for gradual N:M magnitude pruning.
 
 Resuming: save ``pruner.state_dict()`` with the model's and optimizer's; to resume, build the model, optimizer and
 pruner as before, then load the model, the optimizer, and last the pruner.
@@ -51,6 +56,7 @@ from .imp import IMP
 from .magnitude import GMP, CyclicalPruner, MagnitudePruner
 from .select import erk_densities, magnitude_masks, top_k_masks
 from .snip import SNIP
+from .srste import SRSTE
 
 _FACTORIES = {
     "magnitude": MagnitudePruner,
@@ -62,6 +68,7 @@ _FACTORIES = {
     "set": SET,
     "snip": SNIP,
     "halo": HALO,
+    "sr-ste": SRSTE,
 }
 METHODS = tuple(_FACTORIES)
 
@@ -74,5 +81,5 @@ def make(name: str, model, sparsity: float, total_steps: int, **method_kwargs) -
 
 
 __all__ = ["METHODS", "make", "Pruner", "MagnitudePruner", "GMP", "CyclicalPruner", "IMP", "RigL", "SET", "SNIP",
-           "HALO", "erk_densities", "magnitude_masks", "top_k_masks", "halo_penalty", "prunable_parameters",
+           "HALO", "SRSTE", "erk_densities", "magnitude_masks", "top_k_masks", "halo_penalty", "prunable_parameters",
            "schedules"]

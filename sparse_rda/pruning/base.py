@@ -18,6 +18,7 @@ from torch import nn
 
 from ..groups import penalized_names
 from ..nn import SparseLinear, tile_occupancy
+from ..plan import MAX_NM_GROUP
 from ..validation import check_choice
 
 SCOPES = ("layer", "global")
@@ -54,6 +55,22 @@ def check_nonnegative(name: str, value) -> float:
 def check_scope(scope) -> str:
     check_choice("scope", scope, SCOPES)
     return scope
+
+
+def check_pattern(pattern) -> tuple[int, int] | None:
+    """None, or an N:M pattern given as "N:M" or (N, M) with integers 1 <= N < M <= 32, as (N, M)."""
+    if pattern is None:
+        return None
+    parts = pattern.split(":") if isinstance(pattern, str) else pattern
+    try:
+        n, m = (int(x) if isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) else None
+                for x in parts)
+    except (TypeError, ValueError):
+        n = m = None
+    if n is None or m is None or not 1 <= n < m <= MAX_NM_GROUP:
+        raise ValueError(f"pattern must be 'N:M' or (N, M) with integers 1 <= N < M <= {MAX_NM_GROUP}; "
+                         f"got {pattern!r}")
+    return n, m
 
 
 def steps_at(fraction: float, total_steps: int) -> int:
@@ -104,13 +121,23 @@ class Pruner:
         total_steps: number of optimizer steps the run will take (schedules are laid out over it).
         prunable: names of the parameters to mask; default the Linear, Conv, attention and RNN weights (see
             :func:`prunable_parameters`).
+        pattern: an N:M pattern ("2:4" or (2, 4)) the final masks keep to (the methods that take one: all but RigL
+            and SET, whose drop / grow exchange single connections anywhere in a layer): at most
+            N kept weights in each group of M consecutive ones along a row (sparsity >= 1 - N/M; beyond it, the
+            largest scores within the pattern). See :mod:`sparse_rda.pruning.select`.
     """
 
     name = "fixed"
 
-    def __init__(self, model: nn.Module, sparsity: float, total_steps: int, *, prunable=None):
+    def __init__(self, model: nn.Module, sparsity: float, total_steps: int, *, prunable=None, pattern=None):
         self.target = check_fraction("sparsity", sparsity, allow_one=False)
         self.total_steps = check_positive("total_steps", total_steps, integer=True)
+        self.pattern = check_pattern(pattern)
+        if self.pattern is not None:
+            n, m = self.pattern
+            if self.target < 1 - n / m:
+                raise ValueError(f"sparsity={sparsity} is below what pattern {n}:{m} prunes by itself (1 - N/M = "
+                                 f"{1 - n / m:g})")
         self.model = model
         self.params = prunable_parameters(model, prunable)
         self.masks = {n: torch.ones_like(p, dtype=torch.bool) for n, p in self.params.items()}

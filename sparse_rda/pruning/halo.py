@@ -49,14 +49,14 @@ class HALO(Pruner):
     name = "halo"
 
     def __init__(self, model, sparsity, total_steps, *, xi: float = 1e-4, psi: float = 1e-4, scale_lr: float = 50.0,
-                 budget: float | None = None, min_scale: float = 0.05, prunable=None):
+                 budget: float | None = None, min_scale: float = 0.05, prunable=None, pattern=None):
         self.xi = check_nonnegative("xi", xi)
         self.psi = check_nonnegative("psi", psi)
         self.scale_lr = check_nonnegative("scale_lr", scale_lr)
         self.min_scale = check_positive("min_scale", min_scale)
         if budget is not None:
             budget = check_positive("budget", budget)
-        super().__init__(model, sparsity, total_steps, prunable=prunable)
+        super().__init__(model, sparsity, total_steps, prunable=prunable, pattern=pattern)
         self.budget = float(sum(p.numel() for p in self.params.values())) if budget is None else budget
         self.scales = {n: torch.ones(p.shape, dtype=torch.float32, device=p.device, requires_grad=True)
                        for n, p in self.params.items()}
@@ -77,7 +77,7 @@ class HALO(Pruner):
 
     def finalize(self, optimizer=None):
         if not self.finalized:
-            self.set_masks(magnitude_masks(self.params, 1 - self.target, "global"), optimizer)
+            self.set_masks(magnitude_masks(self.params, 1 - self.target, "global", pattern=self.pattern), optimizer)
             self.finalized = True
 
     def extra_state(self):

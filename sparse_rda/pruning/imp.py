@@ -39,12 +39,12 @@ class IMP(Pruner):
     """
 
     def __init__(self, model, sparsity, total_steps, *, rewind: str = "weight", rounds: int | None = None,
-                 rewind_step: int | None = None, scope: str = "global", prunable=None):
+                 rewind_step: int | None = None, scope: str = "global", prunable=None, pattern=None):
         check_choice("rewind", rewind, REWINDS)
         if rounds is not None:
             rounds = check_positive("rounds", rounds, integer=True)
         self.scope = check_scope(scope)
-        super().__init__(model, sparsity, total_steps, prunable=prunable)
+        super().__init__(model, sparsity, total_steps, prunable=prunable, pattern=pattern)
         self.rewind = rewind
         self.name = f"imp-{rewind}"
         # a short budget gets fewer default rounds (one step per stretch at least); more prunes than steps
@@ -85,7 +85,8 @@ class IMP(Pruner):
         if step not in self.boundaries[1:-1]:
             return
         done = sum(1 for b in self.boundaries[1:-1] if b <= step)
-        masks = magnitude_masks(self.params, self.density_after(done), self.scope, current=self.masks)
+        masks = magnitude_masks(self.params, self.density_after(done), self.scope, current=self.masks,
+                                pattern=self.pattern)
         if self.rewind == "weight":
             self._rewind(optimizer)
         self.set_masks(masks, optimizer)

@@ -1,7 +1,9 @@
 """Magnitude pruning on a schedule: one-shot, gradual (GMP) and cyclical.
 
 All three keep the largest |w|, per tensor (``scope="layer"``, the default: every tensor ends at the same sparsity)
-or under one global threshold (``scope="global"``). Schedule positions are fractions of ``total_steps``.
+or under one global threshold (``scope="global"``), within an N:M ``pattern`` when given (pruning/select.py: each
+group's N largest |w| are pruned last, so GMP's ramp ends on the pattern). Schedule positions are fractions of
+``total_steps``.
 """
 
 from __future__ import annotations
@@ -23,16 +25,16 @@ class MagnitudePruner(Pruner):
     name = "magnitude"
 
     def __init__(self, model, sparsity, total_steps, *, prune_at: float = 0.5, scope: str = "layer",
-                 prunable=None):
+                 prunable=None, pattern=None):
         prune_at = check_fraction("prune_at", prune_at)
         self.scope = check_scope(scope)
-        super().__init__(model, sparsity, total_steps, prunable=prunable)
+        super().__init__(model, sparsity, total_steps, prunable=prunable, pattern=pattern)
         self.prune_step = steps_at(prune_at, self.total_steps)
         self.update(0, None)
 
     def update(self, step, optimizer):
         if step == self.prune_step:
-            self.set_masks(magnitude_masks(self.params, 1 - self.target, self.scope), optimizer)
+            self.set_masks(magnitude_masks(self.params, 1 - self.target, self.scope, pattern=self.pattern), optimizer)
 
 
 def ramp_steps(total_steps: int, begin: float, end: float, interval: int | None) -> tuple[int, int, int]:
@@ -59,10 +61,11 @@ class GMP(Pruner):
     name = "gmp"
 
     def __init__(self, model, sparsity, total_steps, *, begin: float = 0.1, end: float = 0.75,
-                 interval: int | None = None, initial_sparsity: float = 0.0, scope: str = "layer", prunable=None):
+                 interval: int | None = None, initial_sparsity: float = 0.0, scope: str = "layer", prunable=None,
+                 pattern=None):
         initial = check_fraction("initial_sparsity", initial_sparsity, allow_one=False)
         self.scope = check_scope(scope)
-        super().__init__(model, sparsity, total_steps, prunable=prunable)
+        super().__init__(model, sparsity, total_steps, prunable=prunable, pattern=pattern)
         start, stop, interval = ramp_steps(self.total_steps, begin, end, interval)
         self.ramp = fit_ramp(start, stop, interval, initial, self.target)
         self.update(0, None)
@@ -70,7 +73,8 @@ class GMP(Pruner):
     def update(self, step, optimizer):
         target = self.ramp.target(step)
         if target is not None:
-            self.set_masks(magnitude_masks(self.params, 1 - target, self.scope, current=self.masks), optimizer)
+            self.set_masks(magnitude_masks(self.params, 1 - target, self.scope, current=self.masks, pattern=self.pattern),
+                           optimizer)
 
 
 class CyclicalPruner(Pruner):
@@ -96,14 +100,14 @@ class CyclicalPruner(Pruner):
 
     def __init__(self, model, sparsity, total_steps, *, cycles: int | None = None, begin: float = 0.1,
                  end: float = 0.75, interval: int | None = None, initial_sparsity: float = 0.0,
-                 restart_sparsity: float | None = None, scope: str = "layer", prunable=None):
+                 restart_sparsity: float | None = None, scope: str = "layer", prunable=None, pattern=None):
         if cycles is not None:
             cycles = check_positive("cycles", cycles, integer=True)
         initial = check_fraction("initial_sparsity", initial_sparsity, allow_one=False)
         restart = initial if restart_sparsity is None else check_fraction(
             "restart_sparsity", restart_sparsity, allow_one=False)
         self.scope = check_scope(scope)
-        super().__init__(model, sparsity, total_steps, prunable=prunable)
+        super().__init__(model, sparsity, total_steps, prunable=prunable, pattern=pattern)
         start, stop, interval = ramp_steps(self.total_steps, begin, end, interval)
         if cycles is None:  # 3, or as many as fit in a very short budget (2 steps per cycle)
             cycles = min(3, max(1, (stop - start) // 2))
@@ -127,4 +131,4 @@ class CyclicalPruner(Pruner):
     def update(self, step, optimizer):
         target = self.sparsity_at(step)
         if target is not None:  # pruned weights are 0, below every kept one: a lower target unmasks some of them
-            self.set_masks(magnitude_masks(self.params, 1 - target, self.scope), optimizer)
+            self.set_masks(magnitude_masks(self.params, 1 - target, self.scope, pattern=self.pattern), optimizer)

@@ -1,7 +1,14 @@
-"""Which weights to keep: top-k masks per layer or over the whole model, and ERK layer densities.
+"""Which weights to keep: top-k masks per layer or over the whole model, within an N:M pattern or not, and ERK
+layer densities.
 
 Counts are exact: a mask keeps ``round(density * numel)`` elements (half up), picked by ``torch.topk``, so ties
 cannot make a layer denser or sparser than asked.
+
+N:M patterns ("2:4" or (2, 4): at most N kept in each group of M consecutive weights along a row, rows as RDA's
+("nm", N, M) granularity has them, docs/ALGORITHMS.md section 3b): each group's N largest scores are the pattern's
+candidates, and a mask keeps candidates before any other weight, by score within each class. So a density of N/M or
+less keeps candidates only (a mask inside the pattern, sparser where asked), and a gradual schedule (GMP) that passes
+through higher densities prunes the non-candidates first and ends on the pattern.
 """
 
 from __future__ import annotations
@@ -10,7 +17,23 @@ import math
 
 import torch
 
+from .. import reference
 from .base import check_fraction, check_scope
+
+
+def pattern_candidates(scores: torch.Tensor, pattern: tuple[int, int]) -> torch.Tensor:
+    """True on the N largest non-negative scores of each group of M along a row (rows: shape[0] of them, or one
+    for a 1-D tensor); a negative score (a weight already pruned) is never a candidate."""
+    row = scores[0].numel() if scores.dim() >= 2 else scores.numel()
+    return reference.nm_keep(scores, pattern, row) & (scores >= 0)
+
+
+def prefer_pattern(scores: dict[str, torch.Tensor], pattern: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Scores (float64) raised above every other where they are the pattern's candidates: a top-k keeps the
+    candidates first, each class in order of its scores."""
+    raised = {n: s.detach().double() for n, s in scores.items()}
+    offset = 1.0 + 2.0 * max((float(s.abs().max()) for s in raised.values() if s.numel()), default=0.0)
+    return {n: torch.where(pattern_candidates(s, pattern), s + offset, s) for n, s in raised.items()}
 
 
 def keep_count(numel: int, density: float) -> int:
@@ -26,9 +49,12 @@ def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
     return keep.view(scores.shape)
 
 
-def top_k_masks(scores: dict[str, torch.Tensor], density: float, scope: str) -> dict[str, torch.Tensor]:
+def top_k_masks(scores: dict[str, torch.Tensor], density: float, scope: str,
+                pattern: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Keep the largest scores: ``density`` of each tensor (scope "layer") or of all of them together under one
-    threshold (scope "global")."""
+    threshold (scope "global"); with an N:M ``pattern``, the pattern's candidates first (module docstring)."""
+    if pattern is not None:
+        scores = prefer_pattern(scores, pattern)
     if scope == "layer":
         return {n: top_k_mask(s, keep_count(s.numel(), density)) for n, s in scores.items()}
     device = next(iter(scores.values())).device
@@ -42,15 +68,16 @@ def top_k_masks(scores: dict[str, torch.Tensor], density: float, scope: str) -> 
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], density: float, scope: str = "layer",
-                    current: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Keep the largest |w|. With ``current`` masks, pruned weights score below every kept one, so a mask that
-    gets sparser never brings a pruned weight back (GMP, IMP)."""
+                    current: dict[str, torch.Tensor] | None = None,
+                    pattern: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Keep the largest |w| (within an N:M ``pattern``: see top_k_masks). With ``current`` masks, pruned weights
+    score below every kept one, so a mask that gets sparser never brings a pruned weight back (GMP, IMP)."""
     check_scope(scope)
     scores = {}
     for n, w in weights.items():
         score = w.detach().abs().float()
         scores[n] = score if current is None else score.masked_fill(~current[n], -1.0)
-    return top_k_masks(scores, density, scope)
+    return top_k_masks(scores, density, scope, pattern)
 
 
 def erk_densities(shapes: list[tuple[int, ...]], density: float) -> list[float]:
