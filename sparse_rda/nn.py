@@ -142,11 +142,24 @@ def _refresh_after_load(module: SparseLinear, incompatible_keys) -> None:
     module.refresh_occupancy()
 
 
-def sparsify(model: nn.Module, block=DEFAULT_BLOCK, dw_live_only: bool = False) -> nn.Module:
+def sparsify(model: nn.Module, block=DEFAULT_BLOCK, dw_live_only: bool = False,
+             pattern: str | tuple[int, int] | None = None) -> nn.Module:
     """Swap every ``nn.Linear`` in ``model`` (exactly that class: subclasses may have their own forward) for a
     :class:`SparseLinear` with the same Parameter objects, so an optimizer that already holds them keeps working.
     A layer used in several places becomes one SparseLinear. Returns the model (or the new layer when ``model``
-    itself is an ``nn.Linear``)."""
+    itself is an ``nn.Linear``).
+
+    ``pattern="2:4"``: an :class:`sparse_rda.semi_structured.NMLinear` instead, whose forward runs a 2:4 weight on
+    sparse tensor cores (CUDA sm_80+, fp16 / bf16; elsewhere dense math); ``block`` and ``dw_live_only`` do not
+    apply."""
+    if pattern is not None:
+        from .semi_structured import PATTERN, sparsify_2_4
+        from .validation import check_pattern
+
+        if check_pattern(pattern) != PATTERN:
+            raise ValueError(f"pattern: sparse tensor cores run 2:4 only; got {pattern!r} (train other N:M patterns "
+                             "with RDA's granularity ('nm', N, M) and run them dense)")
+        return sparsify_2_4(model)
     if type(model) is nn.Linear:
         return SparseLinear.from_linear(model, block, dw_live_only)
     swapped: dict[int, SparseLinear] = {}

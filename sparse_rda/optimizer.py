@@ -221,6 +221,8 @@ class SparseOptimizer(torch.optim.Optimizer):
             if params:
                 inf = found_inf if self._skips_inside(group, backend) else None
                 counts = self._group_step(group, dispatch.backend(backend), params, grad_scale, inf)
+                if not torch.compiler.is_compiling():  # kernels write through pointers: tell autograd (and caches
+                    torch.autograd.graph.increment_version(params)  # keyed on versions, NMLinear's) as in-place ops do
                 if counts is not None:
                     self._nnz.append((params, counts))
                 if group.get("target_sparsity") is not None:

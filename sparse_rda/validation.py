@@ -85,6 +85,22 @@ def check_nm_target(granularity, target_sparsity) -> None:
                          f"itself (1 - N/M = {floor:g}): ask for at least {floor:g}, or use a sparser pattern")
 
 
+def check_pattern(pattern) -> tuple[int, int] | None:
+    """None, or an N:M pattern given as "N:M" or (N, M) with integers 1 <= N < M <= 32, as (N, M)."""
+    if pattern is None:
+        return None
+    parts = pattern.split(":") if isinstance(pattern, str) else pattern
+    try:
+        n, m = (int(x) if isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) else None
+                for x in parts)
+    except (TypeError, ValueError):
+        n = m = None
+    if n is None or m is None or not 1 <= n < m <= MAX_NM_GROUP:
+        raise ValueError(f"pattern must be 'N:M' or (N, M) with integers 1 <= N < M <= {MAX_NM_GROUP}; "
+                         f"got {pattern!r}")
+    return n, m
+
+
 def check_target(target_sparsity, total_steps, capturable: bool) -> None:
     """target_sparsity: None, or a fraction in [0, 1) with total_steps a positive int (the ramp's length);
     steered on the host, so not in capturable mode."""

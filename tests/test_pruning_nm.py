@@ -9,7 +9,7 @@ from torch import nn
 from helpers import assert_at_most_n_per_group
 from pruning_helpers import WEIGHTS, backward, mlp, sgd, train
 from sparse_rda import plan, pruning
-from sparse_rda.pruning.base import check_pattern
+from sparse_rda.validation import check_pattern
 from sparse_rda.pruning.select import magnitude_masks, pattern_candidates
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

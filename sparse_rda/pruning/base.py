@@ -18,8 +18,7 @@ from torch import nn
 
 from ..groups import penalized_names
 from ..nn import SparseLinear, tile_occupancy
-from ..plan import MAX_NM_GROUP
-from ..validation import check_choice
+from ..validation import check_choice, check_pattern
 
 SCOPES = ("layer", "global")
 
@@ -55,22 +54,6 @@ def check_nonnegative(name: str, value) -> float:
 def check_scope(scope) -> str:
     check_choice("scope", scope, SCOPES)
     return scope
-
-
-def check_pattern(pattern) -> tuple[int, int] | None:
-    """None, or an N:M pattern given as "N:M" or (N, M) with integers 1 <= N < M <= 32, as (N, M)."""
-    if pattern is None:
-        return None
-    parts = pattern.split(":") if isinstance(pattern, str) else pattern
-    try:
-        n, m = (int(x) if isinstance(x, str) or (isinstance(x, int) and not isinstance(x, bool)) else None
-                for x in parts)
-    except (TypeError, ValueError):
-        n = m = None
-    if n is None or m is None or not 1 <= n < m <= MAX_NM_GROUP:
-        raise ValueError(f"pattern must be 'N:M' or (N, M) with integers 1 <= N < M <= {MAX_NM_GROUP}; "
-                         f"got {pattern!r}")
-    return n, m
 
 
 def steps_at(fraction: float, total_steps: int) -> int:
