@@ -7,12 +7,14 @@
 - :mod:`sparse_rda.schedules`: the authors' cosine and step schedules for lr and averaging.
 - :func:`param_groups`, :func:`sparsity`: penalized/unpenalized groups of a model, and its zeros as a table.
 - :mod:`sparse_rda.nn`: :class:`SparseLinear` and :func:`sparsify`, linear layers whose matmul skips zero tiles.
-- :mod:`sparse_rda.pruning`: mask-based baselines (magnitude, GMP, cyclical, IMP, RigL, SET, SNIP, HALO) for any
-  torch optimizer, behind one training-loop protocol (``pruning.make(name, model, sparsity, total_steps)``).
+- :mod:`sparse_rda.semi_structured`: 2:4 layers on sparse tensor cores (``sparsify(model, pattern="2:4")``) and
+  their export for inference; RDA trains them with ``granularity=("nm", 2, 4)``.
+- :mod:`sparse_rda.pruning`: mask-based baselines (magnitude, GMP, cyclical, IMP, RigL, SET, SNIP, HALO, SR-STE)
+  for any torch optimizer, behind one training-loop protocol (``pruning.make(name, model, sparsity, total_steps)``).
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
-from . import nn, pruning, reference, scalars, schedules
+from . import nn, pruning, reference, scalars, schedules, semi_structured
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups
@@ -22,4 +24,4 @@ from .report import SparsityReport, sparsity
 
 __version__ = "0.1.0"
 __all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules",
-           "nn", "SparseLinear", "sparsify", "pruning"]
+           "nn", "SparseLinear", "sparsify", "pruning", "semi_structured"]

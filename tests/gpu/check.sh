@@ -12,7 +12,7 @@
 #                 there is one, and the CPU suite on this machine's torch and triton
 #     sanitizer   compute-sanitizer: memcheck and racecheck over the native CUDA kernels, memcheck over Triton's
 #   bench_*    quick benchmarks on the quiet GPU: optimizer step (ResNet-18/50, 1B transformer, fp32; the 1B set
-#              in bf16), masked matmul, training step, a 5-candidate tuning sweep                ~150-250 s
+#              in bf16), masked matmul, training step, 2:4 semi-structured linear, a 5-candidate tuning sweep                ~150-250 s
 # Results: $RESULTS (default $OUT/gpu-check when OUT is set, as on the device machine, else
 # bench/results/gpu-check): every stage's log, junit xml, the benchmarks' JSON/markdown, the sanitizer reports, and
 # summary.txt (one line per stage: rc, seconds, limit, last line of its log).
@@ -110,11 +110,13 @@ if [ "$GPU" = 1 ]; then
   stage bench_masked_matmul 120 $PY bench/masked_matmul.py --quick $B
   stage bench_train_step 120 $PY bench/train_step.py --quick $B
   stage bench_optimizer_bf16_1b 60 $PY bench/optimizer_step.py --quick --dtype bf16 --sets transformer-1b $B
+  stage bench_semi_structured 60 $PY bench/semi_structured.py --shapes mlp-up,mlp-down $B
   stage bench_tune_64_bf16 90 $PY bench/tune_masked_matmul.py --sides 64 --dtypes bf16 $B \
     --candidates 64,4,3 128,4,3 128,4,5 128,8,3 256,8,3  # (128, 4, 5) is the default
   nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv >> "$R/env.log" 2>&1
 else
-  for name in bench_optimizer_step bench_masked_matmul bench_train_step bench_optimizer_bf16_1b bench_tune_64_bf16; do
+  for name in bench_optimizer_step bench_masked_matmul bench_train_step bench_optimizer_bf16_1b bench_semi_structured \
+      bench_tune_64_bf16; do
     skip $name "no GPU"
   done
 fi
