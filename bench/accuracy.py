@@ -21,6 +21,9 @@ Methods (``--methods``; default all of them):
 - every name in ``sparse_rda.pruning.METHODS`` (magnitude, gmp, cyclical, imp-weight, imp-lr, rigl, set, snip,
   halo): ``pruning.make(name, model, sparsity, total_steps)`` on the dense run's SGD and cosine lr, the lr read
   at ``pruner.lr_step(k)`` so IMP can replay it.
+- N:M runs, ``<method>@N:M`` for each of ``--patterns`` (default 2:4 and 1:4), at the pattern's own sparsity
+  1 - N/M, in a table of their own: ``rda@N:M`` (RDA as above with ``granularity=("nm", N, M)``), ``sr-ste@N:M``
+  (SR-STE, N:M only), ``magnitude@N:M`` and ``gmp@N:M`` (``pattern="N:M"``), on the same SGD.
 
 Every run at a seed starts from the same initial weights (``torch.manual_seed(seed)`` before the model is built)
 and sees the same batches in the same order (a permutation per epoch from a generator seeded by seed and epoch),
@@ -61,13 +64,14 @@ from tqdm.auto import tqdm
 import accuracy_report  # markdown table, plot, design-goal check
 import common
 import fashion_mnist
-from accuracy_training import OWN_METHODS, all_methods, hyper_parameters, train_run
+from accuracy_training import (DEFAULT_PATTERNS, NM_METHODS, OWN_METHODS, all_methods, hyper_parameters,  # noqa: F401
+                               nm_runs, nm_sparsity, split_pattern, train_run)
 from fashion_mnist import MODELS
 from sparse_rda.datasets import default_data_dir
 
 DEFAULT_SPARSITIES = (90, 95, 98, 99)
 DEFAULT_SEEDS = (0, 1)
-QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), sparsities=(95,))
+QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), sparsities=(95,), patterns=("2:4",))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,6 +80,12 @@ QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), spar
 
 def run_key(run: dict) -> tuple:
     return run["method"], round(run["target_sparsity"], 6), run["seed"]
+
+
+def run_targets(method: str, targets: list[float]) -> list[float]:
+    """The target sparsities a method runs at: none for dense (0), the pattern's for an N:M run."""
+    base, pattern = split_pattern(method)
+    return [0.0] if base == "dense" else [nm_sparsity(pattern)] if pattern else targets
 
 
 def load_results(path: Path, config: dict, restart: bool) -> dict:
@@ -111,8 +121,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = common.parser(__doc__)
     ap.add_argument("--models", default="lenet,cnn", help=f"comma-separated, from {', '.join(MODELS)} "
                     "(default %(default)s)")
-    ap.add_argument("--methods", help="comma-separated (default: dense, rda, rda-l1, grda and every "
-                    "sparse_rda.pruning.METHODS entry)")
+    ap.add_argument("--methods", help="comma-separated (default: dense, rda, rda-l1, rda-prox, grda, every "
+                    "sparse_rda.pruning.METHODS entry but sr-ste, and the N:M runs of --patterns); an N:M run is "
+                    "<method>@N:M, e.g. rda@2:4")
+    ap.add_argument("--patterns", help="N:M patterns whose runs (" + ", ".join(NM_METHODS) + " at 1 - N/M "
+                    "inside the pattern) join the default methods (default " + ",".join(DEFAULT_PATTERNS) +
+                    "; --quick: 2:4; '' for none)")
     ap.add_argument("--sparsities", help="target sparsities in percent (default 90,95,98,99; --quick: 95)")
     ap.add_argument("--seeds", help="comma-separated (default 0,1; --quick: 0)")
     ap.add_argument("--epochs", type=int, help="epochs per run (default: " +
@@ -137,12 +151,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def selected_runs(args: argparse.Namespace) -> tuple[list[str], list[float], list[int]]:
-    methods = common.csv(args.methods) if args.methods else list(all_methods())
+    patterns = common.csv(args.patterns) if args.patterns is not None else list(
+        QUICK["patterns"] if args.quick else DEFAULT_PATTERNS)
+    methods = common.csv(args.methods) if args.methods else list(all_methods()) + list(nm_runs(patterns))
     if not set(methods) <= set(OWN_METHODS):  # only then does the check need sparse_rda.pruning
         known = all_methods()
-        unknown = [m for m in methods if m not in known]
+        unknown = []
+        for m in methods:
+            try:
+                base, pattern = split_pattern(m)
+            except ValueError:
+                base, pattern = m, None
+                unknown.append(m)
+                continue
+            if (base not in NM_METHODS) if pattern else (m not in known):
+                unknown.append(m)
         if unknown:
-            sys.exit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+            sys.exit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)}, or "
+                     f"{'/'.join(NM_METHODS)}@N:M)")
     default_sparsities = QUICK["sparsities"] if args.quick else DEFAULT_SPARSITIES
     percents = common.csv(args.sparsities, float) if args.sparsities else list(default_sparsities)
     if not all(0 < p < 100 for p in percents):
@@ -168,7 +194,7 @@ def run_model(model: str, args, data, methods, targets, seeds, machine: dict, co
     results = load_results(path, config, args.restart)
     results["machine"] = machine
     done = {run_key(r) for r in results["runs"]}
-    every_run = [(m, t, s) for s in seeds for m in methods for t in ([0.0] if m == "dense" else targets)]
+    every_run = [(m, t, s) for s in seeds for m in methods for t in run_targets(m, targets)]
     todo = [(m, t, s) for m, t, s in every_run if (m, round(t, 6), s) not in done]
     print(f"{MODELS[model][1]}: {len(todo)} runs to train ({len(done)} already in {path}), epochs: {epochs}, "
           f"{config['train_examples']} training / {config['test_examples']} test examples, "

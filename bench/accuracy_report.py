@@ -52,7 +52,37 @@ def cells(results: dict) -> dict[tuple[str, float], Cell]:
 
 # the table's row order: dense, RDA and its ablations, gRDA, then the baselines (unknown names last, as trained)
 ROW_ORDER = ("dense", "rda", "rda-l1", "rda-prox", "grda", "magnitude", "gmp", "cyclical", "imp-weight", "imp-lr",
-             "rigl", "set", "snip", "halo")
+             "rigl", "set", "snip", "halo", "sr-ste")
+
+
+def split_runs(results: dict) -> tuple[dict, list[dict]]:
+    """(the results with the unstructured runs and dense only, the N:M runs "<method>@N:M")."""
+    nm = [r for r in results["runs"] if "@" in r["method"]]
+    return dict(results, runs=[r for r in results["runs"] if "@" not in r["method"]]), nm
+
+
+def nm_table(results: dict, nm: list[dict]) -> str:
+    """Rows: the N:M methods (dense for comparison), columns: the patterns, in the order first trained."""
+    seeds = max((len({r["seed"] for r in results["runs"]}), 1))
+    patterns = list(dict.fromkeys(r["method"].partition("@")[2] for r in nm))
+    grouped = defaultdict(list)
+    for run in nm:
+        base, _, pattern = run["method"].partition("@")
+        grouped[base, pattern].append(run)
+    grid = {key: Cell(runs) for key, runs in grouped.items()}
+    rank = {m: i for i, m in enumerate(ROW_ORDER)}
+    methods = sorted({base for base, _ in grid}, key=lambda m: rank.get(m, len(ROW_ORDER)))
+    best = {p: max(round(c.accuracy, 2) for (_, pp), c in grid.items() if pp == p) for p in patterns}
+    lines = ["| method | " + " | ".join(f"{p} ({1 - int(p.split(':')[0]) / int(p.split(':')[1]):.0%})"
+                                        for p in patterns) + " |", "|---|" + "--:|" * len(patterns)]
+    dense = [r for r in results["runs"] if r["method"] == "dense"]
+    if dense:
+        lines.append("| dense | " + " | ".join([format_cell(Cell(dense), seeds, False, False)] * len(patterns)) + " |")
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(format_cell(grid.get((method, p)), seeds,
+                                                              is_best(grid.get((method, p)), best[p]))
+                                                  for p in patterns) + " |")
+    return "\n".join(lines)
 
 
 def method_order(results: dict) -> list[str]:
@@ -153,6 +183,7 @@ def table(results: dict) -> str:
 
 
 def markdown(results: dict) -> str:
+    results, nm = split_runs(results)
     cfg, m = results["config"], results["machine"]
     hyper = cfg["hyper"]
     seeds = sorted({r["seed"] for r in results["runs"]})
@@ -178,6 +209,14 @@ def markdown(results: dict) -> str:
         "",
         table(results),
     ]
+    if nm:
+        out += ["", "## N:M patterns", "",
+                "Each method at the pattern's own sparsity 1 - N/M, at most N nonzeros in each group of M consecutive "
+                "weights along the rows: rda: RDA as above with granularity ('nm', N, M) and target_sparsity = "
+                "1 - N/M (so its controller holds lam near 0: the N:M prox of the dual average); sr-ste: SR-STE "
+                "(pruning/srste.py, decay 2e-4) on SGD as above; magnitude / gmp: one-shot and gradual magnitude "
+                "pruning with pattern=N:M. Same cells as above; bold: the best of the column.", "",
+                nm_table(results, nm)]
     if results.get("failures"):
         out += ["", "Failed runs (a rerun retries them):", ""]
         out += [f"- {f['method']} at {f['target_sparsity']:.0%}, seed {f['seed']}: {f['error']}"
@@ -201,6 +240,8 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    results, _ = split_runs(results)  # (the N:M table is in the markdown only)
 
     grid, columns = cells(results), targets(results)
     dense = grid.get(("dense", 0.0))

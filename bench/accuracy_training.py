@@ -17,6 +17,23 @@ from fashion_mnist import BATCH_SIZE, GRDA_KW, MODELS, RDA_KW, SGD_KW, epoch_bat
 RDA_L1_KW = dict(RDA_KW, reweight=False)
 RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
 OWN_METHODS = ("dense", "rda", "rda-l1", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
+# N:M runs are named "<method>@N:M": the method at sparsity 1 - N/M inside the pattern (RDA: granularity
+# ("nm", N, M); a pruning method: pattern="N:M"); their own table (bench/accuracy_report.py)
+NM_METHODS = ("rda", "sr-ste", "magnitude", "gmp")
+NM_ONLY = ("sr-ste",)  # pruning methods that train N:M patterns only: not in the unstructured columns
+DEFAULT_PATTERNS = ("2:4", "1:4")
+
+
+def split_pattern(method: str) -> tuple[str, tuple[int, int] | None]:
+    """("gmp", (2, 4)) for "gmp@2:4"; (method, None) for an unstructured run."""
+    from sparse_rda.validation import check_pattern
+
+    base, _, pattern = method.partition("@")
+    return base, check_pattern(pattern) if pattern else None
+
+
+def nm_sparsity(pattern: tuple[int, int]) -> float:
+    return 1.0 - pattern[0] / pattern[1]
 
 
 @torch.no_grad()
@@ -113,10 +130,24 @@ def pruning_methods() -> tuple[str, ...]:
 
 
 def all_methods() -> tuple[str, ...]:
-    return OWN_METHODS + pruning_methods()
+    """The unstructured rows: every method but the N:M-only ones."""
+    return OWN_METHODS + tuple(m for m in pruning_methods() if m not in NM_ONLY)
+
+
+def nm_runs(patterns) -> tuple[str, ...]:
+    """The N:M rows' run names for these patterns ("N:M" strings)."""
+    return tuple(f"{m}@{p}" for p in patterns for m in NM_METHODS)
 
 
 def make_training(method: str, model: nn.Module, total_steps: int, target: float):
+    method, pattern = split_pattern(method)
+    if pattern is not None:  # the pattern's own sparsity (target == nm_sparsity(pattern))
+        if method == "rda":
+            return RDATraining(model, total_steps, target, dict(RDA_KW, granularity=("nm", *pattern)))
+        from sparse_rda import pruning
+
+        return SGDTraining(model, total_steps, pruning.make(method, model, sparsity=target, total_steps=total_steps,
+                                                            pattern=pattern))
     if method == "dense":
         return SGDTraining(model, total_steps)
     if method == "rda":

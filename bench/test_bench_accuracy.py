@@ -49,14 +49,22 @@ def check_json(results: dict, methods: tuple[str, ...]) -> None:
         assert run["train_seconds"] > 0
         if method == "dense":
             assert run["target_sparsity"] == 0.0 and run["sparsity"] < 0.01
+        elif "@" in method:  # an N:M run, 2:4: exactly half of the weights (their rows are multiples of 4)
+            assert run["target_sparsity"] == 0.5 and run["sparsity"] == pytest.approx(0.5, abs=2e-3), method
+            assert all(abs(s - 0.5) < 2e-3 for s in run["layer_sparsity"].values()), (method, run["layer_sparsity"])
         else:
             assert run["target_sparsity"] == 0.95
             # every method is asked for 95% and should end close to it (gRDA's controller may overshoot a bit)
             assert 0.85 <= run["sparsity"] <= 1.0, (method, run["sparsity"])
 
 
-def check_markdown(text: str, methods: tuple[str, ...]) -> None:
+def check_markdown(text: str, methods: tuple[str, ...], nm_methods: tuple[str, ...]) -> None:
     assert text.startswith("# Accuracy vs sparsity, LeNet-300-100, Fashion-MNIST")
+    text, nm_text = text.split("## N:M patterns")
+    nm_rows = [line for line in nm_text.splitlines() if line.startswith("| ")]
+    assert nm_rows[0] == "| method | 2:4 (50%) |"
+    assert [row.split(" | ")[0][2:] for row in nm_rows[1:]] == ["dense", *nm_methods]
+    assert all(row.count("|") == 3 for row in nm_rows)
     assert "**Design goal**" in text and ("**MET**" in text or "**NOT MET**" in text)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0] == "| method | 95% | s/epoch |"
@@ -72,11 +80,13 @@ def test_quick_run_writes_json_markdown_and_plot(fake_data_dir, tmp_path):
     assert accuracy.main(argv) == 0
     methods = accuracy.all_methods()
     assert methods[:5] == ("dense", "rda", "rda-l1", "rda-prox", "grda") and len(methods) >= 13
+    nm_runs = accuracy.nm_runs(["2:4"])
+    assert nm_runs == ("rda@2:4", "sr-ste@2:4", "magnitude@2:4", "gmp@2:4") and "sr-ste" not in methods
 
     json_path, md_path, png_path = (out / f"accuracy-lenet-quick.{ext}" for ext in ("json", "md", "png"))
     results = json.loads(json_path.read_text())
-    check_json(results, methods)
-    check_markdown(md_path.read_text(), methods)
+    check_json(results, methods + nm_runs)
+    check_markdown(md_path.read_text(), methods, tuple(run.partition("@")[0] for run in nm_runs))
     assert png_path.read_bytes()[:8] == PNG_MAGIC and png_path.stat().st_size > 10_000
 
     # a rerun trains nothing: every run is already in the JSON
