@@ -26,12 +26,13 @@ from triton.compiler import ASTSource
 
 import sparse_rda.kernels.grda_step as GRDA
 import sparse_rda.kernels.rda_block_step as BLOCK_RDA
+import sparse_rda.kernels.rda_nm_step as NM_RDA
 import sparse_rda.kernels.rda_step as RDA
 
 SCALAR_TYPES = {"n_tensors": "i32", "lr": "fp32", "lam": "fp32", "beta": "fp32", "beta_b": "fp32", "alpha": "fp32",
                 "weight_decay": "fp32", "max_factor": "fp32"}
 POINTER_TYPES = {"table": "*i64", "chunk_tensor": "*i32", "chunk_start": "*i64", "chunk_group": "*i64",
-                 "nnz": "*i64", "tile_table": "*i64"}
+                 "nnz": "*i64", "tile_table": "*i64", "chunk_row": "*i64"}
 # Registers per thread, from the warps each SM keeps resident (65536 registers, allocated in steps of 8): at least
 # 24 warps for the vector (ALIGNED) variants (65536 / (24 x 32) = 85), 16 for the scalar ones (the fallback for
 # odd views, which take a separate address per element).
@@ -46,6 +47,7 @@ STREAMS = {
     (GRDA, "_step_kernel"): ("g acc", "acc w"),
     (BLOCK_RDA, "_max_A_kernel"): ("w", ""),
     (BLOCK_RDA, "_step_kernel"): ("w g T v", "T v A B w"),
+    (NM_RDA, "_step_kernel"): ("w g T B A v", "T B A v w"),
 }
 
 
@@ -75,6 +77,27 @@ def variants():
         yield arch, BLOCK_RDA, BLOCK_RDA._max_A_kernel, tiles, tile_launch
         yield arch, BLOCK_RDA, BLOCK_RDA._step_kernel, dict(tiles, REWEIGHT=True, MAXIMIZE=False, HAS_SCALE=True,
                                                             G_DTYPE=dtype), tile_launch
+    yield from nm_variants()
+
+
+def nm_variants():
+    """The N:M step kernel (kernels/rda_nm_step.py) for M = 4 and 32 (2:4 picks the largest, 24:32 drops the
+    smallest), float32 and bfloat16: whole rows of groups (EVEN) with vectors on sm_80 (host scalars, the other
+    options) and sm_90 (the device form: its most loads); on sm_90 also unaligned, and ragged rows (M not dividing
+    them; 3:5 pads groups to 8 lanes)."""
+    forms = [(arch, dtype, nm, True, True) for arch, dtype, nm
+             in itertools.product((80, 90), (tl.float32, tl.bfloat16), ((2, 4), (24, 32)))]
+    forms += [(90, dtype, nm, even, False) for dtype, nm, even
+              in itertools.product((tl.float32, tl.bfloat16), ((2, 4), (24, 32)), (True, False))]
+    forms += [(90, tl.float32, (3, 5), False, False)]
+    for arch, dtype, (n, m), even, aligned in forms:
+        mp = triton.next_power_of_2(m)
+        device_form = arch == 90
+        yield arch, NM_RDA, NM_RDA._step_kernel, dict(
+            N=n, M=m, MP=mp, GROUPS=NM_RDA.block_groups(mp, aligned), EVEN=even, REWEIGHT=device_form,
+            MAXIMIZE=not device_form, HAS_SCALE=device_form, DEVICE_SCALARS=device_form, W_DTYPE=dtype, G_DTYPE=dtype,
+            ALIGNED=aligned, CHUNK=1 << 14,
+        ), dict(num_warps=NM_RDA.NUM_WARPS)
 
 
 # ------------------------------------------------------------------------------------ what the LLVM IR says
@@ -168,7 +191,8 @@ def main() -> int:
             continue
         problems, summary = check(module, kernel, constexprs, compiled)
         name = f"{module.__name__.rsplit('.', 1)[1]}.{kernel.fn.__name__} " + " ".join(
-            f"{k}={getattr(v, 'name', v)}" for k, v in constexprs.items() if k not in ("BLOCK", "CHUNK", "COLS_P"))
+            f"{k}={getattr(v, 'name', v)}" for k, v in constexprs.items()
+            if k not in ("BLOCK", "CHUNK", "COLS_P", "MP"))
         failures += [f"sm_90 {name}: {problem}" for problem in problems]
         if "-v" in sys.argv:
             print(f"sm_90 {name}: {summary}")
