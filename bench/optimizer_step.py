@@ -90,7 +90,7 @@ def bench_set(name: str, device: torch.device, dtype: torch.dtype, backends: lis
             free(device)
 
     # (b) torch SGD-momentum, (c) RDA and gRDA per backend
-    jobs = [("SGD", None)] + [(m, b) for m in ("RDA", "GRDA") for b in backends]
+    jobs = [("SGD", None)] + [(m, b) for m in ("RDA", "RDA-2:4", "GRDA") for b in backends]
     for method, backend in jobs:
         bpe = floor_bytes(method, itemsize)
         opt = None
@@ -123,7 +123,7 @@ def bench_set(name: str, device: torch.device, dtype: torch.dtype, backends: lis
         c = copy_ms.get(r["bytes_per_elem"])
         r["pct_of_copy"] = 100.0 * c / r["ms"] if c else None
         ref = next((x for x in rows if x["method"] == r["method"] and x["backend"] == REFERENCE_BACKEND), None)
-        r["speedup_vs_ref"] = ref["ms"] / r["ms"] if ref and r["method"] in ("RDA", "GRDA") else None
+        r["speedup_vs_ref"] = ref["ms"] / r["ms"] if ref and r["method"] in ("RDA", "RDA-2:4", "GRDA") else None
         r["time_vs_sgd"] = r["ms"] / sgd["ms"] if sgd and r["method"] in METHODS else None
     return dict(name=name, numel=numel, tensors=len(named), dtype=common.dtype_name(dtype),
                 results=rows, skipped=skipped)

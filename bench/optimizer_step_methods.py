@@ -11,7 +11,7 @@ import torch
 import sparse_rda
 from timing import free, time_fn
 
-METHODS = ("SGD", "RDA", "GRDA")
+METHODS = ("SGD", "RDA", "RDA-2:4", "GRDA")  # RDA-2:4: granularity ("nm", 2, 4), the same bytes as RDA
 REFERENCE_BACKEND = "torch"
 
 # Hyper-parameters: realistic values (they do not change the work done per element).
@@ -22,7 +22,7 @@ SGD_KW = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 def floor_bytes(method: str, itemsize: int) -> int:
     """Minimum bytes moved per parameter element and step, parameters of ``itemsize`` bytes, fp32 state."""
-    if method == "RDA":
+    if method in ("RDA", "RDA-2:4"):
         return 3 * itemsize + 32  # read g, w (2s) + T, B, A, v (16); write w (s) + T, B, A, v (16)
     if method == "GRDA":
         return 2 * itemsize + 8  # read g (s) + acc (4); write acc (4) + w (s)
@@ -43,8 +43,9 @@ def make_sgd(params, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
 
 
 def make_sparse(method: str, params, backend: str) -> torch.optim.Optimizer:
-    if method == "RDA":
-        return sparse_rda.RDA(params, **RDA_KW, backend=backend)
+    if method in ("RDA", "RDA-2:4"):
+        nm = dict(granularity=("nm", 2, 4)) if method == "RDA-2:4" else {}
+        return sparse_rda.RDA(params, **RDA_KW, **nm, backend=backend)
     return sparse_rda.GRDA(params, **GRDA_KW, backend=backend)
 
 

@@ -11,19 +11,22 @@ from dataclasses import replace
 
 import torch
 
-from .plan import BLOCK, CHANNEL, ELEMENT, KERNEL, Bucket, TensorPlan
+from .plan import BLOCK, CHANNEL, ELEMENT, KERNEL, NM, Bucket, TensorPlan
 from .scalars import GrdaScalars, RdaScalars
 from .step import GrdaTensors, RdaTensors
 
-MODES = (ELEMENT, KERNEL, CHANNEL, BLOCK)  # a plan's mode as its index here (schemas have no list of strings)
+MODES = (ELEMENT, KERNEL, CHANNEL, BLOCK, NM)  # a plan's mode as its index here (schemas have no list of strings)
 _STEPS: dict[str, tuple] = {}  # backend name -> its (rda_step, grda_step): the ops look it up when they run
 
 
-def _bucket(params, grads, modes, penalized, group_sizes, block) -> Bucket:
-    """The bucket the op's arguments describe (its tensors are all the op was given)."""
-    plans = tuple(TensorPlan(MODES[mode], pen, size, tuple(block) if MODES[mode] == BLOCK else None)
-                  for mode, pen, size in zip(modes, penalized, group_sizes))
-    return Bucket(tuple(range(len(params))), plans, params[0].dtype, grads[0].dtype, tuple(block) or None)
+def _bucket(params, grads, modes, penalized, group_sizes, block, nm=(), rows=()) -> Bucket:
+    """The bucket the op's arguments describe (its tensors are all the op was given); ``nm``: an N:M bucket's
+    (N, M), ``rows``: its plans' row lengths."""
+    nm = tuple(nm) or None
+    plans = tuple(TensorPlan(MODES[mode], pen, size, tuple(block) if MODES[mode] == BLOCK else None,
+                             nm if MODES[mode] == NM else None, row)
+                  for mode, pen, size, row in zip(modes, penalized, group_sizes, rows or [0] * len(modes)))
+    return Bucket(tuple(range(len(params))), plans, params[0].dtype, grads[0].dtype, tuple(block) or None, nm)
 
 
 @torch.library.custom_op("sparse_rda::backend_rda_step_", mutates_args=("params", "T", "B", "A", "v", "occupancy"))
@@ -31,15 +34,15 @@ def _rda_op(backend: str, params: list[torch.Tensor], grads: list[torch.Tensor],
             B: list[torch.Tensor], A: list[torch.Tensor], v: list[torch.Tensor],
             occupancy: list[torch.Tensor], group_means: list[torch.Tensor | None], max_A: torch.Tensor | None,
             modes: list[int],
-            penalized: list[bool], group_sizes: list[int], block: list[int], hyper: list[float], reweight: bool,
-            maximize: bool, inv_scale: torch.Tensor | None, device_hyper: torch.Tensor | None,
-            found_inf: torch.Tensor | None) -> torch.Tensor:
+            penalized: list[bool], group_sizes: list[int], block: list[int], nm: list[int], rows: list[int],
+            hyper: list[float], reweight: bool, maximize: bool, inv_scale: torch.Tensor | None,
+            device_hyper: torch.Tensor | None, found_inf: torch.Tensor | None) -> torch.Tensor:
     lr, lam, beta, beta_b, averaging, weight_decay, max_factor = hyper
     scalars = RdaScalars(lr, lam, beta, beta_b, averaging, weight_decay, max_factor, reweight, maximize, inv_scale,
                          device_hyper, found_inf)
     # occupancy: the tiled bucket's maps, else empty (torch's functionalization fails on a mutated list with None)
     tensors = RdaTensors(params, grads, T, B, A, v, occupancy or [None] * len(params), group_means, max_A)
-    bucket = _bucket(params, grads, modes, penalized, group_sizes, block)
+    bucket = _bucket(params, grads, modes, penalized, group_sizes, block, nm, rows)
     return _STEPS[backend][0](tensors, bucket, scalars)
 
 
@@ -73,8 +76,9 @@ def wrap(backend):
         tensors = tensors._replace(occupancy=list(tensors.occupancy) if bucket.tiled else [])
         return torch.ops.sparse_rda.backend_rda_step_(
             name, *tensors, [MODES.index(plan.mode) for plan in plans], [plan.penalized for plan in plans],
-            [plan.group_size for plan in plans], list(bucket.block or ()), s.host_values(), s.reweight, s.maximize,
-            s.inv_scale, s.device, s.found_inf)
+            [plan.group_size for plan in plans], list(bucket.block or ()), list(bucket.nm or ()),
+            [plan.row for plan in plans], s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,
+            s.found_inf)
 
     def grda_step(tensors: GrdaTensors, bucket: Bucket, s: GrdaScalars) -> torch.Tensor:
         return torch.ops.sparse_rda.backend_grda_step_(name, *tensors, s.lr, s.inv_scale, s.lr_device, s.found_inf)

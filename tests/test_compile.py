@@ -184,7 +184,7 @@ def train_side_by_side(kind, backend, granularity, target, schedule, compiler, *
 
 SCHEDULES = {"RDA": ("CosineRDA", "StepRDA", "CosineAnnealingLR", "OneCycleLR", "manual"),
              "GRDA": ("CosineAnnealingLR", "OneCycleLR", "manual")}
-MODES = [("RDA", gran, t) for gran in ("kernel", ("block", 8, 32)) for t in (False, True)]
+MODES = [("RDA", gran, t) for gran in ("kernel", ("block", 8, 32), ("nm", 2, 4)) for t in (False, True)]
 MODES += [("GRDA", "element", t) for t in (False, True)]
 
 
