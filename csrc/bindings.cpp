@@ -232,6 +232,57 @@ at::Tensor rda_block_max_A_cuda(at::TensorList params, at::TensorList grads, at:
   return maxes;
 }
 
+// The N:M op's tensors: the element op's table (factor 1, no group means: what its max pass reads) and, on the
+// same contiguous stand-ins, the N:M kernels' table with each weight's [rows, row length].
+struct NmCall : RdaCall {
+  std::vector<cuda::NmTensor> nm_tensors;
+  NmCall(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B, at::TensorList A,
+         at::TensorList v, const std::vector<double>& ones)
+      : RdaCall(params, grads, T, B, A, v, no_group_means(params.size()), ones) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      const cuda::RdaTensor& e = tensors[i];
+      const int64_t rows = params[i].size(0);
+      nm_tensors.push_back({e.w, e.g, e.T, e.B, e.A, e.v, rows, rows > 0 ? e.numel / rows : 0});
+    }
+  }
+  static c10::List<std::optional<at::Tensor>> no_group_means(size_t n) {
+    c10::List<std::optional<at::Tensor>> none;
+    for (size_t i = 0; i < n; ++i) none.push_back(std::nullopt);
+    return none;
+  }
+};
+
+at::Tensor rda_nm_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                            at::TensorList A, at::TensorList v, at::IntArrayRef nm, at::ArrayRef<double> hyper,
+                            bool reweight, bool maximize, const std::optional<at::Tensor>& inv_scale,
+                            const std::optional<at::Tensor>& device_hyper, const std::optional<at::Tensor>& found_inf,
+                            const std::optional<at::Tensor>& max_A) {
+  TORCH_CHECK(!params.empty(), "rda_nm_step_: params is empty");
+  check_nm_step_args("rda_nm_step_", params, grads, T, B, A, v, nm, hyper, inv_scale, device_hyper, found_inf);
+  check_one_dtype_pair("rda_nm_step_", params, grads);
+  check_max_A("rda_nm_step_", max_A, params);
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor inv = device_f32(inv_scale, device);
+  const RdaScalars s = make_rda_scalars(hyper.data(), 1.0f, maximize);
+  const DeviceForm form(device_hyper, found_inf, device);
+  const int64_t n = static_cast<int64_t>(params.size());
+  NmCall call(params, grads, T, B, A, v, std::vector<double>(params.size(), 1.0));
+  const at::Tensor maxes = max_A.has_value() ? device_f32(max_A, device) : per_tensor_max(params);
+  auto counts = at::zeros({n}, params[0].options().dtype(at::kLong));
+  const cuda::DType w_dtype = kernel_dtype(params[0].scalar_type());
+  if (reweight && !max_A.has_value()) {
+    check(cuda::launch_rda_max_A(call.tensors.data(), n, w_dtype, s, form.scalars(), maxes.data_ptr<float>(),
+                                 stream));
+  }
+  check(cuda::launch_rda_nm_step(call.nm_tensors.data(), n, static_cast<int>(nm[0]), static_cast<int>(nm[1]),
+                                 w_dtype, grads_float32(params, grads), s, form.scalars(), ptr_or_null(inv), reweight,
+                                 maxes.data_ptr<float>(), counts_ptr(counts), stream));
+  call.finish();
+  return counts;
+}
+
 // A host scalar tensor's first value (the checks allow more than one), read on the host: no device involved.
 double host_value(const at::Tensor& t) { return t.reshape({-1})[0].item<double>(); }
 
@@ -284,7 +335,9 @@ at::Tensor grda_step_cuda(at::TensorList params, at::TensorList grads, at::Tenso
 #endif
 
 // max_A: a given per-tensor max of A (a sharded tensor's, over every rank) replacing the step's own max pass;
-// rda_max_A / rda_block_max_A run that pass alone (the steps' arguments, nothing written).
+// rda_max_A / rda_block_max_A run that pass alone (the steps' arguments, nothing written). rda_nm_step_ (granularity
+// ("nm", N, M), nm = [N, M]) steps penalized tensors only, each element-wise before its groups' selection: its max
+// pass is rda_max_A's with factors 1 and no group means.
 TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "rda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
@@ -294,6 +347,10 @@ TORCH_LIBRARY(sparse_rda, m) {
       "rda_block_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
       "Tensor(e!)[] v, Tensor(f!)[] occupancy, int[] block, float[] hyper, bool reweight, bool maximize, "
       "Tensor? inv_scale, Tensor? device_hyper, Tensor? found_inf, Tensor? max_A=None) -> Tensor");
+  m.def(
+      "rda_nm_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] T, Tensor(c!)[] B, Tensor(d!)[] A, "
+      "Tensor(e!)[] v, int[] nm, float[] hyper, bool reweight, bool maximize, Tensor? inv_scale, "
+      "Tensor? device_hyper, Tensor? found_inf, Tensor? max_A=None) -> Tensor");
   m.def(
       "rda_max_A(Tensor[] params, Tensor[] grads, Tensor[] T, Tensor[] B, Tensor[] A, Tensor[] v, "
       "Tensor?[] group_means, float[] factors, float[] hyper, bool reweight, bool maximize, Tensor? inv_scale, "
@@ -310,6 +367,7 @@ TORCH_LIBRARY(sparse_rda, m) {
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
   m.impl("rda_step_", &rda_step_cpu);
   m.impl("rda_block_step_", &rda_block_step_cpu);
+  m.impl("rda_nm_step_", &rda_nm_step_cpu);
   m.impl("rda_max_A", &rda_max_A_cpu);
   m.impl("rda_block_max_A", &rda_block_max_A_cpu);
   m.impl("grda_step_", &grda_step_cpu);
@@ -319,6 +377,7 @@ TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
 TORCH_LIBRARY_IMPL(sparse_rda, CUDA, m) {
   m.impl("rda_step_", &rda_step_cuda);
   m.impl("rda_block_step_", &rda_block_step_cuda);
+  m.impl("rda_nm_step_", &rda_nm_step_cuda);
   m.impl("rda_max_A", &rda_max_A_cuda);
   m.impl("rda_block_max_A", &rda_block_max_A_cuda);
   m.impl("grda_step_", &grda_step_cuda);

@@ -195,6 +195,30 @@ inline void check_block_step_args(const char* op, at::TensorList params, at::Ten
   check_device_form(op, device_hyper, found_inf, device);
 }
 
+// N:M steps: nm = [N, M] with 1 <= N < M <= kMaxNmGroup, and params of 2+ dims, each viewed as [size(0), rest]
+// whose rows split into groups of M (the kernels keep a group's M values in registers).
+inline void check_nm_args(const char* op, at::TensorList params, at::IntArrayRef nm) {
+  TORCH_CHECK(nm.size() == 2 && nm[0] >= 1 && nm[0] < nm[1] && nm[1] <= kMaxNmGroup, op,
+              ": nm must be [N, M] with 1 <= N < M <= ", kMaxNmGroup, ", got ", nm);
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK(params[i].dim() >= 2, op, ": params[", i, "]: N:M granularity needs weights of 2+ dims, got shape ",
+                params[i].sizes());
+  }
+}
+
+inline void check_nm_step_args(const char* op, at::TensorList params, at::TensorList grads, at::TensorList T,
+                               at::TensorList B, at::TensorList A, at::TensorList v, at::IntArrayRef nm,
+                               at::ArrayRef<double> hyper, const std::optional<at::Tensor>& inv_scale,
+                               const std::optional<at::Tensor>& device_hyper,
+                               const std::optional<at::Tensor>& found_inf) {
+  check_tensor_lists(op, params, grads, {{"T", T}, {"B", B}, {"A", A}, {"v", v}});
+  check_nm_args(op, params, nm);
+  check_hyper(op, hyper);
+  const at::Device device = params.empty() ? at::Device(at::kCPU) : params[0].device();
+  check_scalars(op, "inv_scale", inv_scale, 1, device);
+  check_device_form(op, device_hyper, found_inf, device);
+}
+
 // The RDA steps' optional given max A (a sharded tensor's max over every rank): one floating value per param on
 // the params' device, where the kernels read it (a CUDA step copies nothing from the host).
 inline void check_max_A(const char* op, const std::optional<at::Tensor>& max_A, at::TensorList params) {

@@ -149,6 +149,50 @@ SPARSE_RDA_HD float group_shrink(float norm, float threshold, float sqrt_count) 
   return !is_finite(norm) ? 1.0f : norm > 0.0f ? kept : 0.0f;
 }
 
+// N:M granularity ("nm", N, M): at most N nonzeros in each group of M consecutive weights along a row, M at most
+// kMaxNmGroup (sparse_rda/plan.py's MAX_NM_GROUP): a group's values are ranked against each other, in registers
+// on the GPU.
+constexpr int kMaxNmGroup = 32;
+
+// A loop over a group's slots, unrolled in device code so that its arrays stay in registers (indexed by constants).
+#if defined(__CUDA_ARCH__)
+#define SPARSE_RDA_UNROLL _Pragma("unroll")
+#else
+#define SPARSE_RDA_UNROLL
+#endif
+
+// The rank key of a slot past a short group's end: below every weight's key (those are >= 0).
+constexpr float kNmAbsent = -1.0f;
+
+// The rank key of a soft-thresholded weight: |w|, NaN as +inf (a NaN ranks first, as in the reference).
+SPARSE_RDA_HD float nm_key(float w) {
+  const float magnitude = fabsf(w);
+  return magnitude != magnitude ? INFINITY : magnitude;
+}
+
+// Whether slot j of a group ranks above slot i: a larger key, or an equal key at a lower index (the kept are the N
+// largest, ties to the lower index). Bitwise, without branches: loops over it vectorize.
+SPARSE_RDA_HD bool nm_ranks_above(float key_j, int j, float key_i, int i) {
+  return (key_j > key_i) | ((key_j == key_i) & (j < i));
+}
+
+// The kept slots of a group as a bit mask (bit i: slot i), from the keys of its C slots (C <= 32, absent slots
+// kNmAbsent): slot i is kept iff fewer than `keep` slots rank above it. One slot at a time: on the GPU one
+// counter is live (the CPU step sums them in the other order, which vectorizes).
+template <int C>
+SPARSE_RDA_HD unsigned nm_keep_mask(const float (&key)[C], int keep) {
+  static_assert(C >= 1 && C <= 32, "a group's mask is 32 bits");
+  unsigned mask = 0;
+  SPARSE_RDA_UNROLL
+  for (int i = 0; i < C; ++i) {
+    int above = 0;
+    SPARSE_RDA_UNROLL
+    for (int j = 0; j < C; ++j) above += nm_ranks_above(key[j], j, key[i], i);
+    mask |= static_cast<unsigned>(above < keep) << i;
+  }
+  return mask;
+}
+
 // One element of the gRDA step: acc -= lr * grad; w = S_l1(acc).
 SPARSE_RDA_HD float grda_element(float grad, float& acc, float lr, float l1, float inv_scale) {
   acc = acc - lr * (grad * inv_scale);

@@ -1,5 +1,6 @@
 """The native extension (csrc/): the fused steps as torch ops ``torch.ops.sparse_rda.rda_step_``,
-``rda_block_step_`` and ``grda_step_``, and the RDA steps' max pass alone as ``rda_max_A`` / ``rda_block_max_A``,
+``rda_block_step_``, ``rda_nm_step_`` (granularity ("nm", N, M)) and ``grda_step_``, and the RDA steps' max pass
+alone as ``rda_max_A`` / ``rda_block_max_A`` (an N:M bucket's is the element one's: its A is element-wise),
 with CPU and (when built with CUDA) CUDA kernels, behind the backend contract (sparse_rda/step.py).
 
 The ops are registered with schemas that declare what they mutate, and fake implementations so that
@@ -69,6 +70,12 @@ if _C is not None:
         _check_max_A("rda_block_step_", params, max_A)
         return params[0].new_empty((len(params),), dtype=torch.int64)
 
+    @torch.library.register_fake("sparse_rda::rda_nm_step_")
+    def _rda_nm_step_fake(params, grads, T, B, A, v, nm, hyper, reweight, maximize, inv_scale, device_hyper,
+                          found_inf, max_A=None):
+        _check_max_A("rda_nm_step_", params, max_A)
+        return params[0].new_empty((len(params),), dtype=torch.int64)
+
     @torch.library.register_fake("sparse_rda::rda_max_A")
     def _rda_max_A_fake(params, grads, T, B, A, v, group_means, factors, hyper, reweight, maximize, inv_scale,
                         device_hyper, found_inf):
@@ -85,12 +92,13 @@ if _C is not None:
 
 
 def rda_step(tensors, bucket, s) -> torch.Tensor:
-    """The backend contract's rda_step (sparse_rda/step.py) as one native op: the block op for a tiled bucket,
-    the element-wise one otherwise; returns each param's nonzero count. A given ``tensors.max_A`` replaces the
-    op's own max pass."""
+    """The backend contract's rda_step (sparse_rda/step.py) as one native op: the block op for a tiled bucket, the
+    N:M op for a constrained one (penalized tensors only), the element-wise one otherwise; returns each param's
+    nonzero count. A given ``tensors.max_A`` replaces the op's own max pass."""
     params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
     if bucket.constrained:
-        raise NotImplementedError("granularity ('nm', N, M): not in the native kernels yet")
+        return torch.ops.sparse_rda.rda_nm_step_(params, grads, T, B, A, v, list(bucket.nm), s.host_values(),
+                                                 s.reweight, s.maximize, s.inv_scale, s.device, s.found_inf, max_A)
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_step_(params, grads, T, B, A, v, occupancy, list(bucket.block),
                                                     s.host_values(), s.reweight, s.maximize, s.inv_scale, s.device,
@@ -101,8 +109,9 @@ def rda_step(tensors, bucket, s) -> torch.Tensor:
 
 
 def rda_max_A(tensors, bucket, s) -> torch.Tensor:
-    """The backend contract's rda_max_A as one native op (the block op for a tiled bucket): the max over each
-    tensor's finite values of this step's A, float32 on the params' device, 0 for an unpenalized tensor."""
+    """The backend contract's rda_max_A as one native op (the block op for a tiled bucket; the element op for an
+    N:M one, whose A is element-wise: factors 1, no group means): the max over each tensor's finite values of this
+    step's A, float32 on the params' device, 0 for an unpenalized tensor."""
     params, grads, T, B, A, v, occupancy, group_means, _ = tensors
     if bucket.tiled:
         return torch.ops.sparse_rda.rda_block_max_A(params, grads, T, B, A, v, occupancy, list(bucket.block),

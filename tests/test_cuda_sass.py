@@ -1,11 +1,13 @@
-"""The CUDA step kernels' machine code, checked without a GPU: csrc/cuda/step_kernels.cu and block_step_kernels.cu
-compiled for sm_90a (H100/H200) with nvcc, their SASS dumped with cuobjdump. Per kernel instantiation:
+"""The CUDA step kernels' machine code, checked without a GPU: csrc/cuda/step_kernels.cu, block_step_kernels.cu
+and nm_step_kernels.cu compiled for sm_90a (H100/H200) with nvcc, their SASS dumped with cuobjdump. Per kernel
+instantiation:
 
 - 128-bit global loads and stores (LDG.E.128 / STG.E.128): one per fp32 array each pack loop reads or writes, and
   per param / grad array of fp32 params; 64-bit ones (LDG.E.64 / STG.E.64) for 16-bit params and grads, whose
   4-element packs are 8 bytes. Exact counts: the pack loops are not unrolled (``#pragma unroll 1``), so each
-  access appears once per loop, and a count that changes means a pack access was split (v1.2 stored A and B of
-  the element step as four 32-bit stores, every state array of 16-bit params too) or an array was added;
+  access appears once per loop (the N:M step's, one group's C / 4 packs unrolled, C / 4 times), and a count
+  that changes means a pack access was split (v1.2 stored A and B of the element step as four 32-bit stores,
+  every state array of 16-bit params too) or an array was added;
 - no local memory: no LDL/STL, and ptxas reports 0 bytes of stack frame and of spills;
 - registers under a bound that keeps the occupancy the kernels are designed for.
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ("step_kernels", "block_step_kernels")
+SOURCES = ("step_kernels", "block_step_kernels", "nm_step_kernels")
 ARCH = "sm_90a"
 
 try:  # the flags torch's CUDAExtension adds to every nvcc call of setup.py's build (which adds -O3)
@@ -70,7 +72,28 @@ EXPECTED = {
     ("block_step_kernel", "f16", "f16"): (3, 4, 3, 1, 56),
     ("block_step_kernel", "f16", "f32"): (4, 4, 2, 1, 56),
 }
-KERNELS = ("rda_max_A_kernel", "rda_step_kernel", "grda_step_kernel", "block_max_A_kernel", "block_step_kernel")
+
+# The N:M step (nm_step_kernels.cu), per group capacity C (4, 8, 16, 32: its kernels' template argument, the
+# smallest holding M) as "nm_step_kernel<C>": one thread per group, its C / 4 packs unrolled, so each array's access
+# appears C / 4 times in the whole-pack path: w, g, T, B, A, v -> A, B, T, v, w, and the skipped step's w. Register
+# bounds: __launch_bounds__ asks for 4, 4, 3 and 2 resident blocks of 256 (a group's values and keys take 2 C).
+NM_CAPACITIES = {4: 64, 8: 64, 16: 85, 32: 128}
+
+
+def nm_expected(capacity: int, most_registers: int) -> dict:
+    packs = capacity // 4
+    kernel = f"nm_step_kernel<{capacity}>"
+    out = {(kernel, "f32", "f32"): (7 * packs, 5 * packs, 0, 0, most_registers)}
+    for p in ("bf16", "f16"):
+        out[(kernel, p, p)] = (4 * packs, 4 * packs, 3 * packs, packs, most_registers)
+        out[(kernel, p, "f32")] = (5 * packs, 4 * packs, 2 * packs, packs, most_registers)
+    return out
+
+
+for _capacity, _bound in NM_CAPACITIES.items():
+    EXPECTED.update(nm_expected(_capacity, _bound))
+KERNELS = ("rda_max_A_kernel", "rda_step_kernel", "grda_step_kernel", "block_max_A_kernel", "block_step_kernel",
+           "nm_step_kernel")
 TYPES = {"f": "f32", "13__nv_bfloat16": "bf16", "6__half": "f16"}
 
 
@@ -99,14 +122,17 @@ def find_cuobjdump(nvcc: str) -> str | None:
 
 
 def kernel_key(mangled: str) -> tuple[str, str, str | None] | None:
-    """(kernel, param dtype, grad dtype) of a mangled kernel name, e.g. ...15rda_step_kernelI13__nv_bfloat16S3_EEv..."""
+    """(kernel, param dtype, grad dtype) of a mangled kernel name, e.g. ...15rda_step_kernelI13__nv_bfloat16S3_EEv...;
+    an int template argument (Li4E: the N:M kernels' group capacity) joins the kernel's name, "nm_step_kernel<4>"."""
     for kernel in KERNELS:
         m = re.search(rf"\d{kernel}I(.+?)EEv", mangled)
         if m:
             args = re.findall(r"f|13__nv_bfloat16|6__half|S\d*_", m.group(1))
             dtypes = [TYPES.get(a, None) for a in args]
             dtypes = [d if d is not None else dtypes[0] for d in dtypes]  # S3_: the first type again
-            return kernel, dtypes[0], dtypes[1] if len(dtypes) > 1 else None
+            capacity = re.search(r"Li(\d+)E", m.group(1))
+            name = f"{kernel}<{capacity.group(1)}>" if capacity else kernel
+            return name, dtypes[0], dtypes[1] if len(dtypes) > 1 else None
     return None
 
 
@@ -158,7 +184,7 @@ def machine_code(tmp_path_factory):
         pytest.skip("cuobjdump not found (triton's bundled one, PATH, beside nvcc)")
     out = tmp_path_factory.mktemp("sass")
     jobs = {}
-    for source in SOURCES:  # both at once: ~5 s each on one core
+    for source in SOURCES:  # all at once: ~5 s each on one core, ~25 s the N:M kernels' (20 instantiations)
         cmd = [nvcc, *NVCC_FLAGS, f"-arch={ARCH}", "-cubin", "-Xptxas", "-v", "-I", str(ROOT / "csrc"),
                "-o", str(out / f"{source}.cubin"), str(ROOT / "csrc" / "cuda" / f"{source}.cu")]
         jobs[source] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -124,6 +124,65 @@ def test_block_step_refuses_a_1d_param():
     refused(call_block, a, r"params\[0\]: block granularity needs 2-D weights")
 
 
+def nm_lists():
+    a = rda_lists()
+    a = {k: [v[0], v[2]] for k, v in a.items() if k not in ("group_means", "factors", "hyper")}  # the 2-D ones
+    a["nm"], a["hyper"] = [2, 4], HYPER
+    return a
+
+
+def call_nm(a, device_hyper=None, found_inf=None, max_A=None):
+    return torch.ops.sparse_rda.rda_nm_step_(a["params"], a["grads"], a["T"], a["B"], a["A"], a["v"], a["nm"],
+                                             a["hyper"], *FLAGS, None, device_hyper, found_inf, max_A)
+
+
+def flattened(a, index):
+    """params[index] and its grad and state made 1-D (element mode's tensors, not N:M's)."""
+    for key in ("params", "grads", "T", "B", "A", "v"):
+        a[key] = list(a[key])
+        a[key][index] = a[key][index].flatten()
+    return a
+
+
+NM_RANGE = r"nm must be \[N, M\] with 1 <= N < M <= 32, got "
+NM_CASES = {
+    "N = 0": (lambda a: {**a, "nm": [0, 4]}, NM_RANGE + r"\[0, 4\]"),
+    "N = M": (lambda a: {**a, "nm": [4, 4]}, NM_RANGE + r"\[4, 4\]"),
+    "N > M": (lambda a: {**a, "nm": [5, 4]}, NM_RANGE + r"\[5, 4\]"),
+    "negative N": (lambda a: {**a, "nm": [-1, 4]}, NM_RANGE + r"\[-1, 4\]"),
+    "M over 32": (lambda a: {**a, "nm": [2, 33]}, NM_RANGE + r"\[2, 33\]"),
+    "one value": (lambda a: {**a, "nm": [2]}, NM_RANGE + r"\[2\]"),
+    "three values": (lambda a: {**a, "nm": [2, 4, 8]}, NM_RANGE + r"\[2, 4, 8\]"),
+    "a 1-D param": (lambda a: flattened(a, 1), r"params\[1\]: N:M granularity needs weights of 2\+ dims, got shape"),
+    "T too short": (lambda a: {**a, "T": a["T"][:1]}, "T has 1 tensors for 2 params"),
+    "grads too short": (lambda a: {**a, "grads": a["grads"][:1]}, "grads has 1 tensors for 2 params"),
+    "T of another size": (lambda a: with_item(a, "T", 1, torch.zeros(2, 2)), r"T\[1\] has 4 elements"),
+    "state in float64": (lambda a: with_item(a, "B", 1, torch.zeros(16, 32, dtype=torch.float64)),
+                         r"B\[1\] must be float32"),
+    "integer grad": (lambda a: with_item(a, "grads", 0, torch.zeros(8, 16, dtype=torch.int32)),
+                     r"grads\[0\] must be floating"),
+    "integer param": (lambda a: with_item(a, "params", 1, torch.zeros(16, 32, dtype=torch.int32)),
+                      r"params\[1\] has dtype"),
+    "expanded state": (lambda a: with_item(a, "A", 1, torch.zeros(1, 1).expand(16, 32)),
+                       r"A\[1\] has elements that share"),
+    "hyper too short": (lambda a: {**a, "hyper": HYPER[:6]}, "hyper must hold 7 values"),
+}
+
+
+@pytest.mark.parametrize("case", list(NM_CASES))
+def test_nm_step_refuses(case):
+    make_bad, match = NM_CASES[case]
+    refused(call_nm, make_bad(nm_lists()), f"rda_nm_step_: {match}")
+
+
+def test_a_good_nm_call_still_steps():
+    a = nm_lists()
+    before = [p.clone() for p in a["params"]]
+    nnz = call_nm(a)
+    assert nnz.tolist() == [int((p != 0).sum()) for p in a["params"]] and not torch.equal(a["params"][0], before[0])
+    assert all(int((p.reshape(-1, 4) != 0).sum(1).max()) <= 2 for p in a["params"])
+
+
 def grda_lists():
     a = rda_lists()
     return dict(params=a["params"], grads=a["grads"], acc=a["T"], thresholds=torch.tensor([0.1, 0.0, 0.1]))
@@ -148,7 +207,11 @@ def test_grda_step_refuses_an_empty_device_lr():
     refused(call_grda, grda_lists(), "lr_device must hold at least 1 values", lr_device=torch.zeros(0))
 
 
-# The device form's arguments, the same on both RDA ops: 8 values (rda_math.h), floating, and
+# The step ops as (call, lists), for the checks they share
+STEPS = {"rda_step_": (call_rda, rda_lists), "rda_block_step_": (call_block, block_lists),
+         "rda_nm_step_": (call_nm, nm_lists)}
+
+# The device form's arguments, the same on every RDA op: 8 values (rda_math.h), floating, and
 # found_inf only beside it
 DEVICE_FORM_CASES = {
     "the four values of the first release": (dict(device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8])),
@@ -165,16 +228,16 @@ DEVICE_FORM_CASES = {
 
 
 @pytest.mark.parametrize("case", list(DEVICE_FORM_CASES))
-@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+@pytest.mark.parametrize("op", list(STEPS))
 def test_device_form_is_checked(op, case):
     extra, match = DEVICE_FORM_CASES[case]
-    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    call, lists = STEPS[op]
     refused(call, lists(), f"{op}: {match}", **extra)
 
 
-@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+@pytest.mark.parametrize("op", list(STEPS))
 def test_a_good_device_form_call_still_steps(op):
-    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    call, lists = STEPS[op]
     a = lists()
     before = [p.clone() for p in a["params"]]
     nnz = call(a, device_hyper=torch.tensor([0.5, 0.3, 0.9, 0.8, 1e-3, 0.7, 0.1, 0.2]), found_inf=torch.zeros(()))
@@ -194,18 +257,18 @@ if native.has_kernels("cuda") and torch.cuda.is_available():  # the CUDA op gets
 
 
 @pytest.mark.parametrize("case", list(MAX_A_CASES))
-@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+@pytest.mark.parametrize("op", list(STEPS))
 def test_a_given_max_A_is_checked(op, case):
-    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    call, lists = STEPS[op]
     a = lists()
     make, match = MAX_A_CASES[case]
     max_A = make(len(a["params"]))
     refused(call, a, f"{op}: " + match.format(m=max_A.numel(), n=len(a["params"])), max_A=max_A)
 
 
-@pytest.mark.parametrize("op", ["rda_step_", "rda_block_step_"])
+@pytest.mark.parametrize("op", list(STEPS))
 def test_a_good_max_A_in_any_floating_dtype_shape_or_layout_steps_alike(op):
-    call, lists = (call_rda, rda_lists) if op == "rda_step_" else (call_block, block_lists)
+    call, lists = STEPS[op]
     n = len(lists()["params"])
     values = torch.tensor([1.5, 0.0, 2.0])[:n]
     results = []

@@ -159,6 +159,15 @@ at::Tensor given_max_A(const std::optional<at::Tensor>& max_A) {
   return max_A.has_value() ? max_A->to(at::kFloat).contiguous() : at::Tensor();
 }
 
+float element_max_A(const at::Tensor& w, const at::Tensor& A, const RdaScalars& s) {
+  float result = 0.0f;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "element_max_A", [&] {
+    const Magnitude<scalar_t> a{w.data_ptr<scalar_t>(), nullptr, 1};
+    result = tensor_max_A<false>(A.data_ptr<float>(), a, w.numel(), s);
+  });
+  return result;
+}
+
 float host_inv_scale(const std::optional<at::Tensor>& inv_scale) {
   return inv_scale.has_value() ? static_cast<float>(first_value(*inv_scale)) : 1.0f;
 }

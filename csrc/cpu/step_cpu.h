@@ -44,6 +44,12 @@ at::Tensor rda_block_max_A_cpu(at::TensorList params, at::TensorList grads, at::
                                const std::optional<at::Tensor>& device_hyper,
                                const std::optional<at::Tensor>& found_inf);
 
+at::Tensor rda_nm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
+                           at::TensorList A, at::TensorList v, at::IntArrayRef nm, at::ArrayRef<double> hyper,
+                           bool reweight, bool maximize, const std::optional<at::Tensor>& inv_scale,
+                           const std::optional<at::Tensor>& device_hyper, const std::optional<at::Tensor>& found_inf,
+                           const std::optional<at::Tensor>& max_A);
+
 at::Tensor grda_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList acc, const at::Tensor& thresholds,
                          double lr, const std::optional<at::Tensor>& lr_device,
                          const std::optional<at::Tensor>& inv_scale, const std::optional<at::Tensor>& found_inf);
@@ -59,6 +65,9 @@ RdaScalars with_device_form(const RdaScalars& s, const std::optional<at::Tensor>
 bool found_inf_set(const std::optional<at::Tensor>& found_inf);
 // Each param's nonzero count, for a skipped step.
 at::Tensor count_nonzeros(at::TensorList params);
+// The element step's max pass over one contiguous tensor (w and its A): the max of this step's finite A, |w| the
+// magnitude (N:M tensors' A is element-wise too).
+float element_max_A(const at::Tensor& w, const at::Tensor& A, const RdaScalars& s);
 // A given max_A (checked) as float32 values on the host; undefined when not given.
 at::Tensor given_max_A(const std::optional<at::Tensor>& max_A);
 

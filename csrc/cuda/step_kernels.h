@@ -97,5 +97,26 @@ cudaError_t launch_rda_block_step(const BlockTensor* tensors, int64_t n, int blo
                                   const float* inv_scale, bool reweight, const float* max_A, unsigned long long* nnz,
                                   cudaStream_t stream);
 
+// N:M granularity (nm_step_kernels.cu): one contiguous weight viewed as [rows, cols], each row split into groups of
+// M consecutive elements (the last one shorter when M does not divide cols), of which the step keeps the N largest.
+struct NmTensor {
+  void* w;
+  const void* g;
+  float* T;
+  float* B;
+  float* A;
+  float* v;
+  int64_t rows;
+  int64_t cols;
+};
+
+// The N:M RDA step, 1 <= keep (N) < group (M) <= kMaxNmGroup (else cudaErrorInvalidValue): the element step's
+// update with factor 1, then each group's top N. max_A from launch_rda_max_A over the same tensors as RdaTensors
+// (factor 1, no group means) or given (n values, read with reweighting only); d and inv_scale as in
+// launch_rda_step.
+cudaError_t launch_rda_nm_step(const NmTensor* tensors, int64_t n, int keep, int group, DType w_dtype,
+                               bool grad_is_float32, RdaScalars s, DeviceScalars d, const float* inv_scale,
+                               bool reweight, const float* max_A, unsigned long long* nnz, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace sparse_rda

@@ -164,6 +164,44 @@ static void grda_step() {
   expect_near("grda unscale", grda_element(2048.0f, acc, 0.01f, 0.0009f, 1.0f / 1024), 0.96 - 0.02 - 0.0009);
 }
 
+static void expect_mask(const char* what, unsigned actual, unsigned expected) {
+  ++checks;
+  if (actual != expected) {
+    ++failures;
+    std::printf("FAIL %s: got mask 0x%x, expected 0x%x\n", what, actual, expected);
+  }
+}
+
+// N:M mode's selection: the `keep` largest |w| of a group, ties to the lower index, NaN first, absent slots never.
+static void nm_selection_cases() {
+  expect_near("key(-2)", nm_key(-2.0f), 2.0);
+  expect_near("key(-0)", nm_key(-0.0f), 0.0);
+  ++checks;
+  if (!(nm_key(NAN) == INFINITY)) {
+    ++failures;
+    std::printf("FAIL key(NaN) is not +inf\n");
+  }
+  const float ties[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+  expect_mask("2:4 of equals: the lowest two", nm_keep_mask(ties, 2), 0x3u);
+  expect_mask("1:4 of equals", nm_keep_mask(ties, 1), 0x1u);
+  const float mixed[4] = {0.5f, 3.0f, 0.5f, 2.0f};
+  expect_mask("2:4 largest", nm_keep_mask(mixed, 2), 0xau);
+  expect_mask("3:4, tie to the lower index", nm_keep_mask(mixed, 3), 0xbu);
+  const float nan_first[4] = {nm_key(5.0f), nm_key(-NAN), nm_key(INFINITY), nm_key(0.0f)};
+  expect_mask("1:4 NaN first", nm_keep_mask(nan_first, 1), 0x2u);
+  expect_mask("2:4 NaN, then inf (tie to the lower index)", nm_keep_mask(nan_first, 2), 0x6u);
+  const float zeros[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  expect_mask("2:4 of zeros: the lowest two", nm_keep_mask(zeros, 2), 0x3u);
+  // a ragged group of 2 in a capacity of 4: both present slots kept, even zeros, the absent ones ranked last
+  const float ragged[4] = {0.0f, 0.0f, kNmAbsent, kNmAbsent};
+  expect_mask("2:4, 2 present", nm_keep_mask(ragged, 2) & 0x3u, 0x3u);
+  expect_mask("1:4, 2 present", nm_keep_mask(ragged, 1) & 0x3u, 0x1u);
+  float wide[32];
+  for (int k = 0; k < 32; ++k) wide[k] = static_cast<float>(k % 8);  // 7 at slots 7, 15, 23, 31
+  expect_mask("3:32", nm_keep_mask(wide, 3), (1u << 7) | (1u << 15) | (1u << 23));
+  expect_mask("31:32: all but the last of the four zeros", nm_keep_mask(wide, 31), ~(1u << 24));
+}
+
 int main() {
   soft_threshold_cases();
   reweight_cases();
@@ -173,6 +211,7 @@ int main() {
   momentum_and_weight_decay();
   scalars_from_hyper();
   grda_step();
+  nm_selection_cases();
   std::printf("%d passed, %d failed\n", checks - failures, failures);
   return failures == 0 ? 0 : 1;
 }
