@@ -6,7 +6,8 @@ model, init, batches and optimizers), 2 seeds each:
 - budget: dense and RDA at 10, 20 and 30 epochs (the gap at an equal budget);
 - the controller's ramp: the target reached at 50% or 90% of training instead of 75% (``target.RAMP_END``);
 - the reweighting's strength: ``max_factor`` 100 and 2000 instead of 500;
-- weight decay 0 instead of 5e-4.
+- weight decay 0 and 1e-3 instead of 5e-4;
+- the step size: lr 0.5 and 2 instead of 1 (SGD lr 0.05 / 0.2 with momentum 0.9, in RDA's units).
 
     python bench/lenet5_gap.py                 # every variant (~25 min on one core)
     python bench/lenet5_gap.py --variants rda-e10,dense-e10 --seeds 0
@@ -40,6 +41,8 @@ VARIANTS = {
     "rda-e10-ramp50": ("rda", 10, {"ramp_end": 0.5}), "rda-e10-ramp90": ("rda", 10, {"ramp_end": 0.9}),
     "rda-e10-max100": ("rda", 10, {"max_factor": 100.0}), "rda-e10-max2000": ("rda", 10, {"max_factor": 2000.0}),
     "rda-e10-wd0": ("rda", 10, {"weight_decay": 0.0}),
+    "rda-e10-lr0.5": ("rda", 10, {"lr": 0.5}), "rda-e10-lr2": ("rda", 10, {"lr": 2.0}),
+    "rda-e10-wd1e-3": ("rda", 10, {"weight_decay": 1e-3}),
 }
 
 

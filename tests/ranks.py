@@ -38,6 +38,9 @@ FSDP_CASES = [
     ("cnn-rda-channel", "cnn", "RDA", {**RDA_OPTIONS, "granularity": "channel", "lam": 1e-3}),
     ("cnn-rda-element", "cnn", "RDA", {**RDA_OPTIONS, "lr": 0.3}),
     ("cnn-grda-element", "cnn", "GRDA", GRDA_OPTIONS),
+    ("mlp-rda-nm", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("nm", 2, 4)}),
+    ("mlp-rda-nm-target", "mlp", "RDA", {**RDA_OPTIONS, "granularity": ("nm", 2, 4), **TARGET}),
+    ("cnn-rda-nm", "cnn", "RDA", {**RDA_OPTIONS, "granularity": ("nm", 1, 4)}),
 ]
 
 

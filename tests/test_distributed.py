@@ -45,13 +45,14 @@ def same_on_every_rank(found: dict, world: int, lines: list[str]) -> None:
 
 
 ALL_CASES = ["mlp-rda-element", "mlp-rda-target", "mlp-grda-element", "mlp-grda-target", "mlp-rda-block",
-             "mlp-rda-block-target", "mlp-rda-block-plain-l1", "cnn-rda-kernel", "cnn-rda-channel", "cnn-rda-element", "cnn-grda-element"]
+             "mlp-rda-block-target", "mlp-rda-block-plain-l1", "cnn-rda-kernel", "cnn-rda-channel", "cnn-rda-element",
+             "cnn-grda-element", "mlp-rda-nm", "mlp-rda-nm-target", "cnn-rda-nm"]
 
 
 @pytest.mark.triton_free
 @pytest.mark.parametrize("backend, world", [("cpu", 2), ("cpu", 3), ("torch", 3)])
 def test_fsdp2_trains_as_one_process(tmp_path, backend, world):
-    """RDA (element, kernel, channel, block with tiles straddling the shards, target_sparsity) and GRDA (element,
+    """RDA (element, kernel, channel, block with tiles straddling the shards, N:M, target_sparsity) and GRDA (element,
     target_sparsity) under fully_shard, an MLP and a CNN, 20 steps: weights, state and tile maps within 1e-6 of
     one process, nonzero counts and the controller's scale equal."""
     needs(backend)
@@ -61,9 +62,9 @@ def test_fsdp2_trains_as_one_process(tmp_path, backend, world):
 
 def test_fsdp2_on_triton(tmp_path):
     """The Triton kernels (in the interpreter on CPU) on 2 uneven ranks (17 and 16 rows of the first weight):
-    block RDA (the max over shards, tiles straddling them: interior tiles through the kernels), GRDA."""
+    block RDA (the max over shards, tiles straddling them: interior tiles through the kernels), N:M RDA, GRDA."""
     needs("triton")
-    cases = ["mlp-grda-element", "mlp-rda-block"]  # (in FSDP_CASES order)
+    cases = ["mlp-grda-element", "mlp-rda-block", "mlp-rda-nm"]  # (in FSDP_CASES order)
     found = run_ranks(tmp_path, "fsdp2", 2, "triton", ",".join(cases), timeout=600, interpret=True)
     same_on_every_rank(found, 2, [f"{case} matches" for case in cases])
 
@@ -137,5 +138,28 @@ def test_block_mode_refuses_a_dtensor_sharded_twice_before_any_state(tmp_path):
         p.grad = distribute_tensor(torch.randn(8, 8), mesh, [Shard(0), Shard(1)])
         opt.step()
         assert opt.state[p]["T"].placements == p.placements
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_nm_mode_refuses_a_dtensor_split_along_its_rows(tmp_path):
+    """N:M groups run along the rows: a DTensor sharded along dim 1 is refused when the optimizer is made, naming
+    the parameter; Shard(0) (FSDP2's) is stepped."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0,
+                                         world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(8, 8), mesh, [Shard(1)]))
+        with pytest.raises(NotImplementedError, match=r"params: granularity=\('nm', N, M\) takes DTensors sharded "
+                                                      "along dim 0 only"):
+            sparse_rda.RDA([p], granularity=("nm", 2, 4))
+        q = torch.nn.Parameter(distribute_tensor(torch.randn(8, 8), mesh, [Shard(0)]))
+        opt = sparse_rda.RDA([q], granularity=("nm", 2, 4))
+        q.grad = distribute_tensor(torch.randn(8, 8), mesh, [Shard(0)])
+        opt.step()
+        assert int((q.to_local() != 0).sum()) <= 32
     finally:
         torch.distributed.destroy_process_group()
