@@ -243,8 +243,8 @@ class SparseOptimizer(torch.optim.Optimizer):
         interval = target.current_interval(group.get("target_interval"), total)
         lr = float(group["lr"])
         if target.is_control_step(step, total, interval) or target.lr_jumped(lr, group.get("target_lr")):
-            drift = self._control_step(group, penalized, stepped, target.scheduled_sparsity(step, total, wanted),
-                                       first=step <= target.control_interval(total))
+            scheduled = target.scheduled_sparsity(step, total, wanted, self._sparsity_floor(group))
+            drift = self._control_step(group, penalized, stepped, scheduled, first=step <= target.control_interval(total))
             group["target_interval"] = target.next_interval(interval, drift, total)
             group["target_lr"] = lr
 
@@ -265,6 +265,11 @@ class SparseOptimizer(torch.optim.Optimizer):
         self._nnz = [(params, counts) for params, counts in self._nnz if not any(id(p) in snapped for p in params)]
         self._set_threshold_scale(group, penalized, target.held_scale(held, quantile, first, self._HOLD_GAIN))
         return drift
+
+    def _sparsity_floor(self, group: dict) -> float:
+        """The sparsity the group's penalized tensors have at any threshold scale (the controller's ramp starts
+        there): 0, but for RDA's N:M patterns."""
+        return 0.0
 
     def _units(self, group: dict, penalized: list[torch.Tensor]) -> target.Units:
         """The group's penalized units for the controller's quantile: one part per set of process groups the

@@ -189,6 +189,12 @@ class RDA(SparseOptimizer):
     def _threshold_scale(self, group: dict) -> float:
         return float(group["lam"])
 
+    def _sparsity_floor(self, group: dict) -> float:
+        """("nm", N, M): 1 - N/M, what the pattern zeroes with no penalty (ragged rows and 1-D tensors a little
+        less: the controller's quantile adds what is missing)."""
+        pattern = plan.nm_pattern(group["granularity"])
+        return 0.0 if pattern is None else 1.0 - pattern[0] / pattern[1]
+
     def _set_threshold_scale(self, group: dict, penalized: list[torch.Tensor], scale: float) -> None:
         group["lam"] = scale
 

@@ -70,10 +70,11 @@ ROUND_UP = 1.0 + 2.0**-21  # the snap's scale is the quantile times this: the un
 # is zeroed also where lam * B rounds below |T|
 
 
-def scheduled_sparsity(step: int, total_steps: int, target: float) -> float:
-    """The sparsity the controller asks for after ``step`` steps (the cubic ramp above)."""
+def scheduled_sparsity(step: int, total_steps: int, target: float, floor: float = 0.0) -> float:
+    """The sparsity the controller asks for after ``step`` steps (the cubic ramp above), from ``floor``: what the
+    group zeroes at any scale (an N:M pattern's 1 - N/M), so the ramp is over the sparsity beyond it."""
     progress = min(step / max(RAMP_END * total_steps, 1.0), 1.0)
-    return target * (1.0 - (1.0 - progress) ** 3)
+    return floor + (target - floor) * (1.0 - (1.0 - progress) ** 3)
 
 
 def control_interval(total_steps: int) -> int:

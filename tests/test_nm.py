@@ -159,3 +159,21 @@ def test_target_sparsity_steers_inside_the_pattern(target):
             assert_at_most_n_per_group(p.data, opt._plan(opt.param_groups[0], p))
     zeros = sum(int((p.data == 0).sum()) for p in params) / sum(p.numel() for p in params)
     assert zeros == pytest.approx(target, abs=0.005)
+
+
+def test_the_ramp_starts_at_the_patterns_own_sparsity():
+    from sparse_rda import target
+
+    assert target.scheduled_sparsity(0, 100, 0.8, floor=0.5) == 0.5
+    assert target.scheduled_sparsity(75, 100, 0.8, floor=0.5) == pytest.approx(0.8)
+    gen = torch.Generator().manual_seed(2)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.5) for s in [(32, 64), (16, 32)]]
+    opt = sparse_rda.RDA(params, lr=0.5, lam=1e-4, granularity=("nm", 2, 4), backend="torch",
+                         target_sparsity=0.5, total_steps=400)
+    for _ in _steps(opt, params, 400, gen):
+        pass
+    group = opt.param_groups[0]
+    # asked for the pattern's own sparsity, the controller has nothing to add: no penalty, and it checks as rarely
+    # as it may (a ramp from 0 would have halved its interval at every step: the pattern is at 50% from the start)
+    assert group["lam"] == 0.0 and group["target_interval"] == target.control_interval(400)
+    assert sum(int((p.data == 0).sum()) for p in params) == sum(p.numel() for p in params) // 2
