@@ -3,7 +3,7 @@
 MLP weights sparse, validation loss against dense: RDA (element at 90/95%, 64x64 blocks at 90/95%, 2:4) against
 GMP, RigL, and the 2:4 baselines (SR-STE, gradual N:M magnitude).
 
-    python bench/accuracy_transformer.py              # every run, seeds 0 and 1 (~20 min per seed, 2 CPU cores)
+    python bench/accuracy_transformer.py              # every run, seeds 0 and 1 (~25 min per seed, 1 thread)
     python bench/accuracy_transformer.py --seeds 0 --runs dense-adamw,rda-90,gmp-90
     python bench/accuracy_transformer.py --quick      # smoke run: 1 layer, 20 steps, the first 200 KB
     python bench/accuracy_transformer.py --report-only
