@@ -12,7 +12,7 @@ from sparse_rda import plan, pruning
 from sparse_rda.validation import check_pattern
 from sparse_rda.pruning.select import magnitude_masks, pattern_candidates
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.triton_free]  # (conftest.py; no Triton code)
 
 WITH_PATTERN = [m for m in pruning.METHODS if m not in ("rigl", "set")]
 
