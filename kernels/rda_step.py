@@ -213,23 +213,18 @@ def rda_max_A(tensors, bucket, s) -> torch.Tensor:
 def _run(tensors, bucket, s, max_only: bool) -> torch.Tensor:
     params, grads, T, B, A, v, occupancy, group_means, max_A = tensors
     grads = kernel_grads(grads)
-    if bucket.constrained and not max_only:  # N:M: this file's max kernel (A is per element), then the N:M step
-        from .rda_nm_step import rda_nm_step  # (here: that module reuses this one's chunk_bounds)
+    if bucket.tiled or (bucket.constrained and not max_only):  # (an N:M bucket's max is the element kernel's)
+        ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)
+        states = [Contiguous(x, write_back=True) for x in (T, B, A, v)]
+        arrays = (ws.tensors, gs.tensors, *(x.tensors for x in states))
+        if bucket.tiled:
+            result = rda_block_step(*arrays, occupancy, bucket.block, s, max_A, max_only)
+        else:  # N:M: this file's max kernel (A is per element), then the N:M step
+            from .rda_nm_step import rda_nm_step  # (here: that module reuses this one's chunk_bounds)
 
-        ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)
-        states = [Contiguous(x, write_back=True) for x in (T, B, A, v)]
-        if s.reweight and max_A is None:
-            max_A = _launch(ws.tensors, gs.tensors, *(x.tensors for x in states), group_means, None, bucket, s,
-                            max_only=True)
-        result = rda_nm_step(ws.tensors, gs.tensors, *(x.tensors for x in states), bucket, s, max_A)
-        for c in (ws, *states):
-            c.finish()
-        return result
-    if bucket.tiled:
-        ws, gs = Contiguous(params, write_back=True), Contiguous(grads, write_back=False)
-        states = [Contiguous(x, write_back=True) for x in (T, B, A, v)]
-        result = rda_block_step(ws.tensors, gs.tensors, *(x.tensors for x in states), occupancy, bucket.block, s,
-                                max_A, max_only)
+            if s.reweight and max_A is None:
+                max_A = _launch(*arrays, group_means, None, bucket, s, max_only=True)
+            result = rda_nm_step(*arrays, bucket, s, max_A)
         if not max_only:
             for c in (ws, *states):
                 c.finish()
