@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -82,7 +83,25 @@ def markdown(results: dict) -> str:
         out.append(f"| {name} | {epochs} | {', '.join(f'{k}={v}' for k, v in changes.items()) or '—'} | "
                    f"{statistics.fmean(acc):.2f} ± {(max(acc) - min(acc)) / 2:.2f} | {gap} | "
                    f"{statistics.fmean(r['sparsity'] for r in runs):.1%} | {len(runs)} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + layer_table(by)) + "\n"
+
+
+def layer_table(by: dict) -> list[str]:
+    """Where each RDA budget puts its zeros: the controller steers one lam for the whole net, and the reweighting
+    decides the layers' shares (a uniform 95% per layer, as GMP's, is the alternative)."""
+    names = [v for v in ("rda-e10", "rda-e20", "rda-e30") if v in by]
+    if not names:
+        return []
+    torch.manual_seed(0)
+    layers = {name: (type(m).__name__, tuple(m.weight.shape)) for name, m in accuracy_training.MODELS["cnn"][0]()
+              .named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2}
+    out = ["", "Sparsity per weight tensor (mean over seeds):", "",
+           "| tensor | shape | weights | " + " | ".join(names) + " |", "|---|---|--:|" + "--:|" * len(names)]
+    for layer, (kind, shape) in layers.items():
+        cells = [f"{statistics.fmean(r['layer_sparsity'][layer] for r in by[v]):.1%}" for v in names]
+        out.append(f"| {layer} ({kind}) | {'x'.join(map(str, shape))} | {math.prod(shape)} | " + " | ".join(cells)
+                   + " |")
+    return out
 
 
 def main(argv=None) -> int:
