@@ -13,7 +13,7 @@ from sparse_rda import plan, reference
 from helpers import assert_at_most_n_per_group
 
 pytestmark = pytest.mark.triton_free  # the reference only: the triton-3.6 rerun of make test skips it
-PATTERNS = [(1, 2), (2, 4), (1, 4), (3, 4), (2, 5), (3, 8)]
+PATTERNS = [(1, 2), (2, 4), (1, 4), (3, 4), (2, 5), (3, 8), (2, 12)]  # M > 8: nm_keep sorts
 
 
 def oracle_prox(T: torch.Tensor, threshold: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -51,7 +51,7 @@ def objective(w, T, threshold):
 
 
 @pytest.mark.parametrize("n, m", PATTERNS)
-@pytest.mark.parametrize("shape", [(3, 8), (4, 10), (2, 3, 2, 2), (1, 7)])
+@pytest.mark.parametrize("shape", [(3, 8), (4, 10), (2, 3, 2, 2), (1, 7), (2, 26)])
 def test_the_prox_is_the_brute_force_minimizer(n, m, shape):
     gen = torch.Generator().manual_seed(n * 100 + m + sum(shape))
     T = torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -84,6 +84,23 @@ def test_ties_go_to_the_lower_index_and_nan_ranks_first():
     w = reference.nm_soft_threshold(T, torch.tensor([[1.0, 0.5, 0.0, 0.0]]), plan.tensor_plan(T.shape, ("nm", 1, 4),
                                                                                                    True))
     assert w.tolist() == [[2.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 9, 16, 32])
+def test_nm_keep_ranks_like_a_sorted_list_with_ties_nan_and_infinities(m):
+    """Both of nm_keep's ways (counting for M <= 8, sorting above) against Python's sort of each group by
+    (-value, index), on values drawn from a few levels so that most groups have ties."""
+    gen = torch.Generator().manual_seed(m)
+    levels = torch.tensor([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 0.5, 2.0])
+    x = levels[torch.randint(0, len(levels), (5, 3 * m + m // 2 + 1), generator=gen)]
+    for n in sorted({1, m // 2, m - 1}):
+        keep = reference.nm_keep(x, (n, m), x.shape[1])
+        for r, row in enumerate(x.tolist()):
+            for start in range(0, len(row), m):
+                group = range(start, min(start + m, len(row)))
+                key = {i: math.inf if math.isnan(row[i]) else row[i] for i in group}
+                kept = set(sorted(group, key=lambda i: (-key[i], i))[:n])
+                assert [bool(keep[r, i]) for i in group] == [i in kept for i in group], (n, r, start)
 
 
 def test_plans_follow_the_rows():

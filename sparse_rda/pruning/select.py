@@ -28,12 +28,12 @@ def pattern_candidates(scores: torch.Tensor, pattern: tuple[int, int]) -> torch.
     return reference.nm_keep(scores, pattern, row) & (scores >= 0)
 
 
-def prefer_pattern(scores: dict[str, torch.Tensor], pattern: tuple[int, int]) -> dict[str, torch.Tensor]:
+def prefer_pattern(scores: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Scores (float64) raised above every other where they are the pattern's candidates: a top-k keeps the
     candidates first, each class in order of its scores."""
     raised = {n: s.detach().double() for n, s in scores.items()}
     offset = 1.0 + 2.0 * max((float(s.abs().max()) for s in raised.values() if s.numel()), default=0.0)
-    return {n: torch.where(pattern_candidates(s, pattern), s + offset, s) for n, s in raised.items()}
+    return {n: torch.where(candidates[n], s + offset, s) for n, s in raised.items()}
 
 
 def keep_count(numel: int, density: float) -> int:
@@ -54,7 +54,13 @@ def top_k_masks(scores: dict[str, torch.Tensor], density: float, scope: str,
     """Keep the largest scores: ``density`` of each tensor (scope "layer") or of all of them together under one
     threshold (scope "global"); with an N:M ``pattern``, the pattern's candidates first (module docstring)."""
     if pattern is not None:
-        scores = prefer_pattern(scores, pattern)
+        candidates = {n: pattern_candidates(s, pattern) for n, s in scores.items()}
+        counts = {n: int(c.sum()) for n, c in candidates.items()}
+        if scope == "layer" and all(counts[n] == keep_count(s.numel(), density) for n, s in scores.items()) or (
+                scope == "global" and sum(counts.values()) == keep_count(sum(s.numel() for s in scores.values()),
+                                                                         density)):
+            return candidates  # a density of exactly the candidates (SR-STE's every step): the top-k's own pick
+        scores = prefer_pattern(scores, candidates)
     if scope == "layer":
         return {n: top_k_mask(s, keep_count(s.numel(), density)) for n, s in scores.items()}
     device = next(iter(scores.values())).device
