@@ -44,9 +44,9 @@ Cost, measured on the 2-core development box (AMD EPYC, torch 2.13 CPU, batch 12
 1.1-1.8 s per epoch per run (dense 1.1; rda 1.2-1.4; rigl, set, snip 1.4; halo 1.8), so its table (12 sparse
 methods x 4 sparsities x 2 seeds + 2 dense = 98 runs of 20 epochs) takes 40-50 minutes; the CNN (LeNet-5)
 3.6-4.1 s per epoch, its table at 10 epochs about 65 minutes. The N:M runs (2 patterns x 4 methods x 2 seeds) add
-~27 minutes to LeNet-300-100's (SR-STE's per-step masks: 11-12 s per epoch; the others 2-3.5) and ~14 to the
-CNN's (measured with the other core busy), so ``make accuracy`` takes about 2.5 hours in one sitting. Two threads are no faster than one for these small
-layers, and on a shared machine one thread is much steadier (a multi-threaded op stalls whenever another process
+~15 minutes to LeNet-300-100's (2.5-3.5 s per epoch each; SR-STE's per-step masks took 11-12 before the
+reference's N:M selection got faster, bench/NOTES.md) and ~14 to the CNN's (5-5.6 s per epoch), so ``make
+accuracy`` takes about 2.3 hours in one sitting. Two threads are no faster than one for these small layers, and on a shared machine one thread is much steadier (a multi-threaded op stalls whenever another process
 holds the other core): on a busy 2-core box use ``--threads 1``. The thread count changes the float summation
 order, so it is part of a table's config: runs at different ``--threads`` are not bit-identical (3-epoch GMP at
 99% moved by points between 1 and 2 threads).
