@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
-	$(PY) -m pip install -q numpy tqdm matplotlib pytest pytest-benchmark pytest-xdist hypothesis expecttest \
+	$(PY) -m pip install -q numpy tqdm matplotlib safetensors pytest pytest-benchmark pytest-xdist hypothesis expecttest \
 	  "setuptools>=77" ninja build
 	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@

@@ -23,6 +23,7 @@ import argparse
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,11 +301,24 @@ def main(argv=None):
     print("\nRDA model, zeros per tensor:")
     print(sparse_rda.sparsity(rda_model))
 
+    print_checkpoint_sizes(rda_model)
+
     print(f"\nOptimizer step alone on LeNet-300-100's {sum(p.numel() for p in rda_model.parameters())} parameters "
           f"(median of {args.bench_runs} steps after warm-up, device {device}):")
     with LoadMonitor() as load:
         rows = benchmark_steps(rda_model, device, args.lam, args.bench_runs)
     print_benchmark(rows, load)
+
+
+def print_checkpoint_sizes(model):
+    """The trained model's zeros leave the run: its checkpoint with and without them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(model.state_dict(), Path(tmp) / "dense.pt")
+        dense = (Path(tmp) / "dense.pt").stat().st_size
+        exact = sparse_rda.save_sparse(model, Path(tmp) / "sparse.safetensors")["file_bytes"]
+        half = sparse_rda.save_sparse(model, Path(tmp) / "bf16.safetensors", values_dtype=torch.bfloat16)["file_bytes"]
+    print(f"\nRDA model's checkpoint: torch.save {dense / 1024:.0f} KiB; sparse_rda.save_sparse {exact / 1024:.0f} KiB "
+          f"({dense / exact:.1f}x smaller, exact), {half / 1024:.0f} KiB with bf16 values ({dense / half:.1f}x)")
 
 
 def print_comparison(results):

@@ -11,10 +11,13 @@
   their export for inference; RDA trains them with ``granularity=("nm", 2, 4)``.
 - :mod:`sparse_rda.pruning`: mask-based baselines (magnitude, GMP, cyclical, IMP, RigL, SET, SNIP, HALO, SR-STE)
   for any torch optimizer, behind one training-loop protocol (``pruning.make(name, model, sparsity, total_steps)``).
+- :func:`save_sparse`, :func:`load_sparse` (:mod:`sparse_rda.checkpoint`): checkpoints without the zeros
+  (safetensors, exact round trip).
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
 from . import nn, pruning, reference, scalars, schedules, semi_structured
+from .checkpoint import load_sparse, save_sparse
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups
@@ -24,4 +27,4 @@ from .report import SparsityReport, sparsity
 
 __version__ = "0.1.0"
 __all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules",
-           "nn", "SparseLinear", "sparsify", "pruning", "semi_structured"]
+           "nn", "SparseLinear", "sparsify", "pruning", "semi_structured", "save_sparse", "load_sparse"]
