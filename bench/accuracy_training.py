@@ -173,7 +173,20 @@ def hyper_parameters() -> dict:
 
 def train_run(model_name: str, method: str, target: float, seed: int, epochs: int, data, bar: tqdm) -> dict:
     """Trains one fresh model with one method; returns its record for the JSON."""
-    train_x, train_y, test_x, test_y = data
+    model, total_steps, seconds, loss, extra = train_model(model_name, method, target, seed, epochs, data, bar)
+    sparsity, per_tensor = weight_sparsity(model)
+    return dict(
+        model=model_name, method=method, target_sparsity=target, seed=seed, epochs=epochs, steps=total_steps,
+        accuracy=test_accuracy(model, data[2], data[3]), sparsity=sparsity, layer_sparsity=per_tensor,
+        final_loss=loss.item() if loss is not None else None, train_seconds=round(seconds, 2),
+        seconds_per_epoch=round(seconds / epochs, 3), threads=torch.get_num_threads(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **extra,
+    )
+
+
+def train_model(model_name: str, method: str, target: float, seed: int, epochs: int, data, bar: tqdm):
+    """(trained model, steps, training seconds, last loss, the method's extra record fields)."""
+    train_x, train_y = data[0], data[1]
     torch.manual_seed(seed)  # the same initial weights for every method at this seed
     model = MODELS[model_name][0]()
     steps_per_epoch = math.ceil(len(train_x) / BATCH_SIZE)
@@ -199,12 +212,4 @@ def train_run(model_name: str, method: str, target: float, seed: int, epochs: in
     start = time.perf_counter()
     extra = training.finish()  # e.g. the one-shot prune at the end: training time too
     seconds += time.perf_counter() - start
-
-    sparsity, per_tensor = weight_sparsity(model)
-    return dict(
-        model=model_name, method=method, target_sparsity=target, seed=seed, epochs=epochs, steps=total_steps,
-        accuracy=test_accuracy(model, test_x, test_y), sparsity=sparsity, layer_sparsity=per_tensor,
-        final_loss=loss.item() if loss is not None else None, train_seconds=round(seconds, 2),
-        seconds_per_epoch=round(seconds / epochs, 3), threads=torch.get_num_threads(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **extra,
-    )
+    return model, total_steps, seconds, loss, extra

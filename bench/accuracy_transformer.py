@@ -130,6 +130,15 @@ def mlp_stats(model) -> dict:
 
 
 def train_run(name: str, seed: int, data: ct.CharData, cfg: dict) -> dict:
+    model, seconds = train_model(name, seed, data, cfg)
+    ev = ct.evaluate(model, data, dict(cfg), torch.device("cpu"), cfg["eval_batches"], seed)
+    return dict(method=name, target_sparsity=RUNS[name][1], seed=seed, train_loss=ev["train"], val_loss=ev["val"],
+                train_seconds=round(seconds, 1), threads=torch.get_num_threads(),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **mlp_stats(model))
+
+
+def train_model(name: str, seed: int, data: ct.CharData, cfg: dict) -> tuple[ct.CharTransformer, float]:
+    """One run's trained model and its training seconds."""
     method, target = RUNS[name]
     torch.manual_seed(seed)
     model = ct.CharTransformer(data.vocab, cfg["layers"], cfg["d"], cfg["heads"], cfg["context"])
@@ -145,10 +154,7 @@ def train_run(name: str, seed: int, data: ct.CharData, cfg: dict) -> dict:
     seconds = time.perf_counter() - start
     if run.pruner is not None:
         run.pruner.finalize(run.opts[-1][0])
-    ev = ct.evaluate(model, data, dict(cfg), torch.device("cpu"), cfg["eval_batches"], seed)
-    return dict(method=name, target_sparsity=target, seed=seed, train_loss=ev["train"], val_loss=ev["val"],
-                train_seconds=round(seconds, 1), threads=torch.get_num_threads(),
-                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **mlp_stats(model))
+    return model, seconds
 
 
 def markdown(results: dict) -> str:

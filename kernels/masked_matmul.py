@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .tensor_table import TORCH_TO_TL, on_device
-from .tiles import check_matmul_block
+from .tiles import check_masked_linear, check_matmul_block
 
 try:
     from triton.runtime.interpreter import InterpretedFunction
@@ -256,26 +256,6 @@ class MaskedLinearFunction(torch.autograd.Function):
         return dx, dw, db, None, None, None
 
 
-def _check(x, weight, bias, occupancy, block) -> tuple[int, int]:
-    bn, bk = check_matmul_block(block)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D [out, in]; got shape {tuple(weight.shape)}")
-    n, k = weight.shape
-    if x.dim() < 1 or x.shape[-1] != k:
-        raise ValueError(f"x's last dimension must be weight's in_features {k}; got x of shape {tuple(x.shape)}")
-    expected = (triton.cdiv(n, bn), triton.cdiv(k, bk))
-    if tuple(occupancy.shape) != expected:
-        raise ValueError(f"occupancy must have shape {expected} for weight {tuple(weight.shape)} and block "
-                         f"{(bn, bk)}; got {tuple(occupancy.shape)}")
-    for name, t in (("weight", weight), ("bias", bias), ("occupancy", occupancy)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype}, x has {x.dtype}")
-    return bn, bk
-
-
 def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, occupancy: torch.Tensor,
                   block=DEFAULT_BLOCK, dw_live_only: bool = False) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` skipping weight's dead BN x BK tiles (``occupancy`` False: taken as zero).
@@ -290,7 +270,7 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         dtype = torch.get_autocast_dtype(device_type)
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    block = _check(x, weight, bias, occupancy, block)
+    block = check_masked_linear(x, weight, bias, occupancy, block)
     with torch.autocast(device_type, enabled=False) if autocast else contextlib.nullcontext():
         if _triton_runs(x, weight):
             return MaskedLinearFunction.apply(x, weight, bias, occupancy, block, bool(dw_live_only))

@@ -2,8 +2,8 @@
 and :func:`sparsify`, which swaps it in for a model's linear layers.
 
 The layer keeps a tile occupancy map (``occupancy``, bool [ceil(out/BN), ceil(in/BK)]) next to its weight. The
-Triton masked matmul (``sparse_rda.kernels.masked_matmul``) reads it on CUDA, and on CPU under
-``TRITON_INTERPRET=1``; elsewhere the layer is a plain ``F.linear``. The map must cover every nonzero tile: a tile
+Triton masked matmul (``sparse_rda.kernels.masked_matmul``) reads it on CUDA; on CPU, ``sparse_rda.cpu_tiles``
+computes the forward and dX over the packed live tiles; CUDA without triton is a plain ``F.linear``. The map must cover every nonzero tile: a tile
 it marks dead is skipped even if the weight there is not zero. After anything changes the weight's zeros (an
 optimizer step, a pruning step, loading a checkpoint by hand) call :meth:`SparseLinear.refresh_occupancy` or
 :func:`refresh_occupancy` (``load_state_dict`` does it by itself). The map is not in the state dict, so
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import reference
+from .cpu_tiles import live_tile_linear
 from .kernels.tiles import check_matmul_block
 
 try:
@@ -55,13 +56,13 @@ def tile_map(weight: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor] | Non
 
 
 def matmul_kernel(device: torch.device | str) -> str:
-    """What SparseLinear's matmul runs on this device: "triton" (CUDA: dead tiles skipped), "triton-interpreter"
-    (CPU fp32 under TRITON_INTERPRET=1: the kernels' logic, very slow) or "dense" (F.linear: the same result,
-    no skipping; no triton, or a CPU without the interpreter)."""
+    """What SparseLinear's matmul runs on this device: "triton" (CUDA: dead tiles skipped), "cpu-tiles" (CPU:
+    the live tiles in batched ATen matmuls, sparse_rda.cpu_tiles) or "dense" (F.linear: the same result, no
+    skipping; CUDA without triton)."""
     device = torch.device(device)
-    if HAS_TRITON and device.type == "cuda":
-        return "triton"
-    return "triton-interpreter" if HAS_TRITON and INTERPRETED and device.type == "cpu" else "dense"
+    if device.type == "cpu":
+        return "cpu-tiles"
+    return "triton" if HAS_TRITON and device.type == "cuda" else "dense"
 
 
 class SparseLinear(nn.Linear):
@@ -106,6 +107,9 @@ class SparseLinear(nn.Linear):
         self._share_map()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return live_tile_linear(x, self.weight, self.bias, self.occupancy, self.block, self.dw_live_only,
+                                    self.__dict__.setdefault("_tile_cache", {}))
         return masked_linear(x, self.weight, self.bias, self.occupancy, self.block, self.dw_live_only)
 
     @torch.no_grad()
@@ -160,15 +164,24 @@ def sparsify(model: nn.Module, block=DEFAULT_BLOCK, dw_live_only: bool = False,
             raise ValueError(f"pattern: sparse tensor cores run 2:4 only; got {pattern!r} (train other N:M patterns "
                              "with RDA's granularity ('nm', N, M) and run them dense)")
         return sparsify_2_4(model)
-    if type(model) is nn.Linear:
-        return SparseLinear.from_linear(model, block, dw_live_only)
-    swapped: dict[int, SparseLinear] = {}
+    return swap_modules(model, lambda name, module: SparseLinear.from_linear(module, block, dw_live_only)
+                        if type(module) is nn.Linear else None)
+
+
+def swap_modules(model: nn.Module, make) -> nn.Module:
+    """Replace each module for which ``make(name, module)`` returns a new one (None: keep it). A module used in
+    several places is made once and shared. Returns the model, or the new module when ``model`` itself is
+    replaced."""
+    swapped: dict[int, nn.Module | None] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
-        if type(module) is nn.Linear:
-            if id(module) not in swapped:
-                swapped[id(module)] = SparseLinear.from_linear(module, block, dw_live_only)
+        if id(module) not in swapped:
+            swapped[id(module)] = make(name, module)
+        new = swapped[id(module)]
+        if new is not None:
+            if not name:
+                return new
             parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, swapped[id(module)])
+            setattr(model.get_submodule(parent), attr, new)
     return model
 
 

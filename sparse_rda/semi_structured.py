@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .nn import swap_modules
+
 PATTERN = (2, 4)  # the tensor cores' pattern
 
 
@@ -130,15 +132,8 @@ class NMLinear(nn.Linear):
 def sparsify_2_4(model: nn.Module) -> nn.Module:
     """Swap every ``nn.Linear`` (exactly that class) for an :class:`NMLinear` holding the same Parameters; returns
     the model (or the new layer when ``model`` is an ``nn.Linear``)."""
-    if type(model) is nn.Linear:
-        return NMLinear.from_linear(model)
-    swapped: dict[int, NMLinear] = {}
-    for name, module in list(model.named_modules(remove_duplicate=False)):
-        if type(module) is nn.Linear:
-            swapped.setdefault(id(module), NMLinear.from_linear(module))
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, swapped[id(module)])
-    return model
+    return swap_modules(model, lambda name, module: NMLinear.from_linear(module) if type(module) is nn.Linear
+                        else None)
 
 
 @torch.no_grad()
@@ -148,15 +143,21 @@ def to_semi_structured(model: nn.Module) -> dict[str, str]:
     metadata, and the tensor cores' sparse matmul). Returns {layer name: "semi-structured" or why it stays dense}."""
     done = {}
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or is_semi_structured(module.weight):
-            continue
-        reason = unsupported_reason(module.weight)
-        if reason is None and not is_2_4(module.weight):
-            reason = "the weight is not 2:4 (train it with RDA's granularity ('nm', 2, 4) or pattern='2:4')"
-        if reason is None:
-            module.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(module.weight.detach()),
-                                         requires_grad=False)
-            if isinstance(module, NMLinear):
-                module._compressed = None
-        done[name] = reason or "semi-structured"
+        if isinstance(module, nn.Linear) and not is_semi_structured(module.weight):
+            done[name] = compress_2_4(module) or "semi-structured"
     return done
+
+
+@torch.no_grad()
+def compress_2_4(module: nn.Linear) -> str | None:
+    """Replace the layer's weight by its semi-structured copy if it is 2:4 and runs so on its device; returns why
+    not, or None when done."""
+    reason = unsupported_reason(module.weight)
+    if reason is None and not is_2_4(module.weight):
+        reason = "the weight is not 2:4 (train it with RDA's granularity ('nm', 2, 4) or pattern='2:4')"
+    if reason is None:
+        module.weight = nn.Parameter(torch.sparse.to_sparse_semi_structured(module.weight.detach()),
+                                     requires_grad=False)
+        if isinstance(module, NMLinear):
+            module._compressed = None
+    return reason

@@ -1,6 +1,6 @@
 """SparseLinear and sparsify (sparse_rda/nn.py): a drop-in nn.Linear over the masked matmul. On CPU the layer runs
-the Triton kernels under TRITON_INTERPRET=1 (small 16 x 16 tiles) and dense math otherwise; both must match
-nn.Linear on the same weights."""
+sparse_rda.cpu_tiles (the live tiles in batched matmuls; small 16 x 16 tiles here), on CUDA the Triton kernels;
+both must match nn.Linear on the same weights."""
 
 import copy
 import io
@@ -155,27 +155,54 @@ def test_checkpoints_interchange_with_dense_models():
     torch.testing.assert_close(copy.deepcopy(model)(x), dense(x), rtol=1e-5, atol=1e-5)
 
 
-def test_float64_and_moves_use_dense_math():
+def test_float64_and_moves():
     layer = SparseLinear(40, 100, block=BLOCK).double()
     x = torch.randn(4, 40, dtype=torch.float64)
-    assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-12, atol=1e-12)
     assert layer.occupancy.dtype == torch.bool  # .double() leaves the bool map alone
 
 
 def test_matmul_kernel_names_what_the_layer_runs():
     pytest.importorskip("sparse_rda.kernels.masked_matmul")
     assert matmul_kernel("cuda") == "triton"
-    from sparse_rda.kernels.masked_matmul import INTERPRETED
-
-    assert matmul_kernel("cpu") == ("triton-interpreter" if INTERPRETED else "dense")
+    assert matmul_kernel("cpu") == "cpu-tiles"
 
 
-def test_dense_path_without_the_interpreter(monkeypatch):
+def test_masked_linears_dense_path_without_the_interpreter(monkeypatch):
+    """The Triton module's own fallback for CPU tensors (direct callers of masked_linear; the layer runs cpu_tiles)."""
     mm = pytest.importorskip("sparse_rda.kernels.masked_matmul")
     monkeypatch.setattr(mm, "INTERPRETED", False)
     dense = tile_sparse_linear(40, 100).cpu()
-    sparse = sparsify(copy.deepcopy(dense), block=BLOCK)
-    assert_same_outputs_and_grads(dense, sparse, torch.randn(2, 3, 40))
+    occupancy = mm.tile_occupancy(dense.weight, BLOCK)
+
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight, self.bias = copy.deepcopy(dense.weight), copy.deepcopy(dense.bias)
+
+        def forward(self, x):
+            return mm.masked_linear(x, self.weight, self.bias, occupancy, BLOCK)
+
+    assert_same_outputs_and_grads(dense, Masked(), torch.randn(2, 3, 40))
+
+
+def test_cpu_tiles_skip_dead_tiles_and_repack_after_updates():
+    layer = SparseLinear(40, 100, block=BLOCK)
+    with torch.no_grad():
+        layer.weight[:16, :16] = 0
+    layer.refresh_occupancy()
+    assert not layer.occupancy[0, 0]
+    x = torch.randn(5, 40)
+    with torch.no_grad():
+        layer.weight[0, 0] = 7.0  # a dead tile's weight is never read until the map says it is live
+    read = layer.weight.detach().clone()
+    read[:16, :16] = 0  # what the layer reads
+    torch.testing.assert_close(layer(x), F.linear(x, read, layer.bias))
+    layer.refresh_occupancy()  # the map's version moved: repacked
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+    with torch.no_grad():
+        layer.weight.mul_(2)  # the weight's version moved: repacked
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
 
 
 WITHOUT_TRITON = """
@@ -185,7 +212,7 @@ import torch
 from torch import nn
 import sparse_rda.nn as snn
 assert "sparse_rda.kernels.masked_matmul" not in sys.modules
-assert snn.matmul_kernel("cpu") == snn.matmul_kernel("cuda") == "dense"
+assert snn.matmul_kernel("cpu") == "cpu-tiles" and snn.matmul_kernel("cuda") == "dense"
 try:
     snn.SparseLinear(40, 100, block=(16, 10))  # the same tile rule as with triton
 except ValueError as err:
