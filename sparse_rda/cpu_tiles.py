@@ -1,18 +1,18 @@
 """SparseLinear on CPU: the forward and dX over the weight's live tiles only, in composed ATen calls.
 
 Packing (:func:`pack_tiles`, once per weight update: a layer keeps it until the weight's or the map's version
-counter moves, and optimizer steps, RDA's kernels included, bump the weight's): for each output block r of BN
-rows, the input columns of its live tiles and the weight there packed side by side, ``W_r`` [BN, live columns];
-likewise for each input block c of BK columns, the output rows of its live tiles and ``W_c`` [live rows, BK].
+counter moves, and optimizer steps, RDA's kernels included, bump the weight's): each live (BN, BK) tile as its
+own contiguous block (a ragged edge tile is smaller), in the compute dtype: the weight's, or fp32 for 16-bit
+weights, so that a sum over tiles rounds once, as the GPU kernels accumulate.
 
-- forward: ``y[:, r] = x[:, columns of r] @ W_r.T`` (+ bias): one GEMM per output block over its live tiles;
-- dX: ``dx[:, c] = dy[:, rows of c] @ W_c``, one GEMM per input block;
+- forward: for each live tile (r, c), ``y[:, r].addmm_(x[:, c], tile.T)``, on strided column slices (no gather:
+  BLAS reads a slice through its leading dimension);
+- dX: ``dx[:, c].addmm_(dy[:, r], tile)``;
 - dW: dense ``dy.T @ x`` by default (RDA's dual average needs every gradient, as on the GPU); with
-  ``dw_live_only`` the live tiles' ``dy[:, r].T @ x[:, columns of r]`` and zeros elsewhere.
+  ``dw_live_only`` each live tile's ``dy[:, r].T @ x[:, c]`` and zeros elsewhere.
 
-Work scales with the live tiles (at 10% live: a tenth of the dense FLOPs), plus gathering each block's live
-input columns (x [M, live columns of r]). Each output block is one GEMM, so 16-bit inputs accumulate in fp32
-across its whole reduction and round once, as the GPU kernels do.
+Work scales with the live tiles: at 10% live, a tenth of the dense FLOPs, in GEMMs of [M, BK] x [BK, BN], plus a
+Python call per live tile (a few microseconds) and one zero-filled output.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from .kernels.tiles import check_masked_linear
 
 
 class PackedTiles(NamedTuple):
-    by_row: list  # (r0, r1, columns int64, W[r0:r1, columns]) for each output block with a live tile
-    by_col: list  # (c0, c1, rows int64, W[rows, c0:c1]) for each input block with a live tile
+    spans: list  # (r0, r1, c0, c1) of each live tile: rows r0:r1 and columns c0:c1 of the weight
+    tiles: list  # the weight there, contiguous, in the compute dtype
     key: tuple  # what it was packed from (see _key)
 
 
@@ -36,28 +36,18 @@ def _key(weight: torch.Tensor, occupancy: torch.Tensor) -> tuple:
             tuple(weight.shape))
 
 
-def _spans(blocks: torch.Tensor, side: int, limit: int) -> torch.Tensor:
-    """The element indices covered by these blocks of ``side`` (clipped at ``limit``), in order."""
-    idx = (blocks[:, None] * side + torch.arange(side)).flatten()
-    return idx[idx < limit]
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 @torch.no_grad()
 def pack_tiles(weight: torch.Tensor, occupancy: torch.Tensor, block: tuple[int, int]) -> PackedTiles:
-    """The weight's live tiles (occupancy nonzero), packed by output block and by input block."""
+    """The weight's live tiles (occupancy nonzero), row-major."""
     (bn, bk), (n, k) = block, weight.shape
-    live = (occupancy != 0).cpu()
-    w = weight.detach()
-    by_row, by_col = [], []
-    for r in live.any(1).nonzero().flatten().tolist():
-        cols = _spans(live[r].nonzero().flatten(), bk, k)
-        r0, r1 = r * bn, min((r + 1) * bn, n)
-        by_row.append((r0, r1, cols, w[r0:r1].index_select(1, cols)))
-    for c in live.any(0).nonzero().flatten().tolist():
-        rows = _spans(live[:, c].nonzero().flatten(), bn, n)
-        c0, c1 = c * bk, min((c + 1) * bk, k)
-        by_col.append((c0, c1, rows, w[:, c0:c1].index_select(0, rows)))
-    return PackedTiles(by_row, by_col, _key(weight, occupancy))
+    w = weight.detach().to(compute_dtype(weight.dtype))
+    spans = [(r * bn, min((r + 1) * bn, n), c * bk, min((c + 1) * bk, k))
+             for r, c in (occupancy != 0).nonzero().tolist()]
+    return PackedTiles(spans, [w[r0:r1, c0:c1].contiguous() for r0, r1, c0, c1 in spans], _key(weight, occupancy))
 
 
 def packed_for(cache: dict, weight: torch.Tensor, occupancy: torch.Tensor, block) -> PackedTiles:
@@ -68,25 +58,18 @@ def packed_for(cache: dict, weight: torch.Tensor, occupancy: torch.Tensor, block
     return packed
 
 
-def _block_products(a: torch.Tensor, blocks: list, out_width: int, bias: torch.Tensor | None,
-                    transpose: bool) -> torch.Tensor:
-    """out[:, o0:o1] = a[:, idx] @ (W.T if transpose else W) for each packed (o0, o1, idx, W); zero (or the
-    bias) where no block writes."""
-    out = a.new_zeros(a.shape[0], out_width) if bias is None else bias.expand(a.shape[0], out_width).clone()
-    for o0, o1, idx, w in blocks:
-        out[:, o0:o1].addmm_(a.index_select(1, idx), w.t() if transpose else w)
-    return out
-
-
 class LiveTileLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, packed: PackedTiles, dw_live_only):
         n, k = weight.shape
         x2d = x.reshape(-1, k)
-        y = _block_products(x2d, packed.by_row, n, bias, transpose=True)
+        xc = x2d.to(compute_dtype(x.dtype))
+        y = xc.new_zeros(xc.shape[0], n) if bias is None else bias.to(xc.dtype).expand(xc.shape[0], n).clone()
+        for (r0, r1, c0, c1), tile in zip(packed.spans, packed.tiles):
+            y[:, r0:r1].addmm_(xc[:, c0:c1], tile.t())
         ctx.save_for_backward(x2d)
         ctx.packed, ctx.meta = packed, (x.shape, n, k, dw_live_only)
-        return y.reshape(*x.shape[:-1], n)
+        return y.to(x.dtype).reshape(*x.shape[:-1], n)
 
     @staticmethod
     def backward(ctx, dy):
@@ -95,19 +78,23 @@ class LiveTileLinear(torch.autograd.Function):
         dy = dy.reshape(-1, n)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dx = _block_products(dy, ctx.packed.by_col, k, None, transpose=False).reshape(x_shape)
+            dyc = dy.to(compute_dtype(dy.dtype))
+            dx = dyc.new_zeros(dy.shape[0], k)
+            for (r0, r1, c0, c1), tile in zip(ctx.packed.spans, ctx.packed.tiles):
+                dx[:, c0:c1].addmm_(dyc[:, r0:r1], tile)
+            dx = dx.to(dy.dtype).reshape(x_shape)
         if ctx.needs_input_grad[1]:
             dw = _live_tile_grad(dy, x2d, ctx.packed, (n, k)) if dw_live_only else dy.t() @ x2d
         if ctx.needs_input_grad[2]:
-            db = dy.sum(dim=0, dtype=torch.promote_types(dy.dtype, torch.float32)).to(dy.dtype)
+            db = dy.sum(dim=0, dtype=compute_dtype(dy.dtype)).to(dy.dtype)
         return dx, dw, db, None, None
 
 
 def _live_tile_grad(dy, x2d, packed: PackedTiles, shape) -> torch.Tensor:
-    """dW on the live tiles (dy[:, r].T @ x[:, columns of r]), zeros elsewhere."""
+    """dW on the live tiles (dy[:, r].T @ x[:, c]), zeros elsewhere."""
     dw = dy.new_zeros(shape)
-    for r0, r1, cols, _ in packed.by_row:
-        dw[r0:r1].index_copy_(1, cols, dy[:, r0:r1].t() @ x2d.index_select(1, cols))
+    for r0, r1, c0, c1 in packed.spans:
+        dw[r0:r1, c0:c1] = dy[:, r0:r1].t() @ x2d[:, c0:c1]
     return dw
 
 

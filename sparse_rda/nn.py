@@ -26,9 +26,9 @@ from .cpu_tiles import live_tile_linear
 from .kernels.tiles import check_matmul_block
 
 try:
-    from .kernels.masked_matmul import DEFAULT_BLOCK, INTERPRETED, expand_occupancy, masked_linear, tile_occupancy
+    from .kernels.masked_matmul import DEFAULT_BLOCK, expand_occupancy, masked_linear, tile_occupancy
 except ImportError:  # installed without triton: the same layer on dense math, tiles from the reference
-    HAS_TRITON, INTERPRETED, DEFAULT_BLOCK = False, False, (64, 64)
+    HAS_TRITON, DEFAULT_BLOCK = False, (64, 64)
 
     def tile_occupancy(weight, block=DEFAULT_BLOCK):
         return reference.tile_sums((weight.detach() != 0).float(), check_matmul_block(block)) > 0
