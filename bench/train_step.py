@@ -32,8 +32,8 @@ matmul part (fwd + bwd) and the optimizer part are also reported separately, wit
 of the sparse step with a block step as fast as the fused element-wise one.
 With RDA's tiles equal to the layer's, the step writes the SparseLinear's tile map itself (the map is shared), so
 the full step has no refresh pass.
-On CPU (no GPU) ``masked_linear`` is the dense F.linear fallback (the Triton interpreter under TRITON_INTERPRET=1,
-far slower): CPU numbers only show that the runner works; they are NOT the benchmark.
+On CPU (no GPU) the SparseLinear matmul is its live-tile ATen path (sparse_rda.cpu_tiles; bench/sparse_training_cpu.py
+is the CPU benchmark of it): CPU numbers here only show that the runner works; they are NOT the benchmark.
 
 Timing: on CUDA ``triton.testing.do_bench`` (median, at least 10 calls), on CPU ``time.perf_counter`` (median).
 Results: ``bench/results/train_step-<device>-<cpu-or-gpu-name>[-d<d>-t<tokens>][-s<sparsity>][-<dtype>]``
@@ -52,7 +52,7 @@ from torch import nn
 
 import common
 import sparse_rda
-from masked_operands import masked_impl, random_occupancy
+from masked_operands import layer_impl, random_occupancy
 from optimizer_step_methods import RDA_KW
 from sparse_rda.nn import SparseLinear, refresh_occupancy, sparsify, tile_occupancy
 from timing import free, time_adaptive, timer_label, use_triton_timer
@@ -211,14 +211,14 @@ def main(argv=None) -> dict:
         sys.exit("--sparsity: a percentage in [0, 100]")
     cfg = dict(d=d, tokens=tokens, sparsity=args.sparsity / 100, seed=args.seed)
     use_triton = use_triton_timer(args, device)
-    impl = masked_impl(device, dtype)
+    impl = layer_impl(device, dtype)
     machine = common.machine_info(device)
     if device.type == "cpu":
-        print(f"NOTE: CPU run. These numbers are NOT the benchmark: masked_linear here is {impl}. "
+        print(f"NOTE: CPU run. These numbers are NOT the benchmark: the SparseLinear matmul here is {impl}. "
               "The benchmark is the GPU run: python bench/train_step.py --device cuda", file=sys.stderr)
     print(f"{machine.get('gpu') or machine['cpu']}: torch {machine['torch']}, triton {machine['triton']}; MLP d={d}, "
           f"{tokens} tokens, {common.dtype_name(dtype)}, {args.sparsity:g}% dead tiles; "
-          f"masked_linear: {impl}")
+          f"SparseLinear matmul: {impl}")
     report = dict(
         machine=machine,
         config=dict(command=common.command_line("train_step.py", argv),

@@ -104,7 +104,7 @@ def markdown_report(report: dict) -> str:
         f"- command: `{cfg['command']}`",
         f"- model: Linear({cfg['d']}, {4 * cfg['d']}) -> GELU -> Linear({4 * cfg['d']}, {cfg['d']}), "
         f"{cfg['tokens']} tokens, {cfg['dtype']} params (fp32 optimizer state); sparse: {cfg['sparsity']:.0%} of "
-        f"{cfg['block'][0]}x{cfg['block'][1]} tiles dead; masked_linear runs: {cfg['masked_impl']}",
+        f"{cfg['block'][0]}x{cfg['block'][1]} tiles dead; SparseLinear's matmul runs: {cfg['masked_impl']}",
         f"- RDA {cfg['rda']}; loss mean(y^2) (tiny gradients: the dead tiles stay dead while timing)",
         f"- timing: {cfg['timer']}; ms is the median",
         "",

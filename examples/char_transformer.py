@@ -385,7 +385,7 @@ def main(argv=None):
     data = CharData(text)
     block = tile_block(cfg["d"])
     matmul = {"triton": "Triton masked matmul",
-              "triton-interpreter": "Triton interpreter (TRITON_INTERPRET=1: very slow)",
+              "cpu-tiles": "live tiles in ATen matmuls (sparse_rda.cpu_tiles)",
               "dense": "dense F.linear fallback (same math, no skipping)"}[sparse_rda.nn.matmul_kernel(device)]
     print(f"{args.text.name}: {len(text):,} chars, vocab {data.vocab} | {cfg['layers']} layers, d={cfg['d']}, "
           f"{cfg['heads']} heads, context {cfg['context']}, batch {cfg['batch']}, {cfg['steps']} steps | "
