@@ -21,7 +21,8 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 MIN_SETUPTOOLS = 77  # PEP 639 license metadata in pyproject.toml
-CPU_SOURCES = ["csrc/bindings.cpp", "csrc/cpu/step_cpu.cpp", "csrc/cpu/block_step_cpu.cpp", "csrc/cpu/nm_step_cpu.cpp"]
+CPU_SOURCES = ["csrc/bindings.cpp", "csrc/cpu/step_cpu.cpp", "csrc/cpu/block_step_cpu.cpp", "csrc/cpu/nm_step_cpu.cpp",
+               "csrc/cpu/csr_linear_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/step_kernels.cu", "csrc/cuda/block_step_kernels.cu", "csrc/cuda/nm_step_kernels.cu"]
 
 NEEDS_TORCH = """sparse_rda: cannot build the native extension: this build environment has no torch (pip's build

@@ -362,6 +362,8 @@ TORCH_LIBRARY(sparse_rda, m) {
   m.def(
       "grda_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] acc, Tensor thresholds, float lr, "
       "Tensor? lr_device, Tensor? inv_scale, Tensor? found_inf) -> Tensor");
+  // inference: y = x W^T + b from W's nonzeros by output row (sparse_rda.csr packs them)
+  m.def("csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int in_features) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
@@ -371,6 +373,7 @@ TORCH_LIBRARY_IMPL(sparse_rda, CPU, m) {
   m.impl("rda_max_A", &rda_max_A_cpu);
   m.impl("rda_block_max_A", &rda_block_max_A_cpu);
   m.impl("grda_step_", &grda_step_cpu);
+  m.impl("csr_linear", &csr_linear_cpu);
 }
 
 #ifdef WITH_CUDA

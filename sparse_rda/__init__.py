@@ -12,12 +12,14 @@
 - :mod:`sparse_rda.pruning`: mask-based baselines (magnitude, GMP, cyclical, IMP, RigL, SET, SNIP, HALO, SR-STE)
   for any torch optimizer, behind one training-loop protocol (``pruning.make(name, model, sparsity, total_steps)``).
 - :func:`save_sparse`, :func:`load_sparse` (:mod:`sparse_rda.checkpoint`): checkpoints without the zeros
-  (safetensors, exact round trip).
+  (safetensors, exact round trip); :func:`to_inference` (:mod:`sparse_rda.inference`): each sparse enough
+  linear layer as a module that keeps only its nonzeros, in the format fastest on its device.
 - :mod:`sparse_rda.reference`: the pure-PyTorch definition of the math every backend is tested against.
 """
 
 from . import nn, pruning, reference, scalars, schedules, semi_structured
 from .checkpoint import load_sparse, save_sparse
+from .inference import to_inference
 from .dispatch import backends
 from .grda import GRDA
 from .groups import param_groups
@@ -27,4 +29,4 @@ from .report import SparsityReport, sparsity
 
 __version__ = "0.1.0"
 __all__ = ["RDA", "GRDA", "param_groups", "sparsity", "SparsityReport", "backends", "reference", "schedules",
-           "nn", "SparseLinear", "sparsify", "pruning", "semi_structured", "save_sparse", "load_sparse"]
+           "nn", "SparseLinear", "sparsify", "pruning", "semi_structured", "save_sparse", "load_sparse", "to_inference"]

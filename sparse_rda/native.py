@@ -86,6 +86,10 @@ if _C is not None:
                               device_hyper, found_inf):
         return params[0].new_empty((len(params),), dtype=torch.float32)
 
+    @torch.library.register_fake("sparse_rda::csr_linear")
+    def _csr_linear_fake(x, crow, col, values, bias, in_features):
+        return x.new_empty((*x.shape[:-1], crow.shape[0] - 1))
+
     @torch.library.register_fake("sparse_rda::grda_step_")
     def _grda_step_fake(params, grads, acc, thresholds, lr, lr_device, inv_scale, found_inf):
         return params[0].new_empty((len(params),), dtype=torch.int64)

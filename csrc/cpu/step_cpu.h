@@ -44,6 +44,10 @@ at::Tensor rda_block_max_A_cpu(at::TensorList params, at::TensorList grads, at::
                                const std::optional<at::Tensor>& device_hyper,
                                const std::optional<at::Tensor>& found_inf);
 
+// y = x W^T + b from W's nonzeros by output row (CSR), for inference (csr_linear_cpu.cpp).
+at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col,
+                          const at::Tensor& values, const std::optional<at::Tensor>& bias, int64_t in_features);
+
 at::Tensor rda_nm_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList T, at::TensorList B,
                            at::TensorList A, at::TensorList v, at::IntArrayRef nm, at::ArrayRef<double> hyper,
                            bool reweight, bool maximize, const std::optional<at::Tensor>& inv_scale,
