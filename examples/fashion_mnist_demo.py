@@ -6,8 +6,9 @@ Trains the same network twice (same seed, same data order, same number of steps)
 * sparse: sparse_rda.RDA(lr=1.0, momentum_time=9.5, weight_decay=5e-4) with CosineRDA, whose own update
   sets weights exactly to zero (no pruning pass, no mask).
 
-Then prints test accuracy, sparsity and training time side by side, the RDA model's per-tensor sparsity,
-and how long one optimizer step takes for each available backend compared with torch's SGD.
+Then prints test accuracy, sparsity and training time side by side, the RDA model's per-tensor sparsity, its
+checkpoint and forward latency with and without its zeros (save_sparse, to_inference), and how long one
+optimizer step takes for each available backend compared with torch's SGD.
 
     python examples/fashion_mnist_demo.py            # the full demo (about 3 minutes on 2 idle CPU cores)
     python examples/fashion_mnist_demo.py --quick    # smoke test: 1 epoch on a subset, seconds
@@ -20,6 +21,7 @@ dataset-fashion-mnist``). Without them the demo runs on a synthetic 10-class pro
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import statistics
 import sys
@@ -302,6 +304,7 @@ def main(argv=None):
     print(sparse_rda.sparsity(rda_model))
 
     print_checkpoint_sizes(rda_model)
+    print_inference_latency(rda_model, data[2], device)
 
     print(f"\nOptimizer step alone on LeNet-300-100's {sum(p.numel() for p in rda_model.parameters())} parameters "
           f"(median of {args.bench_runs} steps after warm-up, device {device}):")
@@ -319,6 +322,36 @@ def print_checkpoint_sizes(model):
         half = sparse_rda.save_sparse(model, Path(tmp) / "bf16.safetensors", values_dtype=torch.bfloat16)["file_bytes"]
     print(f"\nRDA model's checkpoint: torch.save {dense / 1024:.0f} KiB; sparse_rda.save_sparse {exact / 1024:.0f} KiB "
           f"({dense / exact:.1f}x smaller, exact), {half / 1024:.0f} KiB with bf16 values ({dense / half:.1f}x)")
+
+
+def print_inference_latency(model, x_test, device, reps=200):
+    """The trained model's zeros as time saved: its forward as trained (dense math) and after to_inference,
+    whose layers keep only the nonzeros (CSR on CPU), at batch 1 and 128 (median of ``reps`` forwards)."""
+    model = model.eval()
+    print("\nRDA model's forward (median, torch.no_grad): as trained vs sparse_rda.to_inference")
+    for batch in (1, 128):
+        x = x_test[:batch].to(device)
+        fast = copy.deepcopy(model)
+        formats = sorted({why.split(":")[0] for why in sparse_rda.to_inference(fast, batch_size=batch).values()})
+        with torch.no_grad():
+            if not torch.allclose(fast(x), model(x), rtol=1e-4, atol=1e-5):
+                raise AssertionError("to_inference changed the model's outputs")
+            dense_ms, sparse_ms = (median_forward_ms(m, x, device, reps) for m in (model, fast))
+        print(f"  batch {batch:>3}: {dense_ms:.3f} ms -> {sparse_ms:.3f} ms ({dense_ms / sparse_ms:.1f}x faster; "
+              f"layers as {', '.join(formats)})")
+
+
+def median_forward_ms(model, x, device, reps):
+    for _ in range(10):
+        model(x)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        model(x)
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def print_comparison(results):

@@ -38,3 +38,13 @@ def test_demo_prints_what_the_readme_shows(tmp_path):
     comparable = "Training step (median, timed alike, one run after the other): RDA takes"
     assert comparable in quoted and (comparable in out.stdout or "the training times are not comparable" in out.stdout)
     assert "time vs SGD" in out.stdout and "RDA backend=cpu" in out.stdout
+
+
+def test_end_to_end_snippet_runs_as_pasted(tmp_path):
+    """Train with target_sparsity, save_sparse, load_sparse, to_inference: the layers become CSR, outputs equal."""
+    section = README.read_text().split("## From sparse training to a smaller, faster model", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "model.safetensors").exists()
+    assert out.stdout.count("'csr: ") == 3, out.stdout  # every layer past the CPU crossover at batch 1

@@ -3,7 +3,8 @@
 //
 // Batch 1: each output row is a gathered dot product over its nonzeros, 16 lanes of partial sums (a float sum
 // may not be reordered by the compiler, so the lanes are explicit). Batch M > 1: x is transposed once to fp32
-// [in, M], so each nonzero does one contiguous FMA over 16 batch rows (one AVX-512 vector). Rows go to threads in
+// [in, M], so each nonzero does one contiguous FMA over 16 batch rows (one AVX-512 vector), in 4 independent
+// chains. Rows go to threads in
 // chunks sized by their nonzeros. Every index is checked as it is read: an out-of-range one reads x[0] instead
 // and the call then fails naming it, so no argument can make the kernel read outside its tensors.
 #include <ATen/ATen.h>
@@ -61,6 +62,10 @@ SPARSE_RDA_CPU_CLONES bool rows_times_vector(const int64_t* __restrict__ crow, c
 }
 
 // Rows [r0, r1) for batch rows [m0, m0 + mb) of xt (fp32 [in, m], x transposed); out is [m, n] row-major.
+// Each nonzero is one FMA over 16 batch rows; kChains accumulators over alternating nonzeros keep that many FMAs
+// in flight (one chain would wait the FMA's latency, ~4 cycles, per nonzero).
+constexpr int64_t kChains = 8;
+
 template <typename scalar_t, typename index_t, typename out_t>
 SPARSE_RDA_CPU_CLONES bool rows_times_batch(const int64_t* __restrict__ crow, const index_t* __restrict__ col,
                                             const scalar_t* __restrict__ val, const float* __restrict__ xt,
@@ -70,21 +75,30 @@ SPARSE_RDA_CPU_CLONES bool rows_times_batch(const int64_t* __restrict__ crow, co
   for (int64_t r = r0; r < r1; ++r) {
     const float b = bias ? static_cast<float>(bias[r]) : 0.0f;
     for (int64_t m0 = 0; m0 < m; m0 += kLanes) {
-      float acc[kLanes];
-      for (int64_t l = 0; l < kLanes; ++l) acc[l] = b;
       const int64_t mb = std::min(kLanes, m - m0);
-      for (int64_t j = crow[r]; j < crow[r + 1]; ++j) {
+      float acc[kChains][kLanes] = {};
+      auto add = [&](float* a, int64_t j) {
         uint32_t c = column(col[j]);
         ok &= c < in;
         const float v = static_cast<float>(val[j]);
         const float* xrow = xt + static_cast<int64_t>(c < in ? c : 0) * m + m0;
         if (mb == kLanes) {
-          for (int64_t l = 0; l < kLanes; ++l) acc[l] += v * xrow[l];
+          for (int64_t l = 0; l < kLanes; ++l) a[l] += v * xrow[l];
         } else {
-          for (int64_t l = 0; l < mb; ++l) acc[l] += v * xrow[l];
+          for (int64_t l = 0; l < mb; ++l) a[l] += v * xrow[l];
         }
+      };
+      int64_t j = crow[r];
+      const int64_t end = crow[r + 1];
+      for (; j + kChains <= end; j += kChains) {
+        for (int64_t k = 0; k < kChains; ++k) add(acc[k], j + k);
       }
-      for (int64_t l = 0; l < mb; ++l) out[(m0 + l) * n + r] = static_cast<out_t>(acc[l]);
+      for (; j < end; ++j) add(acc[0], j);
+      for (int64_t l = 0; l < mb; ++l) {
+        float sum = 0.0f;
+        for (int64_t k = 0; k < kChains; ++k) sum += acc[k][l];
+        out[(m0 + l) * n + r] = static_cast<out_t>(b + sum);
+      }
     }
   }
   return ok;
