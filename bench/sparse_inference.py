@@ -187,6 +187,15 @@ def crossovers(rows: list[dict]) -> dict:
     return out
 
 
+def cell(name: str, r: dict | None) -> str:
+    """A table cell: ms, speedup and the format's MB (to_inference's row repeats a format's: no MB)."""
+    if r is None:
+        return "—"
+    unit = " ms" if name == "dense" else ""
+    size = "" if name == "to_inference" else f", {r['bytes'] / 1e6:.1f} MB"
+    return f"{r['ms']:.3f}{unit} ({r['speedup']:.2f}x{size})"
+
+
 def markdown(report: dict) -> str:
     rows = report["rows"]
     out = common.report_header("Sparse inference on CPU: one linear layer's forward, side by side", report["machine"])
@@ -206,13 +215,7 @@ def markdown(report: dict) -> str:
                     if not here:
                         continue
                     label = f"{zeros:.0%} {'elements' if kind == 'element' else '64x64 tiles'}"
-                    cells = []
-                    for n in names:
-                        r = here.get(n)
-                        cells.append("—" if r is None else
-                                     f"{r['ms']:.3f} ms ({r['speedup']:.2f}x, {r['bytes'] / 1e6:.1f} MB)"
-                                     if n == "dense" else f"{r['ms']:.3f} ({r['speedup']:.2f}x, {r['bytes'] / 1e6:.1f} MB)"
-                                     if n != "to_inference" else f"{r['ms']:.3f} ({r['speedup']:.2f}x)")
+                    cells = [cell(n, here.get(n)) for n in names]
                     pick = here["dense"]["auto"]
                     out.append(f"| {shape} | {label} | " + " | ".join(cells) + f" | {pick} |")
             out.append("")
