@@ -35,7 +35,7 @@ def assert_matches_dense(y, x, w, b):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n, k", [(1, 1), (3, 5), (7, 130), (65, 257), (300, 784)])
 @pytest.mark.parametrize("zeros", [0.0, 0.5, 0.95, 1.0])
-@pytest.mark.parametrize("batch", [(1,), (16,), (128,), (2, 5)])
+@pytest.mark.parametrize("batch", [(1,), (16,), (17,), (33,), (128,), (2, 5), (3, 67)])
 @pytest.mark.parametrize("native_kernel", [pytest.param(True, marks=needs_native), False])
 def test_matches_dense(dtype, n, k, zeros, batch, native_kernel, monkeypatch):
     if not native_kernel:
@@ -60,6 +60,16 @@ def test_wide_inputs_and_both_index_dtypes(index_dtype):
     assert csr.pack_csr(sparse_weight(2, 70000, 0.999)).col.dtype == torch.int32
     with pytest.raises(ValueError, match="index_dtype must be"):
         csr.pack_csr(sparse_weight(2, 70000, 0.999), index_dtype=torch.int16)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [100, 3000, 9000])  # batch tiles of 64, 32 and 16 rows (a tile stays in L2)
+@pytest.mark.parametrize("m", [40, 130])  # a partial last tile
+def test_every_batch_tile_width(k, m):
+    w = sparse_weight(37, k, 0.9)
+    x = torch.randn(m, k)
+    b = torch.randn(37)
+    assert_matches_dense(csr.csr_linear(x, csr.pack_csr(w), b), x, w, b)
 
 
 def call(x=None, crow=None, col=None, values=None, bias=None, in_features=None, **_):

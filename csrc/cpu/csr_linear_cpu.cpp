@@ -2,11 +2,11 @@
 // [out + 1], col int16 read as unsigned or int32 [nnz], values [nnz] in x's dtype), fp32 accumulation.
 //
 // Batch 1: each output row is a gathered dot product over its nonzeros, 16 lanes of partial sums (a float sum
-// may not be reordered by the compiler, so the lanes are explicit). Batch M > 1: x is transposed once to fp32
-// [in, M], so each nonzero does one contiguous FMA over 16 batch rows (one AVX-512 vector), in 4 independent
-// chains. Rows go to threads in
-// chunks sized by their nonzeros. Every index is checked as it is read: an out-of-range one reads x[0] instead
-// and the call then fails naming it, so no argument can make the kernel read outside its tensors.
+// may not be reordered by the compiler, so the lanes are explicit). Batch M > 1: x is packed once to fp32 tiles of
+// W batch rows (16, 32 or 64) laid out [in][W], so each nonzero does W / 16 contiguous 16-wide FMAs into
+// register accumulators and its index and value are read once per W batch rows. Work goes to threads in chunks of
+// about 64K multiply-adds. Every index is checked as it is read: an out-of-range one reads x[0] instead and the
+// call then fails naming it, so no argument can make the kernel read outside its tensors.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -14,8 +14,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include "../check_args.h"
 #include "step_cpu.h"
@@ -61,47 +63,91 @@ SPARSE_RDA_CPU_CLONES bool rows_times_vector(const int64_t* __restrict__ crow, c
   return ok;
 }
 
-// Rows [r0, r1) for batch rows [m0, m0 + mb) of xt (fp32 [in, m], x transposed); out is [m, n] row-major.
-// Each nonzero is one FMA over 16 batch rows; kChains accumulators over alternating nonzeros keep that many FMAs
-// in flight (one chain would wait the FMA's latency, ~4 cycles, per nonzero).
-constexpr int64_t kChains = 8;
+// 16 fp32 lanes as one value (GCC / Clang vector extensions, lowered per clone: one zmm on x86-64-v4, two ymm on
+// v3), so the batch path's accumulators are registers, not a float array the vectorizer may leave on the stack.
+using vec16 = float __attribute__((vector_size(64)));
 
-template <typename scalar_t, typename index_t, typename out_t>
-SPARSE_RDA_CPU_CLONES bool rows_times_batch(const int64_t* __restrict__ crow, const index_t* __restrict__ col,
-                                            const scalar_t* __restrict__ val, const float* __restrict__ xt,
-                                            const scalar_t* bias, uint32_t in, int64_t m, int64_t n, int64_t r0,
-                                            int64_t r1, out_t* __restrict__ out) {
+// Output rows [r0, r1) of one batch tile: `tile` is x's rows m0 .. m0 + mb as fp32 [in][W] (zero past mb), out is
+// [m, n] row-major. A nonzero (c, v) does acc += v * tile[c], W / 16 vectors; below 64 rows the nonzeros alternate
+// over S sets of accumulators so that >= 4 FMA chains are in flight (an FMA's latency is ~4 cycles).
+template <int W, typename scalar_t, typename index_t, typename out_t>
+SPARSE_RDA_CPU_CLONES bool rows_times_tile(const int64_t* __restrict__ crow, const index_t* __restrict__ col,
+                                           const scalar_t* __restrict__ val, const float* __restrict__ tile,
+                                           const scalar_t* bias, uint32_t in, int64_t m0, int64_t mb, int64_t n,
+                                           int64_t r0, int64_t r1, out_t* __restrict__ out) {
+  constexpr int V = W / 16;
+  constexpr int S = V >= 4 ? 1 : 4 / V;
   bool ok = true;
-  for (int64_t r = r0; r < r1; ++r) {
-    const float b = bias ? static_cast<float>(bias[r]) : 0.0f;
-    for (int64_t m0 = 0; m0 < m; m0 += kLanes) {
-      const int64_t mb = std::min(kLanes, m - m0);
-      float acc[kChains][kLanes] = {};
-      auto add = [&](float* a, int64_t j) {
-        uint32_t c = column(col[j]);
+  // 16 rows' sums are kept here and written 16 contiguous outputs per batch row: one row's W outputs alone are a
+  // column of out, W stores n * sizeof(out_t) apart (a page apart at n = 1024 fp32)
+  float sums[16][W];
+  for (int64_t rb = r0; rb < r1; rb += 16) {
+    const int64_t rows = std::min<int64_t>(16, r1 - rb);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t r = rb + i;
+      vec16 acc[S][V] = {};
+      auto add = [&](vec16(&a)[V], int64_t k) {
+        uint32_t c = column(col[k]);
         ok &= c < in;
-        const float v = static_cast<float>(val[j]);
-        const float* xrow = xt + static_cast<int64_t>(c < in ? c : 0) * m + m0;
-        if (mb == kLanes) {
-          for (int64_t l = 0; l < kLanes; ++l) a[l] += v * xrow[l];
-        } else {
-          for (int64_t l = 0; l < mb; ++l) a[l] += v * xrow[l];
+        const float v = static_cast<float>(val[k]);
+        const float* xc = tile + static_cast<int64_t>(c < in ? c : 0) * W;
+        for (int q = 0; q < V; ++q) {
+          vec16 xq;
+          std::memcpy(&xq, xc + 16 * q, sizeof xq);  // an unaligned vector load
+          a[q] += v * xq;
         }
       };
       int64_t j = crow[r];
       const int64_t end = crow[r + 1];
-      for (; j + kChains <= end; j += kChains) {
-        for (int64_t k = 0; k < kChains; ++k) add(acc[k], j + k);
+      for (; j + S <= end; j += S) {
+        for (int s = 0; s < S; ++s) add(acc[s], j + s);
       }
       for (; j < end; ++j) add(acc[0], j);
-      for (int64_t l = 0; l < mb; ++l) {
-        float sum = 0.0f;
-        for (int64_t k = 0; k < kChains; ++k) sum += acc[k][l];
-        out[(m0 + l) * n + r] = static_cast<out_t>(b + sum);
+      for (int s = 1; s < S; ++s) {
+        for (int q = 0; q < V; ++q) acc[0][q] += acc[s][q];
       }
+      if (bias) {
+        const float b = static_cast<float>(bias[r]);
+        for (int q = 0; q < V; ++q) acc[0][q] += b;
+      }
+      std::memcpy(sums[i], acc[0], sizeof sums[i]);
+    }
+    for (int64_t l = 0; l < mb; ++l) {
+      out_t* o = out + (m0 + l) * n + rb;
+      for (int64_t i = 0; i < rows; ++i) o[i] = static_cast<out_t>(sums[i][l]);
     }
   }
   return ok;
+}
+
+// x [m, in] -> fp32 tiles [ceil(m / W)][in][W] for tiles [t0, t1), zero past row m. Blocks of 16 columns keep the
+// 16 destination rows being written in L1.
+template <int W, typename scalar_t>
+void pack_tiles(const scalar_t* __restrict__ x, int64_t m, int64_t in, int64_t t0, int64_t t1,
+                float* __restrict__ tiles) {
+  for (int64_t t = t0; t < t1; ++t) {
+    float* __restrict__ dst = tiles + t * in * W;
+    for (int64_t c0 = 0; c0 < in; c0 += 16) {
+      const int64_t cb = std::min<int64_t>(16, in - c0);
+      for (int64_t l = 0; l < W; ++l) {
+        const int64_t row = t * W + l;
+        if (row < m) {
+          const scalar_t* src = x + row * in + c0;
+          for (int64_t c = 0; c < cb; ++c) dst[(c0 + c) * W + l] = static_cast<float>(src[c]);
+        } else {
+          for (int64_t c = 0; c < cb; ++c) dst[(c0 + c) * W + l] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// The tile width for m batch rows and in inputs: as wide as the batch needs, at most 64, and narrower when a tile
+// would not stay in half of a 1 MB L2 next to the weight's rows.
+int tile_width(int64_t m, int64_t in) {
+  int w = m <= 16 ? 16 : m <= 32 ? 32 : 64;
+  while (w > 16 && in * w * static_cast<int64_t>(sizeof(float)) > (int64_t{512} << 10)) w /= 2;
+  return w;
 }
 
 void check_csr_args(const at::Tensor& x, const at::Tensor& crow, const at::Tensor& col, const at::Tensor& values,
@@ -173,27 +219,58 @@ at::Tensor csr_linear_cpu(const at::Tensor& x, const at::Tensor& crow, const at:
   out_shape.push_back(n);
   at::Tensor out = at::empty({m, n}, x.options());
   if (m == 0 || n == 0) return out.view(out_shape);
-  // fp32 x: [in] for batch 1, transposed [in, m] otherwise (one pass, then every nonzero reads contiguous rows)
-  const at::Tensor xf = m == 1 ? x2d.to(at::kFloat).contiguous() : x2d.to(at::kFloat).t().contiguous();
   const int64_t* p = crow.data_ptr<int64_t>();
-  const int64_t nnz = values.numel();
-  // about 64K multiply-adds per task; small layers stay on one thread
-  const int64_t per_row = std::max<int64_t>(1, nnz / n) * m;
-  const int64_t grain = std::max<int64_t>(1, 65536 / per_row);
+  // Multiply-adds per task before a layer is split over threads, measured one thread against two in interleaved
+  // calls (2-vCPU EPYC; bench/results/csr_batch_tiles-cpu-amd-epyc.md): a split batch call of 0.12M multiply-adds
+  // ran 0.73x (14.5 -> 19.8 us), of 0.37M 1.17x; batch 1 (~10x slower per multiply-add) gained 1.47x at 23K.
+  constexpr int64_t kVectorTaskWork = int64_t{1} << 13, kBatchTaskWork = int64_t{1} << 17;
+  const int64_t per_row = std::max<int64_t>(1, values.numel() / n);
+  auto grain = [](int64_t task_work, int64_t work_per_item) {
+    return std::max<int64_t>(1, task_work / std::max<int64_t>(1, work_per_item));
+  };
   std::atomic<bool> ok{true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "csr_linear", [&] {
     using value_t = scalar_t;
     const value_t* val = values.data_ptr<value_t>();
     const value_t* b = bias ? bias->data_ptr<value_t>() : nullptr;
     value_t* o = out.data_ptr<value_t>();
-    const float* xp = xf.data_ptr<float>();
     const uint32_t in = static_cast<uint32_t>(std::min<int64_t>(in_features, UINT32_MAX));
     auto run = [&](auto* cols) {
-      at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
-        const bool good = m == 1 ? rows_times_vector(p, cols, val, xp, b, in, r0, r1, o)
-                                 : rows_times_batch(p, cols, val, xp, b, in, m, n, r0, r1, o);
-        if (!good) ok = false;
-      });
+      if (m == 1) {
+        const at::Tensor xf = x2d.to(at::kFloat).contiguous();
+        const float* xp = xf.data_ptr<float>();
+        at::parallel_for(0, n, grain(kVectorTaskWork, per_row), [&](int64_t r0, int64_t r1) {
+          if (!rows_times_vector(p, cols, val, xp, b, in, r0, r1, o)) ok = false;
+        });
+        return;
+      }
+      auto tiled = [&](auto width) {
+        constexpr int W = decltype(width)::value;
+        const int64_t tiles = (m + W - 1) / W;
+        const int64_t tile_size = in_features * W;
+        at::Tensor packed = at::empty({tiles * tile_size}, x.options().dtype(at::kFloat));
+        float* tp = packed.data_ptr<float>();
+        const value_t* xp = x2d.data_ptr<value_t>();
+        at::parallel_for(0, tiles, grain(kBatchTaskWork, tile_size), [&](int64_t t0, int64_t t1) {
+          pack_tiles<W>(xp, m, in_features, t0, t1, tp);
+        });
+        // work items are (tile, output row) pairs, tile-major: a task's rows share one tile
+        at::parallel_for(0, tiles * n, grain(kBatchTaskWork, per_row * W), [&](int64_t i0, int64_t i1) {
+          bool good = true;
+          for (int64_t i = i0; i < i1;) {
+            const int64_t t = i / n, r0 = i % n, r1 = std::min(n, r0 + (i1 - i));
+            good &= rows_times_tile<W>(p, cols, val, tp + t * tile_size, b, in, t * W, std::min<int64_t>(W, m - t * W),
+                                       n, r0, r1, o);
+            i += r1 - r0;
+          }
+          if (!good) ok = false;
+        });
+      };
+      switch (tile_width(m, in_features)) {
+        case 16: tiled(std::integral_constant<int, 16>{}); break;
+        case 32: tiled(std::integral_constant<int, 32>{}); break;
+        default: tiled(std::integral_constant<int, 64>{}); break;
+      }
     };
     if (col.scalar_type() == at::kShort) {
       run(col.data_ptr<int16_t>());
