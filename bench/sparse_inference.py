@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Sparse inference on CPU, side by side: one linear layer's forward (batch 1 and 16) with its weight dense
+"""Sparse inference on CPU, side by side: one linear layer's forward (batch 1, 16 and 128) with its weight dense
 (F.linear), as torch CSR, as torch BSR, and in this project's formats (CSRLinear's native kernel; SparseLinear's
 live tiles for tile-sparse weights), at element and 64x64-tile sparsities; and the crossover sparsity above which
 the CSR kernel beats dense, which ``sparse_rda.inference.CPU_CSR_CROSSOVER`` is set from.
 
-    python bench/sparse_inference.py            # LLM MLP shapes, fp32 and bf16 (~10 min on 2 cores)
+    python bench/sparse_inference.py            # LLM MLP shapes, fp32 and bf16 (~12 min on 2 cores)
     python bench/sparse_inference.py --quick    # smoke run: small shapes, few reps
+    python bench/sparse_inference.py --repick bench/results/sparse_inference-cpu-amd-epyc.json
+                                                # relabel to_inference's picks after a rule change
 
 Shapes (in -> out): 4096 -> 11008 and 11008 -> 4096 (a 7B LLM's MLP). Weights: normal values with a fraction of
 the elements zero at random (element), or a fraction of the 64x64 tiles zero at random, the rest dense (tile).
@@ -28,9 +30,12 @@ Results: bench/results/sparse_inference-cpu-<cpu>[-quick].{json,md}.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +51,7 @@ QUICK_SHAPES = {"512->1024": (512, 1024), "1024->512": (1024, 512)}
 ELEMENT = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99)
 QUICK_ELEMENT = (0.5, 0.95)
 TILE = (0.9, 0.95)
-BATCHES = (1, 16)
+BATCHES = (1, 16, 128)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 COLD_BYTES = 128 << 20
@@ -142,7 +147,7 @@ def run_weight(shape, dtype, kind, zeros, batches, quick, gen) -> list[dict]:
                 if err > TOLERANCE[dtype]:
                     raise AssertionError(f"{name} {shape} {dtype} {kind} {zeros}: relative error {err:.2e}")
                 t = time_adaptive(lambda: call(xs[m]), torch.device("cpu"), quick,
-                                  cpu_reps=(2, 5) if quick else (3, 15))
+                                  cpu_reps=(2, 5) if quick else (3, 15) if m <= 16 else (1, 7))
                 rows.append(dict(shape=f"{in_f}->{out_f}", dtype=common.dtype_name(dtype), kind=kind, zeros=zeros,
                                  real_zeros=real_zeros, dead_tiles=dead_tiles, batch=m, format=name, ms=t["ms"],
                                  ms_q20=t["ms_q20"], ms_q80=t["ms_q80"], bytes=size, copies=copies, rel_error=err,
@@ -203,6 +208,10 @@ def markdown(report: dict) -> str:
             f"through >= {COLD_BYTES >> 20} MiB of copies); ms: median forward; speedup over dense F.linear of the "
             "same weight; MB: the bytes of the weight as that format stores it (torch CSR/BSR: fp32 values, int64 "
             "indices)", ""]
+    out += [f"- to_inference's picks: `CPU_CSR_CROSSOVER` {report['in_use']}, `CPU_CSR_SMALL_DENSE` "
+            f"{report.get('small_dense', {})}" + (f" (relabeled {report['repicked']} from these timings with "
+                                                  "`--repick`: a pick names one of the measured rows)"
+                                                  if report.get("repicked") else ""), ""]
     names = list(dict.fromkeys(r["format"] for r in rows))
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         for m in dict.fromkeys(r["batch"] for r in rows):
@@ -227,14 +236,39 @@ def markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def rules_in_use() -> dict:
+    return dict(in_use={d: [list(p) for p in inference.CPU_CSR_CROSSOVER.get(t, ())] for d, t in DTYPES.items()},
+                small_dense={d: inference.CPU_CSR_SMALL_DENSE[t] for d, t in DTYPES.items()})
+
+
+def repick(path: Path) -> int:
+    """Rewrite a saved report's to_inference picks (and its .md) with the rules in use now: a pick names one of
+    the measured formats of that weight and batch, so no timing changes."""
+    report = json.loads(path.read_text())
+    rows = [r for r in report["rows"] if r["format"] != "to_inference"]
+    for r in rows:
+        n_in, n_out = map(int, r["shape"].split("->"))
+        r["auto"] = inference.cpu_format(r["real_zeros"], getattr(torch, r["dtype"]), r["batch"], n_in * n_out)[0]
+    report.update(rows=speedups(rows), crossovers=crossovers(rows), repicked=time.strftime("%Y-%m-%d"),
+                  **rules_in_use())
+    common.write_json(path, report)
+    path.with_suffix(".md").write_text(markdown(report))
+    print(f"rewrote {path} and its .md")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = common.parser(__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repick", metavar="JSON", type=Path,
+                    help="only rewrite a saved report's to_inference picks with the rules in use now")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated from fp32, bf16")
     ap.add_argument("--out", default=str(common.RESULTS))
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
+    if args.repick:
+        return repick(args.repick)
     if any(d not in DTYPES for d in common.csv(args.dtypes)):
         sys.exit(f"--dtypes: choose from {', '.join(DTYPES)}")
     torch.set_num_threads(args.threads)
@@ -256,8 +290,7 @@ def main(argv=None) -> int:
     common.note_load_end(machine)
     rows = speedups(rows)
     report = dict(machine=machine, command=common.command_line("sparse_inference.py", argv), threads=args.threads,
-                  rows=rows, crossovers=crossovers(rows),
-                  in_use={d: [list(p) for p in inference.CPU_CSR_CROSSOVER.get(t, ())] for d, t in DTYPES.items()})
+                  rows=rows, crossovers=crossovers(rows), **rules_in_use())
     text = markdown(report)
     print(text)
     if not args.no_save:

@@ -5,7 +5,8 @@ Formats (each layer's choice is in the returned report):
 
 - ``"csr"``: :class:`CSRLinear`, the nonzeros by output row (sparse_rda.csr; a native CPU kernel, reading 6 bytes
   per fp32 nonzero and 4 per bf16 one against dense's 4 or 2 per weight). Chosen on CPU above the measured
-  crossover sparsity for the dtype and batch size (:data:`CPU_CSR_CROSSOVER`, bench/results/sparse_inference-*).
+  crossover sparsity for the dtype and batch size (:data:`CPU_CSR_CROSSOVER`, bench/results/sparse_inference-*),
+  except for layers small enough that a call's fixed cost outweighs the zeros (:data:`CPU_CSR_SMALL_DENSE`).
 - ``"semi-structured"``: a 2:4 weight as torch's semi-structured sparse tensor (CUDA sm_80+, fp16/bf16:
   sparse_rda.semi_structured.to_semi_structured's conversion).
 - ``"tiles"``: :class:`sparse_rda.SparseLinear`, whose Triton matmul skips all-zero 64x64 tiles (CUDA), chosen
@@ -29,11 +30,15 @@ FORMATS = ("auto", "dense", "csr", "tiles", "semi-structured")
 
 # The lowest zero fraction at which CSRLinear beat F.linear on CPU at every higher sparsity measured, on both LLM
 # MLP shapes, by (dtype, batch size at most): bench/results/sparse_inference-cpu-amd-epyc.md (2-vCPU EPYC Zen 4,
-# 2 threads, cold caches, 2026-12-03). Batches above 16 are not measured: they use the batch-16 row.
+# 2 threads, cold caches, 2026-12-03, CSR kernel v4). Batches above 128 use the batch-128 row.
 CPU_CSR_CROSSOVER = {
-    torch.float32: ((1, 0.5), (16, 0.6)),
-    torch.bfloat16: ((1, 0.75), (16, 0.95)),
+    torch.float32: ((1, 0.6), (16, 0.5), (128, 0.7)),
+    torch.bfloat16: ((1, 0.75), (16, 0.75), (128, 0.9)),
 }
+# Below batch 16, a layer of at most this many weights stays dense on CPU whatever its zeros: the CSR call's fixed
+# cost (a custom op's dispatch, ~1-2 us over F.linear's) is more than its zeros save there (measured at batch 1:
+# bench/results/csr_small_layers-cpu-amd-epyc.md; at batch 16 CSR won on every layer of 1000+ weights).
+CPU_CSR_SMALL_DENSE = {torch.float32: 65536, torch.bfloat16: 4096}
 CUDA_TILE_MIN_DEAD = 0.75  # not measured: the masked matmul's tile overheads make fewer dead tiles a loss
 
 
@@ -55,11 +60,14 @@ class CSRLinear(nn.Module):
         return cls(linear.weight, linear.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.requires_grad and torch.is_grad_enabled():
             raise RuntimeError("CSRLinear is for inference: no gradient flows through it (run under "
                                "torch.no_grad(), or train the layer before sparse_rda.to_inference)")
-        packed = csr.CSRWeight(self.crow, self.col, self.values, (self.out_features, self.in_features))
-        return csr.csr_linear(x, packed, self.bias)
+        # the buffers straight from their dict: nn.Module's __getattr__ costs ~0.4 us each, a tenth of a small
+        # layer's call (they are looked up per call, so .to() and load_state_dict stay seen)
+        buffers = self._buffers
+        packed = csr.CSRWeight(buffers["crow"], buffers["col"], buffers["values"], (self.out_features, self.in_features))
+        return csr.csr_linear(x, packed, buffers["bias"])
 
     def extra_repr(self) -> str:
         numel = self.out_features * self.in_features
@@ -80,12 +88,7 @@ def choose_format(weight: torch.Tensor, batch_size: int = 1) -> tuple[str, str]:
     w = weight.detach()
     zeros = float((w == 0).float().mean()) if w.numel() else 0.0
     if w.device.type == "cpu":
-        crossover = csr_crossover(w.dtype, batch_size)
-        if crossover is None:
-            return "dense", f"{w.dtype} on CPU: no CSR kernel measured for it"
-        if zeros >= crossover:
-            return "csr", f"{zeros:.1%} zeros >= the CPU crossover {crossover:.0%} at batch {batch_size}"
-        return "dense", f"{zeros:.1%} zeros < the CPU crossover {crossover:.0%} at batch {batch_size}"
+        return cpu_format(zeros, w.dtype, batch_size, w.numel())
     if w.device.type == "cuda":
         if unsupported_reason(w) is None and is_2_4(w):
             return "semi-structured", "2:4 on sm_80+"
@@ -94,6 +97,19 @@ def choose_format(weight: torch.Tensor, batch_size: int = 1) -> tuple[str, str]:
             return "tiles", f"{dead:.1%} of the 64x64 tiles dead >= {CUDA_TILE_MIN_DEAD:.0%}"
         return "dense", f"{dead:.1%} of the 64x64 tiles dead < {CUDA_TILE_MIN_DEAD:.0%}, and not 2:4"
     return "dense", f"no sparse format on {w.device.type}"
+
+
+def cpu_format(zeros: float, dtype: torch.dtype, batch_size: int, numel: int) -> tuple[str, str]:
+    """(format, why) on CPU for a weight of ``numel`` elements with that fraction of zeros, at this batch size."""
+    crossover = csr_crossover(dtype, batch_size)
+    if crossover is None:
+        return "dense", f"{dtype} on CPU: no CSR kernel measured for it"
+    if batch_size < 16 and numel <= CPU_CSR_SMALL_DENSE[dtype]:
+        return "dense", (f"{numel} weights <= {CPU_CSR_SMALL_DENSE[dtype]} below batch 16: the CSR call's fixed "
+                         "cost is more than its zeros save")
+    if round(zeros, 3) >= crossover:  # to 0.1%: a weight measured at "70%" zeros drawn at random has 69.99%
+        return "csr", f"{zeros:.1%} zeros >= the CPU crossover {crossover:.0%} at batch {batch_size}"
+    return "dense", f"{zeros:.1%} zeros < the CPU crossover {crossover:.0%} at batch {batch_size}"
 
 
 @torch.no_grad()

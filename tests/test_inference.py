@@ -3,6 +3,8 @@ documented rules, and what cannot be converted says why."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -68,8 +70,8 @@ def test_csr_takes_any_leading_shape_and_moves_with_to():
 
 def test_auto_follows_the_measured_crossover():
     crossover = inference.csr_crossover(torch.float32, 1)
-    sparse = sparse_linear_layer(256, 128, min(0.99, crossover + 0.1))
-    dense = sparse_linear_layer(256, 128, max(0.0, crossover - 0.2), seed=1)
+    sparse = sparse_linear_layer(512, 256, min(0.99, crossover + 0.1))  # above the small-layer size
+    dense = sparse_linear_layer(512, 256, max(0.0, crossover - 0.2), seed=1)
     model = nn.Sequential(sparse, nn.ReLU(), dense)
     report = sparse_rda.to_inference(model, batch_size=1)
     assert isinstance(model[0], inference.CSRLinear) and type(model[2]) is nn.Linear
@@ -78,6 +80,19 @@ def test_auto_follows_the_measured_crossover():
     assert inference.csr_crossover(torch.float16, 1) is None
     half = nn.Sequential(sparse_linear_layer(64, 64, 0.99).half())
     assert sparse_rda.to_inference(half)["0"].startswith("dense: torch.float16 on CPU")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_small_layers_stay_dense_below_batch_16(dtype):
+    limit = inference.CPU_CSR_SMALL_DENSE[dtype]
+    small = sparse_linear_layer(64, limit // 64, 0.99, dtype=dtype)  # exactly the limit: dense
+    big = sparse_linear_layer(64, limit // 64 + 1, 0.99, dtype=dtype, seed=1)
+    for batch, formats in ((1, ("dense", "csr")), (15, ("dense", "csr")), (16, ("csr", "csr"))):
+        model = nn.Sequential(copy.deepcopy(small), copy.deepcopy(big))
+        report = sparse_rda.to_inference(model, batch_size=batch)
+        assert (report["0"].split(":")[0], report["1"].split(":")[0]) == formats, report
+        if batch == 1:
+            assert f"{limit} weights <= {limit} below batch 16" in report["0"]
 
 
 def test_sparse_linear_layers_and_shared_layers_convert_once():

@@ -47,4 +47,4 @@ def test_end_to_end_snippet_runs_as_pasted(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "model.safetensors").exists()
-    assert out.stdout.count("'csr: ") == 3, out.stdout  # every layer past the CPU crossover at batch 1
+    assert out.stdout.count("'csr: ") == 3, out.stdout  # every layer past the CPU crossover at batch 16
