@@ -4,6 +4,10 @@ indices), and every bad argument refused with the parameter named."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,6 +128,32 @@ def test_bad_arguments_are_refused_naming_the_parameter(args, message):
     with pytest.raises(RuntimeError, match=message):
         call(**args)
 
+
+@needs_native
+@pytest.mark.parametrize("index_dtype", [torch.int16, torch.int32])
+@pytest.mark.parametrize("m", [1, 16])
+def test_a_bad_index_anywhere_in_a_row_is_refused(index_dtype, m):
+    w = sparse_weight(3, 100, 0.2)
+    p = csr.pack_csr(w, index_dtype=index_dtype)
+    start, nnz = int(p.crow[2]), int(p.crow[3] - p.crow[2])
+    assert nnz > 32 and nnz % 16
+    for position in (0, 5, 17, nnz - 1):  # inside batch 1's 16-wide steps, and in the row's tail
+        col = p.col.clone()
+        col[start + position] = 100
+        with pytest.raises(RuntimeError, match=rf"col\[{start + position}\] = 100 is out of range"):
+            call(x=torch.randn(m, 100), crow=p.crow, col=col, values=p.values, bias=None, in_features=100)
+
+
+@needs_native
+@pytest.mark.skipif(os.environ.get("SPARSE_RDA_CSR_PORTABLE") is not None, reason="already the portable loops")
+def test_the_portable_loops_pass_this_file_too():
+    """On a CPU with AVX-512 batch 1 runs the intrinsics loop; SPARSE_RDA_CSR_PORTABLE selects the portable one,
+    which other CPUs run: this file again in a process with it set."""
+    env = dict(os.environ, SPARSE_RDA_CSR_PORTABLE="1")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and " failed" not in out.stdout
 
 @needs_native
 def test_opcheck():
