@@ -59,7 +59,9 @@ gpu-check:
 	PY=$(if $(wildcard $(PY)),$(PY),python3) bash tests/gpu/check.sh
 
 # the suite once more under triton 3.6, the GPU machine's version, so that an API drift shows before GPU minutes
-# are spent on it: it and the numpy < 2.4 its interpreter needs shadow the venv's through PYTHONPATH
+# are spent on it: it and the numpy < 2.4 its interpreter needs shadow the venv's through PYTHONPATH. Only the
+# tests that can run Triton code: not those marked triton_free, nor (SPARSE_RDA_TRITON_PASS, tests/conftest.py)
+# those parametrized on the reference or native backend
 TRITON36 := $(VENV)/triton-3.6
 $(TRITON36)/.installed: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps --target $(TRITON36) "triton==3.6.0" "numpy<2.4"
@@ -70,7 +72,8 @@ TEST_JOBS ?= -n auto
 
 test: $(VENV)/.built native-check $(TRITON36)/.installed
 	TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench
-	PYTHONPATH=$(TRITON36) TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench -m "not triton_free" \
+	SPARSE_RDA_TRITON_PASS=1 PYTHONPATH=$(TRITON36) TRITON_INTERPRET=1 $(PY) -m pytest -q $(TEST_JOBS) tests bench \
+	  -m "not triton_free" \
 	  -W "ignore:Conversion of an array with ndim:DeprecationWarning"  # (triton 3.6's interpreter, not ours)
 	RESULTS=$$(mktemp -d) $(MAKE) gpu-check
 	$(MAKE) install-check

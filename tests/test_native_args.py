@@ -9,7 +9,8 @@ import torch
 
 from sparse_rda import native
 
-pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+pytestmark = [pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built"),
+              pytest.mark.triton_free]  # native CPU ops only
 
 SHAPES = [(8, 16), (5,), (16, 32)]
 HYPER = [0.5, 1e-3, 0.9, 0.8, 0.3, 1e-4, 500.0]  # lr, lam, beta, beta_b, averaging, weight_decay, max_factor

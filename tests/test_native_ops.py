@@ -12,7 +12,8 @@ from helpers import (MAX_A_HYPER, assert_state_close, assert_weights_match, call
                      check_given_max_A_sets_om, check_max_A_op_matches_torch, max_A_inputs, native_devices,
                      rda_contract_call, rda_error_scales, same_bits, state_copy, step_both)
 
-pytestmark = pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built")
+pytestmark = [pytest.mark.skipif(not native.has_kernels("cpu"), reason="native extension not built"),
+              pytest.mark.triton_free]  # native CPU ops only
 
 
 def rda_args(shapes, dtype=torch.float32):
