@@ -13,9 +13,9 @@ Models (trained here with the accuracy benchmarks' own runs, seed 0):
 
 Sizes: ``torch.save`` of the state dict, ``save_sparse`` (exact), ``save_sparse(values_dtype=torch.bfloat16)``;
 each file is loaded back into a fresh model and its outputs compared. Latency (median, CPU): the model's forward
-under ``torch.no_grad`` as trained (dense F.linear) and after ``to_inference(model, batch_size=...)``, at the
+under ``torch.no_grad`` as trained (dense F.linear) and after ``to_inference(model, batch_size=rows)``, at the
 batch sizes given (LeNet: inputs of batch 1 and 128; the transformer: 1 and 16 sequences of 128 characters, so
-its linear layers see 128 and 2048 rows). Results: bench/results/sparse_models-cpu-<cpu>[-quick].{json,md}.
+its linear layers see, and to_inference is told, 128 and 2048 rows). Results: bench/results/sparse_models-cpu-<cpu>[-quick].{json,md}.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ def latencies(model, inputs, batches, quick) -> dict:
         with torch.no_grad():
             dense_ms = time_adaptive(lambda: model(x), torch.device("cpu"), quick)["ms"]
             converted = copy.deepcopy(model)
-            report = sparse_rda.to_inference(converted, batch_size=batch)
+            # to_inference's batch_size is the rows each linear layer sees: a float input's leading dimensions,
+            # every token of a [batch, sequence] one
+            rows = x.numel() // x.shape[-1] if x.is_floating_point() else x.numel()
+            report = sparse_rda.to_inference(converted, batch_size=rows)
             sparse_ms = time_adaptive(lambda: converted(x), torch.device("cpu"), quick)["ms"]
             diff = float((converted(x).float() - model(x).float()).abs().max())
         formats = sorted({v.split(":")[0] for v in report.values()})

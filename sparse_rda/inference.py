@@ -29,11 +29,12 @@ from .semi_structured import compress_2_4, is_2_4, unsupported_reason
 FORMATS = ("auto", "dense", "csr", "tiles", "semi-structured")
 
 # The lowest zero fraction at which CSRLinear beat F.linear on CPU at every higher sparsity measured, on both LLM
-# MLP shapes, by (dtype, batch size at most): bench/results/sparse_inference-cpu-amd-epyc.md (2-vCPU EPYC Zen 4,
-# 2 threads, cold caches, 2026-12-03, CSR kernel v4). Batches above 128 use the batch-128 row.
+# MLP shapes, by (dtype, batch size at most), the higher of two runs (they moved by one grid step):
+# bench/results/sparse_inference-cpu-amd-epyc.md (2-vCPU EPYC Zen 4, 2 threads, cold caches, 2026-12-03, CSR
+# kernels v4 and v5; that run alone: fp32 50/50/70%, bf16 80/80/95%). Batches above 128 use the batch-128 row.
 CPU_CSR_CROSSOVER = {
     torch.float32: ((1, 0.6), (16, 0.5), (128, 0.7)),
-    torch.bfloat16: ((1, 0.75), (16, 0.75), (128, 0.9)),
+    torch.bfloat16: ((1, 0.8), (16, 0.8), (128, 0.95)),
 }
 # Below batch 16, a layer of at most this many weights stays dense on CPU whatever its zeros: the CSR call's fixed
 # cost (a custom op's dispatch, ~1-2 us over F.linear's) is more than its zeros save there (measured at batch 1:
@@ -116,8 +117,9 @@ def cpu_format(zeros: float, dtype: torch.dtype, batch_size: int, numel: int) ->
 def to_inference(model: nn.Module, batch_size: int = 1, format: str = "auto") -> dict[str, str]:
     """Swap every ``nn.Linear`` (and :class:`SparseLinear`) of ``model`` for its inference module, in place:
     with ``format="auto"`` the one :func:`choose_format` picks for the weight's sparsity, device and the batch size
-    you will run; another of :data:`FORMATS` forces it wherever it applies. Returns {layer name: "format: why"}.
-    Call it last: the swapped layers do not train."""
+    you will run (the rows each linear layer sees per call: batch x sequence length for a sequence model); another
+    of :data:`FORMATS` forces it wherever it applies. Returns {layer name: "format: why"}. Call it last: the swapped
+    layers do not train."""
     if type(model) in (nn.Linear, SparseLinear):
         raise TypeError("to_inference swaps the layers inside a model in place; wrap a bare layer, e.g. in "
                         "nn.Sequential")
