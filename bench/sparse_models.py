@@ -15,7 +15,8 @@ Sizes: ``torch.save`` of the state dict, ``save_sparse`` (exact), ``save_sparse(
 each file is loaded back into a fresh model and its outputs compared. Latency (median, CPU): the model's forward
 under ``torch.no_grad`` as trained (dense F.linear) and after ``to_inference(model, batch_size=rows)``, at the
 batch sizes given (LeNet: inputs of batch 1 and 128; the transformer: 1 and 16 sequences of 128 characters, so
-its linear layers see, and to_inference is told, 128 and 2048 rows). Results: bench/results/sparse_models-cpu-<cpu>[-quick].{json,md}.
+its linear layers see, and to_inference is told, 128 and 2048 rows).
+Results: bench/results/sparse_models-cpu-<cpu>[-quick].{json,md}.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class CSRLinear(nn.Module):
         # the buffers straight from their dict: nn.Module's __getattr__ costs ~0.4 us each, a tenth of a small
         # layer's call (they are looked up per call, so .to() and load_state_dict stay seen)
         buffers = self._buffers
-        packed = csr.CSRWeight(buffers["crow"], buffers["col"], buffers["values"], (self.out_features, self.in_features))
+        shape = (self.out_features, self.in_features)
+        packed = csr.CSRWeight(buffers["crow"], buffers["col"], buffers["values"], shape)
         return csr.csr_linear(x, packed, buffers["bias"])
 
     def extra_repr(self) -> str:
