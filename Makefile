@@ -29,6 +29,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "triton>=3.6"
 	$(PY) -m pip install -q numpy tqdm matplotlib safetensors pytest pytest-benchmark pytest-xdist hypothesis expecttest \
 	  "setuptools>=77" ninja build
+	$(PY) -m pip install -q --no-deps "torchao==0.18.0" || \
+	  echo "torchao not installed: bench/accuracy.py and bench/optimizer_step.py skip their PAT rows"
 	SPARSE_RDA_NO_EXTENSION=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -14,13 +14,21 @@ Methods (``--methods``; default all of them):
 - ``dense``: SGD(lr=0.1, momentum=0.9, weight_decay=5e-4), cosine lr per step to 0; once per seed (sparsity 0).
 - ``rda``: ``sparse_rda.RDA`` (lr=1, lam=3.5e-6 to start, momentum_time=9.5, weight_decay=5e-4) with
   ``CosineRDA``, ``target_sparsity`` = the column's sparsity: its controller steers lam to reach it.
-- ``rda-l1``: the same with ``reweight=False`` (plain l1 RDA): the ablation that says whether reweighting helps.
+- ``rda-l1``: the same with ``reweight=False`` (plain l1 RDA): the ablation that says whether reweighting helps
+  under RDA's own schedule.
+- ``rda-l1-da``: plain l1 at its best (bench/results/l1_ablation.md): ``reweight=False`` and averaging 1 from the
+  first step (l1-RDA's dual average; CosineRDA then moves the lr alone), with the controller.
 - ``rda-prox``: RDA with ``averaging=0`` throughout (proximal SGD with momentum and the reweighted penalty) and a
   cosine lr only: the ablation that says whether the generalized dual averaging (CosineRDA's 0 -> 1) helps.
 - ``grda``: ``sparse_rda.GRDA`` (lr=0.1 constant, c=0.005 to start, mu=0.55), ``target_sparsity`` likewise.
 - every name in ``sparse_rda.pruning.METHODS`` (magnitude, gmp, cyclical, imp-weight, imp-lr, rigl, set, snip,
   halo): ``pruning.make(name, model, sparsity, total_steps)`` on the dense run's SGD and cosine lr, the lr read
   at ``pruner.lr_step(k)`` so IMP can replay it.
+- ``pat-lasso``, ``pat-min``, ``pat-global``: torchao's PAT (``torchao.prototype.pat``, an optional dependency:
+  ``pip install --no-deps torchao==0.18.0``; without it these rows are skipped, saying so) over the dense run's
+  SGD and cosine lr: ProxLasso at the lambda bench/lambda_sweep.py found for the model and target, and per-tensor /
+  global magnitude projection every step (bench/accuracy_pat.py). ``pat-lasso=<lambda>`` (any lambda) and
+  ``rda-fixed=<lam>`` / ``rda-l1-fixed=<lam>`` (lam fixed, no controller) run as named.
 - N:M runs, ``<method>@N:M`` for each of ``--patterns`` (default 2:4 and 1:4), at the pattern's own sparsity
   1 - N/M, in a table of their own: ``rda@N:M`` (RDA as above with ``granularity=("nm", N, M)``), ``sr-ste@N:M``
   (SR-STE, N:M only), ``magnitude@N:M`` and ``gmp@N:M`` (``pattern="N:M"``), on the same SGD.
@@ -66,8 +74,9 @@ from tqdm.auto import tqdm
 import accuracy_report  # markdown table, plot, design-goal check
 import common
 import fashion_mnist
+from accuracy_pat import PATUnavailable, import_pat
 from accuracy_training import (DEFAULT_PATTERNS, NM_METHODS, OWN_METHODS, all_methods, hyper_parameters,  # noqa: F401
-                               nm_runs, nm_sparsity, split_pattern, train_run)
+                               is_valued_method, nm_runs, nm_sparsity, split_pattern, train_run)
 from fashion_mnist import MODELS
 from sparse_rda.datasets import default_data_dir
 
@@ -98,7 +107,10 @@ def load_results(path: Path, config: dict, restart: bool) -> dict:
     results = json.loads(path.read_text())
     if results.get("config") != config:
         old = results.get("config") or {}
-        differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k != "command")
+        differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in
+                         ("command", "hyper"))
+        old_hyper, hyper = old.get("hyper") or {}, config["hyper"]  # a method added since: its settings are new
+        differs += [f"hyper.{k}" for k in sorted(old_hyper) if old_hyper[k] != hyper.get(k)]
         if differs:
             sys.exit(f"{path} holds runs of another config (differs in: {', '.join(differs)}). "
                      "Pass --restart to discard them, or --out DIR to write elsewhere.")
@@ -166,17 +178,31 @@ def selected_runs(args: argparse.Namespace) -> tuple[list[str], list[float], lis
                 base, pattern = m, None
                 unknown.append(m)
                 continue
-            if (base not in NM_METHODS) if pattern else (m not in known):
+            if (base not in NM_METHODS) if pattern else (m not in known and not is_valued_method(m)):
                 unknown.append(m)
         if unknown:
             sys.exit(f"--methods: unknown {', '.join(unknown)} (choose from {', '.join(known)}, or "
                      f"{'/'.join(NM_METHODS)}@N:M)")
+    methods = available_methods(methods)
     default_sparsities = QUICK["sparsities"] if args.quick else DEFAULT_SPARSITIES
     percents = common.csv(args.sparsities, float) if args.sparsities else list(default_sparsities)
     if not all(0 < p < 100 for p in percents):
         sys.exit("--sparsities: percentages strictly between 0 and 100, e.g. 90,95,98,99")
     seeds = common.csv(args.seeds, int) if args.seeds else list(QUICK["seeds"] if args.quick else DEFAULT_SEEDS)
     return methods, [p / 100 for p in percents], seeds
+
+
+def available_methods(methods: list[str]) -> list[str]:
+    """The methods whose libraries are installed: without torchao the PAT rows are left out, saying why."""
+    pat = [m for m in methods if m.startswith("pat-")]
+    if not pat:
+        return methods
+    try:
+        import_pat()
+    except PATUnavailable as err:
+        print(f"skipping {', '.join(pat)}: {err}", file=sys.stderr)
+        return [m for m in methods if m not in pat]
+    return methods
 
 
 def load_data(args: argparse.Namespace):

@@ -15,13 +15,32 @@ import sparse_rda
 from fashion_mnist import BATCH_SIZE, GRDA_KW, MODELS, RDA_KW, SGD_KW, epoch_batches, test_accuracy
 
 RDA_L1_KW = dict(RDA_KW, reweight=False)
+# plain l1 at its best (bench/results/l1_ablation.md): averaging 1 from the first step, the dual average of l1-RDA
+# (CosineRDA from averaging 1 keeps it there; the lr follows the cosine). Under CosineRDA's 0 -> 1 the early steps
+# are proximal SGD, whose plain-l1 shrink hits every weight at every step; the reweighted penalty barely touches
+# the large weights, so RDA does not need this (and is no better with it)
+RDA_L1_DA_KW = dict(RDA_L1_KW, averaging=1.0)
 RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
-OWN_METHODS = ("dense", "rda", "rda-l1", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
+OWN_METHODS = ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
 # N:M runs are named "<method>@N:M": the method at sparsity 1 - N/M inside the pattern (RDA: granularity
 # ("nm", N, M); a pruning method: pattern="N:M"); their own table (bench/accuracy_report.py)
 NM_METHODS = ("rda", "sr-ste", "magnitude", "gmp")
+# RDA with lam fixed by hand (no target_sparsity): what the controller costs, against lam tuned to land on the
+# target (bench/lambda_sweep.py); named "<name>=<lam>"
+FIXED_LAM_METHODS = {"rda-fixed": RDA_KW, "rda-l1-fixed": RDA_L1_KW}
 NM_ONLY = ("sr-ste",)  # pruning methods that train N:M patterns only: not in the unstructured columns
 DEFAULT_PATTERNS = ("2:4", "1:4")
+
+
+def split_value(method: str) -> tuple[str, float | None]:
+    """("rda-fixed", 9e-7) for "rda-fixed=9e-7"; (method, None) without a value."""
+    base, sep, value = method.partition("=")
+    if not sep:
+        return method, None
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{method}: the value after '=' must be a positive number")
+    return base, number
 
 
 def split_pattern(method: str) -> tuple[str, tuple[int, int] | None]:
@@ -87,9 +106,10 @@ class RDATraining:
     """sparse_rda.RDA with CosineRDA (or, without averaging, a cosine lr alone); its controller steers lam to reach
     the target sparsity."""
 
-    def __init__(self, model: nn.Module, total_steps: int, target: float, kw: dict = RDA_KW):
+    def __init__(self, model: nn.Module, total_steps: int, target: float | None, kw: dict = RDA_KW):
+        """``target`` None: no controller, ``kw``'s lam throughout."""
         self.opt = sparse_rda.RDA(sparse_rda.param_groups(model), **kw, target_sparsity=target,
-                                  total_steps=total_steps)
+                                  total_steps=total_steps if target is not None else None)
         if kw is RDA_PROX_KW:  # averaging stays 0: the lr alone follows the cosine
             self.schedule = torch.optim.lr_scheduler.LambdaLR(
                 self.opt, lambda k: cosine(1.0, k, total_steps))
@@ -130,8 +150,18 @@ def pruning_methods() -> tuple[str, ...]:
 
 
 def all_methods() -> tuple[str, ...]:
-    """The unstructured rows: every method but the N:M-only ones."""
-    return OWN_METHODS + tuple(m for m in pruning_methods() if m not in NM_ONLY)
+    """The unstructured rows: every method but the N:M-only ones, then torchao PAT's."""
+    from accuracy_pat import PAT_METHODS
+
+    return OWN_METHODS + tuple(m for m in pruning_methods() if m not in NM_ONLY) + PAT_METHODS
+
+
+def is_valued_method(method: str) -> bool:
+    """Whether ``method`` is one of the "<name>=<value>" runs (a lambda sweep's, or a fixed-lam RDA)."""
+    from accuracy_pat import PAT_VALUED
+
+    base, value = split_value(method)
+    return value is not None and (base in FIXED_LAM_METHODS or base in PAT_VALUED)
 
 
 def nm_runs(patterns) -> tuple[str, ...]:
@@ -139,7 +169,16 @@ def nm_runs(patterns) -> tuple[str, ...]:
     return tuple(f"{m}@{p}" for p in patterns for m in NM_METHODS)
 
 
-def make_training(method: str, model: nn.Module, total_steps: int, target: float):
+def make_training(method: str, model: nn.Module, total_steps: int, target: float, model_name: str):
+    if method.startswith("pat-"):
+        from accuracy_pat import PATTraining
+
+        return PATTraining(model, total_steps, target, method, model_name)
+    fixed, lam = split_value(method)
+    if lam is not None:  # rda-fixed=<lam>, rda-l1-fixed=<lam>: lam constant, no controller
+        if fixed not in FIXED_LAM_METHODS:
+            raise ValueError(f"{method}: only {', '.join(FIXED_LAM_METHODS)} take a value (lam)")
+        return RDATraining(model, total_steps, None, dict(FIXED_LAM_METHODS[fixed], lam=lam))
     method, pattern = split_pattern(method)
     if pattern is not None:  # the pattern's own sparsity (target == nm_sparsity(pattern))
         if method == "rda":
@@ -154,6 +193,8 @@ def make_training(method: str, model: nn.Module, total_steps: int, target: float
         return RDATraining(model, total_steps, target)
     if method == "rda-l1":
         return RDATraining(model, total_steps, target, RDA_L1_KW)
+    if method == "rda-l1-da":
+        return RDATraining(model, total_steps, target, RDA_L1_DA_KW)
     if method == "rda-prox":
         return RDATraining(model, total_steps, target, RDA_PROX_KW)
     if method == "grda":
@@ -165,7 +206,7 @@ def make_training(method: str, model: nn.Module, total_steps: int, target: float
 
 def hyper_parameters() -> dict:
     """What the runs were trained with: part of the config a resumed table must match."""
-    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, rda_prox=RDA_PROX_KW, grda=GRDA_KW,
+    return dict(sgd=SGD_KW, rda=RDA_KW, rda_l1=RDA_L1_KW, rda_l1_da=RDA_L1_DA_KW, rda_prox=RDA_PROX_KW, grda=GRDA_KW,
                 lr_schedule="cosine per step",
                 rda_schedule="CosineRDA per step", grda_schedule="constant lr", batch_size=BATCH_SIZE,
                 data_order="randperm per epoch, generator seeded seed * 1000 + epoch")
@@ -191,7 +232,7 @@ def train_model(model_name: str, method: str, target: float, seed: int, epochs: 
     model = MODELS[model_name][0]()
     steps_per_epoch = math.ceil(len(train_x) / BATCH_SIZE)
     total_steps = epochs * steps_per_epoch
-    training = make_training(method, model, total_steps, target)
+    training = make_training(method, model, total_steps, target, model_name)
     bar.reset(total=total_steps)
     bar.set_description(f"{model_name} {method} {target:.0%} seed {seed}")
 

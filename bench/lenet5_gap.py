@@ -56,8 +56,8 @@ def run_variant(name: str, seed: int, data, bar) -> dict:
     saved_ramp = target.RAMP_END
     try:
         target.RAMP_END = ramp_end
-        accuracy_training.make_training = lambda m, model, steps, t: (
-            accuracy_training.RDATraining(model, steps, t, kw) if m == "rda" else make(m, model, steps, t))
+        accuracy_training.make_training = lambda m, model, steps, t, name: (
+            accuracy_training.RDATraining(model, steps, t, kw) if m == "rda" else make(m, model, steps, t, name))
         run = accuracy_training.train_run("cnn", method, 0.0 if method == "dense" else TARGET, seed, epochs, data,
                                           bar)
     finally:

@@ -20,6 +20,8 @@ optimizer state:
   floor is overstated by under 0.1%.
 - gRDA: reads g, acc and writes acc, w: 2s + 8 (16 B fp32, 12 B bf16).
 - SGD with momentum (buffer in the parameter dtype): reads g, w, buf and writes w, buf: 5s (20 B fp32, 10 B bf16).
+- PAT-Lasso (torchao's PruneOptimizer with ProxLasso over fused SGD; skipped without torchao): SGD's streams on
+  its latent copy, plus the weights written through the prox: 6s (24 B fp32).
 
 "copy" rows copy a flat buffer of (bytes / 2) bytes into another (reading and writing bytes/2 each), for each
 distinct byte count; a method's "% of copy" is the copy's time for its bytes divided by the method's time.
@@ -41,8 +43,9 @@ import torch
 
 import common
 import param_sets
+import accuracy_pat
 from optimizer_step_methods import (GRDA_KW, METHODS, RDA_KW, REFERENCE_BACKEND, SGD_KW, bench_axpy, bench_copy,
-                                    floor_bytes, make_sgd, make_sparse, selected_backends)
+                                    floor_bytes, make_pat, make_sgd, make_sparse, selected_backends)
 from optimizer_step_report import markdown_report, markdown_table
 from timing import free, time_fn, timer_label, use_triton_timer
 
@@ -90,13 +93,22 @@ def bench_set(name: str, device: torch.device, dtype: torch.dtype, backends: lis
             free(device)
 
     # (b) torch SGD-momentum, (c) RDA and gRDA per backend
-    jobs = [("SGD", None)] + [(m, b) for m in ("RDA", "RDA-2:4", "GRDA") for b in backends]
+    jobs = [("SGD", None), ("PAT-Lasso", None)] + [(m, b) for m in ("RDA", "RDA-2:4", "GRDA") for b in backends]
     for method, backend in jobs:
         bpe = floor_bytes(method, itemsize)
         opt = None
         try:
             if method == "SGD":
                 opt, label = make_sgd(params, device)
+            elif method == "PAT-Lasso":
+                try:
+                    opt = make_pat(params)
+                except ImportError as e:
+                    skipped.append(dict(method=method, backend="torchao", reason=f"torchao not installed ({e})"))
+                    print(f"  {method:<5} skipped: torchao is not installed")
+                    continue
+                label = f"torchao {accuracy_pat.pat_version()}"
+                opt.step()  # the first step saves the latent copy: keep it out of the timing
             else:
                 try:
                     opt = make_sparse(method, params, backend)

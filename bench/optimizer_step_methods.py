@@ -11,7 +11,9 @@ import torch
 import sparse_rda
 from timing import free, time_fn
 
-METHODS = ("SGD", "RDA", "RDA-2:4", "GRDA")  # RDA-2:4: granularity ("nm", 2, 4), the same bytes as RDA
+METHODS = ("SGD", "RDA", "RDA-2:4", "GRDA", "PAT-Lasso")  # RDA-2:4: granularity ("nm", 2, 4), the same bytes as RDA
+# PAT-Lasso: torchao PAT's PruneOptimizer (ProxLasso on the >= 2-D tensors) over torch's fused SGD-momentum, the
+# peer users would pick (bench/accuracy_pat.py; an optional dependency)
 REFERENCE_BACKEND = "torch"
 
 # Hyper-parameters: realistic values (they do not change the work done per element).
@@ -28,6 +30,8 @@ def floor_bytes(method: str, itemsize: int) -> int:
         return 2 * itemsize + 8  # read g (s) + acc (4); write acc (4) + w (s)
     if method == "SGD":
         return 5 * itemsize  # read g, w, buf; write w, buf (buf in the parameter dtype)
+    if method == "PAT-Lasso":
+        return 6 * itemsize  # read g, latent, buf; write latent, buf, w (latent copy in the parameter dtype)
     raise ValueError(method)
 
 
@@ -40,6 +44,20 @@ def make_sgd(params, device: torch.device) -> tuple[torch.optim.Optimizer, str]:
     except (RuntimeError, TypeError, ValueError) as e:
         print(f"  SGD fused=True unavailable on {device.type} ({e}); using foreach=True", file=sys.stderr)
     return torch.optim.SGD(params, **SGD_KW, foreach=True), "foreach"
+
+
+def make_pat(params) -> torch.optim.Optimizer:
+    """PAT's Lasso over fused SGD (foreach where fused is not supported); ImportError without torchao."""
+    from torchao.prototype import pat
+
+    weights = [p for p in params if p.dim() >= 2]
+    groups = [dict(params=weights, prox_type="ProxLasso", group_type="ElemGrouper", reg_lambda=3.8e-4),
+              dict(params=[p for p in params if p.dim() < 2])]
+    try:
+        base = torch.optim.SGD(groups, **SGD_KW, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        base = torch.optim.SGD(groups, **SGD_KW, foreach=True)
+    return pat.PruneOptimizer(base, warmup_steps=0)
 
 
 def make_sparse(method: str, params, backend: str) -> torch.optim.Optimizer:

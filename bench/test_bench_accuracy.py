@@ -15,6 +15,7 @@ import torch
 
 import accuracy
 import accuracy_report
+import lambda_sweep
 from sparse_rda import datasets
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -53,6 +54,8 @@ def check_json(results: dict, methods: tuple[str, ...]) -> None:
         elif "@" in method:  # an N:M run, 2:4: exactly half of the weights (their rows are multiples of 4)
             assert run["target_sparsity"] == 0.5 and run["sparsity"] == pytest.approx(0.5, abs=2e-3), method
             assert all(abs(s - 0.5) < 2e-3 for s in run["layer_sparsity"].values()), (method, run["layer_sparsity"])
+        elif method == "pat-lasso":  # no target: the lambda swept for the real data, whatever it makes here
+            assert run["reg_lambda"] == lambda_sweep.picked("pat-lasso", "lenet", 0.95) and run["torchao"]
         else:
             assert run["target_sparsity"] == 0.95
             # every method is asked for 95% and should end close to it (gRDA's controller may overshoot a bit)
@@ -80,8 +83,10 @@ def test_quick_run_writes_json_markdown_and_plot(fake_data_dir, tmp_path):
     out = tmp_path / "results"
     argv = ["--quick", "--models", "lenet", "--data", str(fake_data_dir), "--out", str(out), "--threads", "1"]
     assert accuracy.main(argv) == 0
-    methods = accuracy.all_methods()
-    assert methods[:5] == ("dense", "rda", "rda-l1", "rda-prox", "grda") and len(methods) >= 13
+    every = accuracy.all_methods()
+    assert every[:6] == ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda") and len(every) >= 17
+    assert every[-3:] == ("pat-lasso", "pat-min", "pat-global")
+    methods = tuple(accuracy.available_methods(list(every)))  # without torchao, the PAT rows are left out
     nm_runs = accuracy.nm_runs(["2:4"])
     assert nm_runs == ("rda@2:4", "sr-ste@2:4", "magnitude@2:4", "gmp@2:4") and "sr-ste" not in methods
 
@@ -116,4 +121,17 @@ def test_cnn_and_a_changed_config(fake_data_dir, tmp_path):
     results["config"]["epochs"] = 7
     (out / "accuracy-cnn-quick.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="another config"):
+        accuracy.main(argv)
+
+    # a table from before a method was added (its settings missing from hyper) takes that method's runs; a table
+    # whose settings for a method it has differ does not
+    results["config"]["epochs"] = 1
+    del results["config"]["hyper"]["rda_l1_da"]
+    (out / "accuracy-cnn-quick.json").write_text(json.dumps(results))
+    assert accuracy.main(argv[:4] + ["dense,rda,rda-l1-da"] + argv[5:]) == 0
+    assert [r["method"] for r in json.loads((out / "accuracy-cnn-quick.json").read_text())["runs"]] == [
+        "dense", "rda", "rda-l1-da"]
+    results["config"]["hyper"]["rda"] = dict(results["config"]["hyper"]["rda"], lam=1e-5)
+    (out / "accuracy-cnn-quick.json").write_text(json.dumps(results))
+    with pytest.raises(SystemExit, match="hyper.rda"):
         accuracy.main(argv)

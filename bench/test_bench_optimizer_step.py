@@ -90,6 +90,16 @@ def test_sparse_step(benchmark, params, method, backend):
     assert opt.state[params[0]]["step"] >= 2
 
 
+def test_pat_lasso_step(benchmark, params):
+    """torchao PAT's Lasso over fused SGD: the peer's step, beside ours (skipped without torchao)."""
+    pytest.importorskip("torchao.prototype.pat", reason="torchao is not installed (pip install --no-deps torchao)")
+    opt = optimizer_step_methods.make_pat(params)
+    opt.step()  # the first step saves the latent copy
+    _measure(benchmark, opt.step, method="PAT-Lasso", backend="torchao")
+    _check(params)
+    assert all("latent" in opt.state[p] for p in params if p.dim() >= 2)
+
+
 def test_param_sets():
     assert param_sets.total(param_sets.shapes("resnet18")) == 11_689_512
     assert param_sets.total(param_sets.shapes("resnet50")) == 25_557_032
@@ -109,6 +119,9 @@ def test_runner_smoke(tmp_path):
     methods = {(r["method"], r["backend"]) for r in s["results"]}
     assert ("RDA", "torch") in methods and ("GRDA", "torch") in methods
     assert any(m == "SGD" for m, _ in methods) and any(m == "copy" for m, _ in methods)
+    pat_skipped = [k for k in s["skipped"] if k["method"] == "PAT-Lasso"]
+    assert any(m == "PAT-Lasso" for m, _ in methods) != bool(pat_skipped)  # a row, or skipped saying why
+    assert all("torchao" in k["reason"] for k in pat_skipped)
     assert all(r["ms"] > 0 and r["gbps"] > 0 for r in s["results"])
     (js,) = tmp_path.glob("optimizer_step-cpu-*-quick.json")
     assert json.loads(js.read_text())["sets"][0]["name"] == SET
