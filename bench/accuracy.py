@@ -2,7 +2,7 @@
 """Accuracy benchmark: test accuracy vs sparsity on Fashion-MNIST for every sparse-training method of the library,
 next to dense SGD, on LeNet-300-100 and a small CNN (LeNet-5).
 
-    python bench/accuracy.py                          # both models, every method, 90/95/98/99%, seeds 0 and 1
+    python bench/accuracy.py                          # both models, every method, 90/95/98/99%, seeds 0, 1, 2
     python bench/accuracy.py --models lenet           # the LeNet-300-100 table alone (40-50 min)
     python bench/accuracy.py --quick                  # smoke run: 2000 examples, 1 epoch, seed 0, 95%, every method
     python bench/accuracy.py --models lenet --methods rda,rda-l1,gmp --sparsities 95,99 --seeds 0
@@ -54,7 +54,8 @@ methods x 4 sparsities x 2 seeds + 2 dense = 98 runs of 20 epochs) takes 40-50 m
 3.6-4.1 s per epoch, its table at 10 epochs about 65 minutes. The N:M runs (2 patterns x 4 methods x 2 seeds) add
 ~15 minutes to LeNet-300-100's (2.5-3.5 s per epoch each; SR-STE's per-step masks took 11-12 before the
 reference's N:M selection got faster, bench/NOTES.md) and ~14 to the CNN's (5-5.6 s per epoch), so ``make
-accuracy`` takes about 2.3 hours in one sitting. Two threads are no faster than one for these small layers, and on a shared machine one thread is much steadier (a multi-threaded op stalls whenever another process
+accuracy`` took about 2.3 hours in one sitting at 2 seeds and without the PAT and rda-l1-da rows; at 3 seeds with
+them expect ~4.5 hours (PAT's step is ~12x SGD's on these tensors: its runs take 2-3x a dense run's time). Two threads are no faster than one for these small layers, and on a shared machine one thread is much steadier (a multi-threaded op stalls whenever another process
 holds the other core): on a busy 2-core box use ``--threads 1``. The thread count changes the float summation
 order, so it is part of a table's config: runs at different ``--threads`` are not bit-identical (3-epoch GMP at
 99% moved by points between 1 and 2 threads).
@@ -81,7 +82,7 @@ from fashion_mnist import MODELS
 from sparse_rda.datasets import default_data_dir
 
 DEFAULT_SPARSITIES = (90, 95, 98, 99)
-DEFAULT_SEEDS = (0, 1)
+DEFAULT_SEEDS = (0, 1, 2)  # issue 19: means of 3 seeds
 QUICK = dict(train_examples=2000, test_examples=1000, epochs=1, seeds=(0,), sparsities=(95,), patterns=("2:4",))
 
 
@@ -142,7 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "inside the pattern) join the default methods (default " + ",".join(DEFAULT_PATTERNS) +
                     "; --quick: 2:4; '' for none)")
     ap.add_argument("--sparsities", help="target sparsities in percent (default 90,95,98,99; --quick: 95)")
-    ap.add_argument("--seeds", help="comma-separated (default 0,1; --quick: 0)")
+    ap.add_argument("--seeds", help="comma-separated (default 0,1,2; --quick: 0)")
     ap.add_argument("--epochs", type=int, help="epochs per run (default: " +
                     ", ".join(f"{name} {spec[2]}" for name, spec in MODELS.items()) + "; --quick: 1)")
     ap.add_argument("--subset", type=int, help="train on the first N training examples only (debugging; "

@@ -193,6 +193,8 @@ def markdown(results: dict) -> str:
     seeds = sorted({r["seed"] for r in results["runs"]})
     out = common.report_header(f"Accuracy vs sparsity, {cfg['title']}, Fashion-MNIST", m) + [
         f"- command: `{cfg['command']}`",
+        *[f"- then `{m['command']}` (run on its own and merged in; git {m['machine_git']}): its "
+          f"{', '.join(m['methods'])} runs replace any before" for m in results.get("merged_from", [])],
         f"- data: {cfg['train_examples']} training / {cfg['test_examples']} test examples; epochs: {cfg['epochs']}, "
         f"batch {hyper['batch_size']}, seeds {', '.join(map(str, seeds)) or '—'}; at a seed every method starts "
         f"from the same weights and sees the same batches ({hyper['data_order']})",
@@ -211,7 +213,8 @@ def markdown(results: dict) -> str:
         "over seeds. Columns are target sparsities; the dense row repeats dense SGD's accuracy in every column for "
         "comparison. Bold: the best sparse method of the column (all of them if tied). [n seed]: only n of the "
         "seeds are in so far. "
-        "s/epoch: mean training time per epoch of one run (evaluation excluded).",
+        "s/epoch: mean training time per epoch of one run (evaluation excluded; runs trained while others shared the "
+        "cores, as the load averages above say, are slower: compare speed in bench/optimizer_step.py's results).",
         "",
         design_goal(results),
         "",

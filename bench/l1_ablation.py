@@ -13,6 +13,8 @@ reweighted RDA say which of them the reweighting needs. Variants:
   momentum exp(-lr / 9.5) tends to 1 as the cosine lr goes to 0;
 - ``heal``: for the last 10% of training the zeros are frozen and lam set to 0 (the survivors lose the l1
   shrinkage; PAT's "healing" phase), masking the weights after each step;
+- ``M100`` / ``M2000`` (max_factor, 500), ``tauA0`` / ``tauA95`` (reweight_time: A = |w|, or 10x the momentum
+  time), ``wd0`` / ``wd1e-3`` (weight decay, 5e-4): RDA's own knobs, for what else moves it at 95%;
 - combinations joined by ``+``, e.g. ``avg1+wdT``.
 
     python bench/l1_ablation.py                                   # the default variants, seeds 0,1,2
@@ -42,7 +44,10 @@ from sparse_rda import target
 from sparse_rda.datasets import default_data_dir
 
 MODEL, TARGET = "lenet", 0.95
-CHANGES = ("fixed", "ramp50", "ramp90", "avg1", "wdT", "mom", "heal")
+# changes that are RDA keyword values: the reweighting's strength and time scale, the weight decay
+KW_CHANGES = {"M100": dict(max_factor=100.0), "M2000": dict(max_factor=2000.0), "tauA0": dict(reweight_time=0.0),
+              "tauA95": dict(reweight_time=95.0), "wd0": dict(weight_decay=0.0), "wd1e-3": dict(weight_decay=1e-3)}
+CHANGES = ("fixed", "ramp50", "ramp90", "avg1", "wdT", "mom", "heal", *KW_CHANGES)
 HEAL_FROM = 0.9  # "heal": the fraction of training after which the mask is frozen and lam is 0
 DEFAULT_VARIANTS = ("rda-l1", "rda-l1+fixed", "rda-l1+ramp50", "rda-l1+ramp90", "rda-l1+avg1", "rda-l1+wdT",
                     "rda-l1+mom", "rda", "rda+fixed", "rda+avg1", "rda+wdT", "rda+mom", "pat-lasso")
@@ -53,6 +58,8 @@ class AblatedRDA(RDATraining):
 
     def __init__(self, model, total_steps: int, base: str, changes: set[str]):
         kw = dict(RDA_L1_KW if base == "rda-l1" else RDA_KW)
+        for change in changes & set(KW_CHANGES):
+            kw.update(KW_CHANGES[change])
         self.weight_decay_on_t = "wdT" in changes
         self.constant_momentum = "mom" in changes
         self.heal_at = math.ceil(HEAL_FROM * total_steps) if "heal" in changes else None
