@@ -55,7 +55,9 @@ methods x 4 sparsities x 2 seeds + 2 dense = 98 runs of 20 epochs) takes 40-50 m
 ~15 minutes to LeNet-300-100's (2.5-3.5 s per epoch each; SR-STE's per-step masks took 11-12 before the
 reference's N:M selection got faster, bench/NOTES.md) and ~14 to the CNN's (5-5.6 s per epoch), so ``make
 accuracy`` took about 2.3 hours in one sitting at 2 seeds and without the PAT and rda-l1-da rows; at 3 seeds with
-them expect ~4.5 hours (PAT's step is ~12x SGD's on these tensors: its runs take 2-3x a dense run's time). Two threads are no faster than one for these small layers, and on a shared machine one thread is much steadier (a multi-threaded op stalls whenever another process
+them expect ~4.5 hours (PAT's step is ~12x SGD's on these tensors: its runs take 2-3x a dense run's time). Two
+threads are no faster than one for these small layers, and on a shared machine one thread is much steadier (a
+multi-threaded op stalls whenever another process
 holds the other core): on a busy 2-core box use ``--threads 1``. The thread count changes the float summation
 order, so it is part of a table's config: runs at different ``--threads`` are not bit-identical (3-epoch GMP at
 99% moved by points between 1 and 2 threads).

@@ -20,8 +20,6 @@ zeroed early comes back whenever its latent value grows past the others, as RDA'
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -29,9 +27,10 @@ import lambda_sweep
 from accuracy_training import cosine, split_value
 from fashion_mnist import SGD_KW
 
-PAT_VERSION = "0.18.0"  # the version the committed tables ran; bench/results' headers record the installed one
+PAT_VERSION = "0.18.0"  # the version the committed tables ran; each run's record holds the one installed
 PAT_METHODS = ("pat-lasso", "pat-min", "pat-global")
 PAT_VALUED = ("pat-lasso",)  # "pat-lasso=<lambda>": a lambda of one's own
+
 
 class PATUnavailable(RuntimeError):
     pass

@@ -52,8 +52,8 @@ def cells(results: dict) -> dict[tuple[str, float], Cell]:
 
 
 # the table's row order: dense, RDA and its ablations, gRDA, then the baselines (unknown names last, as trained)
-ROW_ORDER = ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda", "magnitude", "gmp", "cyclical", "imp-weight", "imp-lr",
-             "rigl", "set", "snip", "halo", "pat-lasso", "pat-min", "pat-global", "sr-ste")
+ROW_ORDER = ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda", "magnitude", "gmp", "cyclical", "imp-weight",
+             "imp-lr", "rigl", "set", "snip", "halo", "pat-lasso", "pat-min", "pat-global", "sr-ste")
 
 
 def split_runs(results: dict) -> tuple[dict, list[dict]]:

@@ -21,7 +21,8 @@ RDA_L1_KW = dict(RDA_KW, reweight=False)
 # the large weights, so RDA does not need this (and is no better with it)
 RDA_L1_DA_KW = dict(RDA_L1_KW, averaging=1.0)
 RDA_PROX_KW = dict(RDA_KW, averaging=0.0)
-OWN_METHODS = ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda")  # the rest come from sparse_rda.pruning.METHODS
+# the rest come from sparse_rda.pruning.METHODS and bench/accuracy_pat.py
+OWN_METHODS = ("dense", "rda", "rda-l1", "rda-l1-da", "rda-prox", "grda")
 # N:M runs are named "<method>@N:M": the method at sparsity 1 - N/M inside the pattern (RDA: granularity
 # ("nm", N, M); a pruning method: pattern="N:M"); their own table (bench/accuracy_report.py)
 NM_METHODS = ("rda", "sr-ste", "magnitude", "gmp")

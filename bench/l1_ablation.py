@@ -125,7 +125,8 @@ def markdown(results: dict) -> str:
             f"({results['config']['epochs']} epochs, 1 thread; RDA lr 1, momentum_time 9.5, wd 5e-4, CosineRDA, "
             "target_sparsity 0.95 unless a change says otherwise; pat-lasso: torchao PAT ProxLasso over SGD lr 0.1 "
             "cosine, momentum 0.9, wd 5e-4, lambda from bench/lambda_sweep.py)", "",
-            "| variant | accuracy (mean ± half spread) | vs its base (same seeds) | sparsity | seeds |", "|---|--:|--:|--:|--:|"]
+            "| variant | accuracy (mean ± half spread) | vs its base (same seeds) | sparsity | seeds |",
+            "|---|--:|--:|--:|--:|"]
     by: dict[str, list[dict]] = {}
     for r in results["runs"]:
         by.setdefault(r["variant"], []).append(r)

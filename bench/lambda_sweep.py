@@ -7,7 +7,8 @@ what the controller costs). One seed per (method, model, target), in the accurac
 The final sparsity grows with lambda, so the search brackets the target and interpolates log(lambda) against
 log(density) between the nearest runs on either side (every run of the method and model informs every target),
 stopping when the density is within TOLERANCE of the target's (5%: 95 +- 0.25%, 99 +- 0.05%) or after
-MAX_RUNS runs. The pick is the method's run nearest the target in density (whichever search ran it); ``picked()`` gives it to bench/accuracy.py's
+MAX_RUNS runs. The pick is the method's run nearest the target in density (whichever search ran it);
+``picked()`` gives it to bench/accuracy.py's
 ``pat-lasso`` rows and bench/l1_ablation.py's ``fixed`` variants.
 
     python bench/lambda_sweep.py                                   # 3 methods x 2 models x 90/95/98/99%
