@@ -102,21 +102,25 @@ def run_targets(method: str, targets: list[float]) -> list[float]:
     return [0.0] if base == "dense" else [nm_sparsity(pattern)] if pattern else targets
 
 
+def config_differences(old: dict, config: dict) -> list[str]:
+    """The settings in which two tables' runs would not compare: any config key but the command, and the
+    hyper-parameters the old table has (a method added since brings new ones, which do not conflict)."""
+    differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in
+                     ("command", "hyper"))
+    old_hyper, hyper = old.get("hyper") or {}, config.get("hyper") or {}
+    return differs + [f"hyper.{k}" for k in sorted(old_hyper) if old_hyper[k] != hyper.get(k)]
+
+
 def load_results(path: Path, config: dict, restart: bool) -> dict:
     """The results so far for this config (empty if none, or with --restart); exits if the file was written
     with another config, rather than mixing runs that do not compare."""
     if restart or not path.exists():
         return dict(config=config, runs=[], failures=[])
     results = json.loads(path.read_text())
-    if results.get("config") != config:
-        old = results.get("config") or {}
-        differs = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in
-                         ("command", "hyper"))
-        old_hyper, hyper = old.get("hyper") or {}, config["hyper"]  # a method added since: its settings are new
-        differs += [f"hyper.{k}" for k in sorted(old_hyper) if old_hyper[k] != hyper.get(k)]
-        if differs:
-            sys.exit(f"{path} holds runs of another config (differs in: {', '.join(differs)}). "
-                     "Pass --restart to discard them, or --out DIR to write elsewhere.")
+    differs = config_differences(results.get("config") or {}, config)
+    if differs:
+        sys.exit(f"{path} holds runs of another config (differs in: {', '.join(differs)}). "
+                 "Pass --restart to discard them, or --out DIR to write elsewhere.")
     results["config"] = config  # same config; the command line may differ (e.g. other --methods)
     results.setdefault("failures", [])
     return results

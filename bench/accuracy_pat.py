@@ -55,36 +55,37 @@ def pat_version() -> str | None:
     return torchao.__version__
 
 
-def pruned_group(model: nn.Module, **prox) -> list[dict]:
-    """[the >= 2-D weights with PAT's prox options, the rest plain]: SGD's param groups."""
-    weights = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    return [dict(params=weights, **prox), dict(params=rest)]
+def prox_options(method: str, target: float, model_name: str | None) -> tuple[dict, dict]:
+    """(PAT's prox options for the pruned param group, what the run records of them) for a PAT method."""
+    base, value = split_value(method)
+    if base == "pat-lasso":
+        lam = value if value is not None else lambda_sweep.picked("pat-lasso", model_name, target)
+        return dict(prox_type="ProxLasso", group_type="ElemGrouper", reg_lambda=lam), dict(reg_lambda=lam)
+    if value is not None:
+        raise ValueError(f"{method}: only pat-lasso takes a value (its lambda)")
+    if base == "pat-min":
+        return dict(prox_type="MinSparsityConstraint", group_type="KElementGrouper", k=1, min_sparsity=target), {}
+    if base == "pat-global":
+        return dict(prox_type="GlobalMinSparsityConstraint", group_type="KElementGrouper", k=1,
+                    min_sparsity=target), {}
+    raise ValueError(f"unknown PAT method {method!r} (choose from {', '.join(PAT_METHODS)})")
+
+
+def prune_optimizer(base: torch.optim.Optimizer):
+    """PAT's PruneOptimizer over ``base`` (whose first param group holds the prox options), pruning from step 0."""
+    return import_pat().PruneOptimizer(base, warmup_steps=0)
 
 
 class PATTraining:
-    """PAT's PruneOptimizer over the dense run's SGD with the same cosine lr per step."""
+    """PAT's PruneOptimizer over the dense run's SGD with the same cosine lr per step, on the >= 2-D weights (the
+    rest plain SGD)."""
 
     def __init__(self, model: nn.Module, total_steps: int, target: float, method: str, model_name: str):
-        pat = import_pat()
-        base, value = split_value(method)
-        if base == "pat-lasso":
-            lam = value if value is not None else lambda_sweep.picked("pat-lasso", model_name, target)
-            groups = pruned_group(model, prox_type="ProxLasso", group_type="ElemGrouper", reg_lambda=lam)
-            self.extra = dict(reg_lambda=lam)
-        elif value is not None:
-            raise ValueError(f"{method}: only pat-lasso takes a value (its lambda)")
-        elif base == "pat-min":
-            groups = pruned_group(model, prox_type="MinSparsityConstraint", group_type="KElementGrouper", k=1,
-                                  min_sparsity=target)
-            self.extra = {}
-        elif base == "pat-global":
-            groups = pruned_group(model, prox_type="GlobalMinSparsityConstraint", group_type="KElementGrouper", k=1,
-                                  min_sparsity=target)
-            self.extra = {}
-        else:
-            raise ValueError(f"unknown PAT method {method!r} (choose from {', '.join(PAT_METHODS)})")
-        self.opt = pat.PruneOptimizer(torch.optim.SGD(groups, **SGD_KW), warmup_steps=0)
+        import_pat()
+        prox, self.extra = prox_options(method, target, model_name)
+        weights = [p for p in model.parameters() if p.dim() >= 2]
+        rest = [p for p in model.parameters() if p.dim() < 2]
+        self.opt = prune_optimizer(torch.optim.SGD([dict(params=weights, **prox), dict(params=rest)], **SGD_KW))
         self.total_steps = total_steps
 
     def penalty(self):

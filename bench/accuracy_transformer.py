@@ -24,6 +24,10 @@ model's ~800K weights); everything else stays dense. Runs (at a seed: the same i
 - ``gmp-90`` / ``-95``, ``rigl-90`` / ``-95``: ``sparse_rda.pruning`` on ``dense-adamw``'s optimizer, the MLP
   weights prunable (RigL: ERK densities over them, drop/grow every 25 steps); ``sr-ste@2:4`` and ``gmp@2:4``
   likewise with ``pattern="2:4"``.
+- ``pat-min-90`` / ``-95``, ``pat-global-90`` / ``-95``: torchao's PAT (bench/accuracy_pat.py; optional, left
+  out saying so without torchao) over ``dense-adamw``'s optimizer, its MinSparsity projection per MLP weight /
+  over all of them together from step 0. PAT's Lasso is not run here: its lambda would need a sweep per target
+  (bench/lambda_sweep.py, at ~2 min a run), and on both LeNets the projections land on the target exactly.
 
 Loss: mean cross-entropy over 20 fixed random windows of each split (examples/char_transformer.py's evaluate).
 Results: bench/results/accuracy-transformer[-quick].{json,md}, written after every run; a rerun resumes.
@@ -43,8 +47,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import accuracy_pat
 import common
-from accuracy import load_results
+from accuracy import available_methods, load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
@@ -66,6 +71,8 @@ RUNS = {
     "rda-block-95": ("rda-block", 0.95), "rda@2:4": ("rda@2:4", 0.5),
     "gmp-90": ("gmp", 0.9), "gmp-95": ("gmp", 0.95), "rigl-90": ("rigl", 0.9), "rigl-95": ("rigl", 0.95),
     "sr-ste@2:4": ("sr-ste@2:4", 0.5), "gmp@2:4": ("gmp@2:4", 0.5),
+    "pat-min-90": ("pat-min", 0.9), "pat-min-95": ("pat-min", 0.95), "pat-global-90": ("pat-global", 0.9),
+    "pat-global-95": ("pat-global", 0.95),
 }
 CORPUS = "King James Bible (Debian bible-kjv / bible-kjv-text, `bible Gen1:1-Rev22:21`)"
 
@@ -97,6 +104,9 @@ class Run:
             rda = sparse_rda.RDA([group])
             self.opts.append((rda, sparse_rda.schedules.CosineRDA(rda, total_steps=steps)))
             adamw = torch.optim.AdamW(others, weight_decay=0.0, **ADAMW_KW)
+        elif base.startswith("pat-"):  # PAT's projection over dense-adamw's optimizer, on the MLP weights
+            prox, _ = accuracy_pat.prox_options(base, target, None)
+            adamw = torch.optim.AdamW([dict(params=mlp, **prox), dict(params=others)], weight_decay=0.1, **ADAMW_KW)
         else:
             adamw = torch.optim.AdamW(model.parameters(), weight_decay=0.1, **ADAMW_KW)
             if base != "dense-adamw":
@@ -105,7 +115,9 @@ class Run:
                 if pattern:
                     extra["pattern"] = pattern
                 self.pruner = pruning.make(base, model, target, steps, prunable=names, **extra)
-        self.opts.append((adamw, torch.optim.lr_scheduler.CosineAnnealingLR(adamw, T_max=steps)))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(adamw, T_max=steps)
+        # PAT steps through its PruneOptimizer, whose param groups are adamw's (the schedule moves both)
+        self.opts.append((accuracy_pat.prune_optimizer(adamw) if base.startswith("pat-") else adamw, schedule))
         self.model = model
 
     def step(self) -> None:
@@ -210,6 +222,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         sys.exit(f"--runs: unknown {', '.join(unknown)} (choose from {', '.join(RUNS)})")
+    names = available_methods(names)  # without torchao, the PAT runs are left out, saying so
     seeds = [0] if args.quick and args.seeds == "0,1" else common.csv(args.seeds, int)
     torch.set_num_threads(args.threads)
     text, corpus = load_corpus(args.text)

@@ -7,7 +7,9 @@ model, init, batches and optimizers), 2 seeds each:
 - the controller's ramp: the target reached at 50% or 90% of training instead of 75% (``target.RAMP_END``);
 - the reweighting's strength: ``max_factor`` 100 and 2000 instead of 500;
 - weight decay 0 and 1e-3 instead of 5e-4;
-- the step size: lr 0.5 and 2 instead of 1 (SGD lr 0.05 / 0.2 with momentum 0.9, in RDA's units).
+- the step size: lr 0.5 and 2 instead of 1 (SGD lr 0.05 / 0.2 with momentum 0.9, in RDA's units);
+- the averaging: 1 from the first step (dual averaging throughout, the lr alone on the cosine) instead of
+  CosineRDA's 0 -> 1 (on LeNet-300-100 it cost RDA 0.25 and gave plain l1 2.2 points: bench/results/l1_ablation.md).
 
     python bench/lenet5_gap.py                 # every variant (~25 min on one core)
     python bench/lenet5_gap.py --variants rda-e10,dense-e10 --seeds 0
@@ -44,6 +46,7 @@ VARIANTS = {
     "rda-e10-wd0": ("rda", 10, {"weight_decay": 0.0}),
     "rda-e10-lr0.5": ("rda", 10, {"lr": 0.5}), "rda-e10-lr2": ("rda", 10, {"lr": 2.0}),
     "rda-e10-wd1e-3": ("rda", 10, {"weight_decay": 1e-3}),
+    "rda-e10-avg1": ("rda", 10, {"averaging": 1.0}),
 }
 
 

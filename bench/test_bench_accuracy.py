@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import accuracy
+import accuracy_merge
 import accuracy_report
 import lambda_sweep
 from sparse_rda import datasets
@@ -135,3 +136,67 @@ def test_cnn_and_a_changed_config(fake_data_dir, tmp_path):
     (out / "accuracy-cnn-quick.json").write_text(json.dumps(results))
     with pytest.raises(SystemExit, match="hyper.rda"):
         accuracy.main(argv)
+
+
+def test_merging_parts_trained_apart(fake_data_dir, tmp_path):
+    """Two processes' tables (each its own --out) merge into one: a part's runs replace the table's runs of the
+    same method and seed only, the part is named in the report, and a part of another config is refused."""
+    def train(out, methods, seeds):
+        argv = ["--quick", "--models", "cnn", "--methods", methods, "--seeds", seeds, "--data", str(fake_data_dir),
+                "--out", str(tmp_path / out), "--threads", "1"]
+        assert accuracy.main(argv) == 0
+        return tmp_path / out / "accuracy-cnn-quick.json"
+
+    table_path = train("table", "dense,rda", "0,1")
+    part_path = train("part", "rda", "1")
+    table, part = (json.loads(p.read_text()) for p in (table_path, part_path))
+    part["runs"][0]["accuracy"] = 0.123  # to tell the part's run from the table's own
+    part_path.write_text(json.dumps(part))
+
+    assert accuracy_merge.main([str(table_path), str(part_path)]) == 0
+    merged = json.loads(table_path.read_text())
+    key = lambda r: (r["method"], r["seed"])  # noqa: E731
+    assert sorted(map(key, merged["runs"])) == sorted(map(key, table["runs"]))
+    kept = {key(r): r for r in table["runs"]}
+    for run in merged["runs"]:
+        assert run == (part["runs"][0] if key(run) == ("rda", 1) else kept[key(run)])
+    entry = merged["merged_from"][-1]
+    assert entry["methods"] == ["rda"] and entry["seeds"] == [1] and entry["runs"] == 1
+    assert "--out" not in entry["command"] and str(tmp_path) not in entry["command"]
+    assert "its rda runs at seed 1 replace any before" in table_path.with_suffix(".md").read_text()
+
+    part["config"]["epochs"] = 7
+    part_path.write_text(json.dumps(part))
+    before = table_path.read_text()
+    with pytest.raises(SystemExit, match="another config"):
+        accuracy_merge.main([str(table_path), str(part_path)])
+    assert table_path.read_text() == before
+
+
+def goal_runs(rda: dict, rivals: dict) -> dict:
+    """Results of one seed: dense at 90%, RDA and rival methods at {target: (accuracy %, achieved sparsity)}."""
+    runs = [dict(method="dense", target_sparsity=0.0, seed=0, accuracy=0.90, sparsity=0.0, seconds_per_epoch=1.0)]
+    for method, cells in (("rda", rda), *rivals.items()):
+        runs += [dict(method=method, target_sparsity=t, seed=0, accuracy=a / 100, sparsity=s, seconds_per_epoch=1.0)
+                 for t, (a, s) in cells.items()]
+    return dict(runs=runs)
+
+
+def test_design_goal_verdicts():
+    rda = {0.95: (89.6, 0.95), 0.98: (89.0, 0.98), 0.99: (88.0, 0.99)}
+    # ahead by >= 0.3 everywhere, within 0.5 of dense at 95%: both parts met
+    line = accuracy_report.design_goal(goal_runs(rda, {"gmp": {t: (a - 0.4, t) for t, (a, _) in rda.items()}}))
+    assert line.count("**MET**") == 2 and "95%: +0.40 vs gmp" in line
+
+    # ahead, but by less than the margin at 98%; a fixed-lambda rival below the column is named with its sparsity
+    rivals = {"gmp": {0.95: (89.0, 0.95), 0.98: (88.8, 0.98), 0.99: (87.0, 0.99)},
+              "pat-lasso": {0.95: (89.5, 0.945), 0.98: (88.0, 0.98), 0.99: (87.5, 0.99)}}
+    line = accuracy_report.design_goal(goal_runs(rda, rivals))
+    assert "dense, and ahead of every baseline at 95%/98%/99%): **MET**" in line
+    assert "95%: +0.10 vs pat-lasso at 94.5%" in line and "98%: +0.20 vs gmp" in line
+    assert line.endswith("(issue 19's margin): **NOT MET**.")
+
+    # behind a rival at 99%, and 1 point under dense at 95%
+    rivals["gmp"][0.99] = (88.5, 0.99)
+    line = accuracy_report.design_goal(goal_runs({**rda, 0.95: (89.0, 0.95)}, rivals))
+    assert line.count("**NOT MET**") == 2 and "99%: -0.50 vs gmp" in line and "95.0%: -1.00" in line

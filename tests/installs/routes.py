@@ -51,7 +51,8 @@ NO_TRITON_TESTS = ["test_dispatch.py", "test_rda.py", "test_grda.py", "test_bloc
                    "test_cpu_tiles.py", "test_csr_linear.py", "test_inference.py",
                    # FSDP2 in spawned ranks on the installed wheel (one case: the rest run from the checkout)
                    "test_distributed.py::test_fsdp2_trains_as_one_process[cpu-3]"]
-TEST_TOOLS = ["pytest", "pytest-benchmark", "hypothesis", "expecttest", "numpy", "tqdm", "matplotlib"]
+TEST_TOOLS = ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "expecttest", "numpy", "tqdm",
+              "matplotlib"]
 ROUTES = ("install", "editable", "sdist", "isolation", "no-triton", "cuda-build")
 TORCH_CUDA_SPEC = os.environ.get("TORCH_CUDA_SPEC", "torch==2.14.1")
 CUDA_ARCHS = {"8.0": "sm_80", "9.0a": "sm_90a"}
@@ -214,8 +215,8 @@ def main() -> None:
                        [unpacked / "tests" / name for name in NO_TRITON_TESTS]),
                       ("pytest bench", sdist_src, [sdist_src / "bench"]))
             for what, tree, paths in suites:
-                wheel_venv.run(what, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", tree / "pyproject.toml",
-                               *paths, cwd=outside)
+                wheel_venv.run(what, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto",  # over the cores
+                               "-c", tree / "pyproject.toml", *paths, cwd=outside)
             for example in ("fashion_mnist_demo.py", "char_transformer.py"):
                 wheel_venv.run(f"{example} --quick", unpacked / "examples" / example, "--quick", cwd=outside)
             # the runner bench's tests do not call (the others' tests run theirs)
