@@ -27,7 +27,7 @@ model's ~800K weights); everything else stays dense. Runs (at a seed: the same i
 - ``pat-min-90`` / ``-95``, ``pat-global-90`` / ``-95``: torchao's PAT (bench/accuracy_pat.py; optional, left
   out saying so without torchao) over ``dense-adamw``'s optimizer, its MinSparsity projection per MLP weight /
   over all of them together from step 0. PAT's Lasso is not run here: its lambda would need a sweep per target
-  (bench/lambda_sweep.py, at ~2 min a run), and on both LeNets the projections land on the target exactly.
+  (bench/lambda_sweep.py, at ~2.5 min a run), and on both LeNets the projections land on the target exactly.
 
 Loss: mean cross-entropy over 20 fixed random windows of each split (examples/char_transformer.py's evaluate).
 Results: bench/results/accuracy-transformer[-quick].{json,md}, written after every run; a rerun resumes.
